@@ -1,0 +1,50 @@
+"""Pick the torch device a run trains on."""
+
+from __future__ import annotations
+
+import torch
+
+from mfrec.errors import ConfigError
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Turn a user's device string into an available ``torch.device``.
+
+    ``auto`` prefers CUDA, then Apple's MPS, then the CPU. ``cpu``, ``cuda``, ``cuda:N``
+    and ``mps`` are honoured exactly; asking for one that is not there is an error rather
+    than a silent fallback, so a run never reports GPU numbers it did not produce.
+    """
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "mps":
+        if not _mps_available():
+            raise ConfigError("device 'mps' was requested but Apple MPS is not available here; use device=auto or cpu")
+        return torch.device("mps")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {spec!r} was requested but CUDA is not available "
+                f"(torch {torch.__version__}); use device=auto or cpu"
+            )
+        if spec == "cuda":
+            return torch.device("cuda")
+        index = spec.split(":", 1)[1]
+        if not index.isdigit():
+            raise ConfigError(f"device {spec!r} is malformed; expected cuda:N with N a GPU index")
+        count = torch.cuda.device_count()
+        if int(index) >= count:
+            raise ConfigError(f"device {spec!r} was requested but only {count} CUDA device(s) exist")
+        return torch.device(spec)
+    raise ConfigError(f"unknown device {spec!r}; expected auto, cpu, cuda, cuda:N or mps")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend and backend.is_available())

@@ -1,0 +1,57 @@
+"""Id maps and index arrays: the bridge between MovieLens ids and embedding rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+class IdIndex:
+    """Sorted external ids mapped to contiguous row numbers; unknown ids map to -1."""
+
+    def __init__(self, ids: np.ndarray):
+        ids = np.asarray(ids, dtype=np.int64)
+        self.ids = np.unique(ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def index(self, ids) -> np.ndarray:
+        """Row numbers of ``ids`` (int64), -1 where an id is unknown."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(self.ids) == 0:
+            return np.full(ids.shape, -1, dtype=np.int64)
+        pos = np.searchsorted(self.ids, ids)
+        pos = np.minimum(pos, len(self.ids) - 1)
+        return np.where(self.ids[pos] == ids, pos, -1).astype(np.int64)
+
+
+@dataclass
+class Interactions:
+    """Ratings as parallel index arrays over fixed user and item indexes."""
+
+    users: np.ndarray  # int64 row numbers, -1 = unknown
+    items: np.ndarray
+    ratings: np.ndarray  # float32
+    n_users: int
+    n_items: int
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame, user_index: IdIndex, item_index: IdIndex) -> "Interactions":
+        return cls(
+            users=user_index.index(df["userId"].to_numpy()),
+            items=item_index.index(df["movieId"].to_numpy()),
+            ratings=df["rating"].to_numpy(dtype=np.float32),
+            n_users=len(user_index),
+            n_items=len(item_index),
+        )
+
+    def __len__(self) -> int:
+        return len(self.ratings)
+
+    def known(self) -> "Interactions":
+        """Only the rows whose user and item both have embeddings."""
+        keep = (self.users >= 0) & (self.items >= 0)
+        return Interactions(self.users[keep], self.items[keep], self.ratings[keep], self.n_users, self.n_items)

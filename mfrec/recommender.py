@@ -1,0 +1,274 @@
+"""A fitted model with everything needed to answer questions about real MovieLens ids.
+
+:class:`Recommender` is what evaluation scores and what the served pyfunc model wraps, so
+test metrics and REST answers come from the same code. It saves to a folder of JSON,
+parquet, ``.npz`` (no pickle) and a ``weights_only`` state dict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mfrec import scoring
+from mfrec.errors import DataError
+from mfrec.interactions import IdIndex
+from mfrec.model import MatrixFactorization
+
+FORMAT_VERSION = 1
+_FILES = ("weights.pt", "meta.json", "items.parquet", "users.npz")
+# Users ranked per matrix product: bounds memory at CHUNK x n_items floats.
+CHUNK = 1024
+
+
+def csr_from_pairs(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, indices) of a boolean sparse matrix given its nonzero coordinates."""
+    order = np.lexsort((cols, rows))
+    counts = np.bincount(rows, minlength=n_rows)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return indptr, cols[order].astype(np.int64)
+
+
+class Recommender:
+    """Fitted model + id maps + movie metadata + per-user seen lists + popularity + clusters."""
+
+    def __init__(self, model: MatrixFactorization, user_index: IdIndex, item_index: IdIndex,
+                 items: pd.DataFrame, seen_indptr: np.ndarray, seen_indices: np.ndarray, meta: dict):
+        self.model = model.eval()
+        self.user_index = user_index
+        self.item_index = item_index
+        self.items = items.reset_index(drop=True)  # one row per item index, in index order
+        self.seen_indptr = seen_indptr
+        self.seen_indices = seen_indices
+        self.meta = meta
+        self.rating_range = tuple(meta["rating_range"])
+        self.rating_weight = float(meta.get("rating_weight", scoring.DEFAULT_RATING_WEIGHT))
+        self._popular_order = np.lexsort((self.items["movieId"].to_numpy(), -self.items["n_ratings"].to_numpy()))
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def build(cls, model, user_index: IdIndex, item_index: IdIndex, train: pd.DataFrame,
+              movies: pd.DataFrame, meta: dict) -> "Recommender":
+        """Assemble from a fitted model and the ratings it was fitted on."""
+        u = user_index.index(train["userId"].to_numpy())
+        i = item_index.index(train["movieId"].to_numpy())
+        indptr, indices = csr_from_pairs(u, i, len(user_index))
+        items = pd.DataFrame({"movieId": item_index.ids})
+        items = items.merge(movies[["movieId", "title", "genres"]], on="movieId", how="left")
+        items["title"] = items["title"].fillna("").astype(str)
+        items["genres"] = items["genres"].fillna("(no genres listed)").astype(str)
+        items["n_ratings"] = np.bincount(i, minlength=len(item_index)).astype(np.int64)
+        items["cluster"] = -1
+        meta = {"format_version": FORMAT_VERSION, "rating_weight": scoring.DEFAULT_RATING_WEIGHT, **meta}
+        return cls(model.cpu(), user_index, item_index, items, indptr, indices, meta)
+
+    def set_clusters(self, assignments: pd.DataFrame) -> None:
+        """Attach KMeans cluster ids (movieId, cluster); movies not clustered keep -1."""
+        mapping = dict(zip(assignments["movieId"].to_numpy(), assignments["cluster"].to_numpy()))
+        self.items["cluster"] = self.items["movieId"].map(mapping).fillna(-1).astype(np.int64)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, path / "weights.pt")
+        self.items.to_parquet(path / "items.parquet", index=False)
+        np.savez(path / "users.npz", user_ids=self.user_index.ids, seen_indptr=self.seen_indptr,
+                 seen_indices=self.seen_indices)
+        meta = dict(self.meta)
+        meta["checksums"] = {name: _sha256(path / name) for name in _FILES if name != "meta.json"}
+        tmp = path / "meta.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        os.replace(tmp, path / "meta.json")
+
+    @classmethod
+    def load(cls, path) -> "Recommender":
+        """Load a saved recommender, refusing files that are missing or altered."""
+        path = Path(path)
+        missing = [name for name in _FILES if not (path / name).is_file()]
+        if missing:
+            raise DataError(f"model folder {path} is missing {', '.join(missing)}")
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"model folder {path}: meta.json is not valid JSON ({exc})") from exc
+        for name, expected in meta.get("checksums", {}).items():
+            actual = _sha256(path / name)
+            if actual != expected:
+                raise DataError(f"model file {path / name} was altered: sha256 {actual}, expected {expected}")
+        try:
+            state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
+            arrays = np.load(path / "users.npz", allow_pickle=False)
+            items = pd.read_parquet(path / "items.parquet")
+        except Exception as exc:  # noqa: BLE001 - any parse failure means a bad artifact
+            raise DataError(f"model folder {path} could not be read: {exc}") from exc
+        n_users, k = state["user_factors"].shape
+        model = MatrixFactorization(n_users, state["item_factors"].shape[0], k)
+        model.load_state_dict(state)
+        user_index = IdIndex(arrays["user_ids"])
+        item_index = IdIndex(items["movieId"].to_numpy())
+        return cls(model, user_index, item_index, items, arrays["seen_indptr"], arrays["seen_indices"], meta)
+
+    # ------------------------------------------------------------------ ranking core
+    def top_items(self, user_rows: np.ndarray, k: int, exclude_seen: bool = True,
+                  user_vectors: torch.Tensor | None = None, user_bias: torch.Tensor | None = None,
+                  extra_seen: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item indices and scores for known user rows, ``CHUNK`` users per matrix product.
+
+        This is the one ranking path: evaluation's NDCG and the ``recommend`` task call it.
+        """
+        out_idx, out_val = [], []
+        for start in range(0, len(user_rows), CHUNK):
+            rows = user_rows[start:start + CHUNK]
+            vec = None if user_vectors is None else user_vectors[start:start + CHUNK]
+            bias = None if user_bias is None else user_bias[start:start + CHUNK]
+            scores = scoring.rank_scores(self.model, torch.as_tensor(rows), self.rating_weight, vec, bias)
+            if exclude_seen and user_vectors is None:
+                scores = scoring.mask_seen(scores, self.seen_indptr, self.seen_indices, rows)
+            if exclude_seen and extra_seen is not None:
+                indptr, indices = extra_seen
+                scores = scoring.mask_seen(scores, indptr, indices, np.arange(start, start + len(rows)))
+            values, indices = scoring.top_k(scores, k)
+            out_idx.append(indices.numpy())
+            out_val.append(values.numpy())
+        if not out_idx:
+            return np.zeros((0, min(k, len(self.item_index))), np.int64), np.zeros((0, min(k, len(self.item_index))), np.float32)
+        return np.concatenate(out_idx), np.concatenate(out_val)
+
+    def popular_items(self, k: int) -> np.ndarray:
+        return self._popular_order[:k]
+
+    # ------------------------------------------------------------------ tasks
+    def predict(self, user_ids, movie_ids) -> pd.DataFrame:
+        u = self.user_index.index(user_ids)
+        i = self.item_index.index(movie_ids)
+        pred = scoring.predict_indices(self.model, torch.as_tensor(u), torch.as_tensor(i), self.rating_range)
+        return pd.DataFrame({
+            "userId": np.asarray(user_ids, dtype=np.int64),
+            "movieId": np.asarray(movie_ids, dtype=np.int64),
+            "prediction": pred.numpy().astype(np.float64),
+            "known": (u >= 0) & (i >= 0),
+        })
+
+    def recommend(self, user_ids, k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        distinct = pd.unique(user_ids)
+        rows = self.user_index.index(distinct)
+        known = rows >= 0
+        frames = []
+        if known.any():
+            idx, val = self.top_items(rows[known], k, exclude_seen)
+            frames.append(self._ranked(distinct[known], idx, val, "personal"))
+        if (~known).any():
+            pop = self.popular_items(k)
+            n_unknown = int((~known).sum())
+            idx = np.tile(pop, (n_unknown, 1))
+            val = np.tile(self.items["n_ratings"].to_numpy()[pop].astype(np.float32), (n_unknown, 1))
+            frames.append(self._ranked(distinct[~known], idx, val, "popular"))
+        return self._in_request_order(frames, "userId", distinct)
+
+    def similar(self, movie_ids, k: int = 10) -> pd.DataFrame:
+        distinct = pd.unique(np.asarray(movie_ids, dtype=np.int64))
+        rows = self.item_index.index(distinct)
+        known = rows >= 0
+        if not known.any():
+            return _empty_similar()
+        values, indices = scoring.similar_items(self.model, torch.as_tensor(rows[known]), min(k, len(self.item_index) - 1))
+        idx, val = indices.numpy(), values.numpy()
+        n, kk = idx.shape
+        flat = idx.ravel()
+        out = pd.DataFrame({
+            "movieId": np.repeat(distinct[known], kk),
+            "rank": np.tile(np.arange(1, kk + 1), n),
+            "similar_movieId": self.items["movieId"].to_numpy()[flat],
+            "title": self.items["title"].to_numpy()[flat],
+            "genres": self.items["genres"].to_numpy()[flat],
+            "score": val.ravel().astype(np.float64),
+            "cluster": self.items["cluster"].to_numpy()[flat].astype(np.int64),
+        })
+        return self._in_request_order([out], "movieId", distinct)
+
+    def fold_in(self, user_ids, movie_ids, ratings, k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
+        """Recommend for new customers from their ratings, without retraining.
+
+        Each distinct ``user_ids`` value is one customer; their known movies' ratings fit a
+        user bias and vector in closed form; unknown movies are ignored. A customer with no
+        known movie gets the popular list.
+        """
+        frame = pd.DataFrame({"userId": np.asarray(user_ids, np.int64), "movieId": np.asarray(movie_ids, np.int64),
+                              "rating": np.asarray(ratings, np.float32)})
+        frame["row"] = self.item_index.index(frame["movieId"].to_numpy())
+        customers = pd.unique(frame["userId"].to_numpy())
+        vectors, biases, seen_rows, seen_cols, fitted = [], [], [], [], []
+        factor_reg = float(self.meta.get("fold_in_reg", 10.0))
+        for n_customer, customer in enumerate(customers):
+            rows = frame[(frame["userId"] == customer) & (frame["row"] >= 0)]
+            if rows.empty:
+                continue
+            bias, vec = scoring.fold_in(self.model, torch.as_tensor(rows["row"].to_numpy()),
+                                        torch.as_tensor(rows["rating"].to_numpy()), factor_reg)
+            seen_rows.append(np.full(len(rows), len(fitted)))
+            seen_cols.append(rows["row"].to_numpy())
+            fitted.append(customer)
+            vectors.append(vec)
+            biases.append(bias)
+        frames = []
+        if fitted:
+            indptr, indices = csr_from_pairs(np.concatenate(seen_rows), np.concatenate(seen_cols), len(fitted))
+            idx, val = self.top_items(np.zeros(len(fitted), np.int64), k, exclude_seen,
+                                      torch.stack(vectors), torch.stack(biases), (indptr, indices))
+            frames.append(self._ranked(np.asarray(fitted), idx, val, "personal"))
+        cold = np.setdiff1d(customers, np.asarray(fitted, dtype=np.int64))
+        if len(cold):
+            pop = self.popular_items(k)
+            frames.append(self._ranked(cold, np.tile(pop, (len(cold), 1)),
+                                       np.tile(self.items["n_ratings"].to_numpy()[pop].astype(np.float32), (len(cold), 1)),
+                                       "popular"))
+        return self._in_request_order(frames, "userId", customers)
+
+    # ------------------------------------------------------------------ helpers
+    def _ranked(self, owners: np.ndarray, idx: np.ndarray, val: np.ndarray, source: str) -> pd.DataFrame:
+        n, kk = idx.shape
+        flat = idx.ravel()
+        finite = np.isfinite(val.ravel())  # fewer unseen items than k: drop the -inf fillers
+        out = pd.DataFrame({
+            "userId": np.repeat(owners.astype(np.int64), kk),
+            "rank": np.tile(np.arange(1, kk + 1), n),
+            "movieId": self.items["movieId"].to_numpy()[flat],
+            "title": self.items["title"].to_numpy()[flat],
+            "genres": self.items["genres"].to_numpy()[flat],
+            "score": val.ravel().astype(np.float64),
+            "source": source,
+        })
+        return out[finite]
+
+    @staticmethod
+    def _in_request_order(frames, key, order) -> pd.DataFrame:
+        frames = [f for f in frames if len(f)]
+        if not frames:
+            return pd.DataFrame()
+        out = pd.concat(frames, ignore_index=True)
+        position = pd.Series(np.arange(len(order)), index=order)
+        out["_pos"] = out[key].map(position)
+        return out.sort_values(["_pos", "rank"], kind="stable").drop(columns="_pos").reset_index(drop=True)
+
+
+def _empty_similar() -> pd.DataFrame:
+    return pd.DataFrame({"movieId": pd.Series(dtype=np.int64), "rank": pd.Series(dtype=np.int64),
+                         "similar_movieId": pd.Series(dtype=np.int64), "title": pd.Series(dtype=str),
+                         "genres": pd.Series(dtype=str), "score": pd.Series(dtype=np.float64),
+                         "cluster": pd.Series(dtype=np.int64)})
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,201 @@
+"""Fitting: the estimator around :class:`~mfrec.model.MatrixFactorization`.
+
+The whole training set lives on the device as three tensors; each epoch draws one
+permutation and slices it into batches. There is no DataLoader: at a few hundred bytes
+per rating, per-row Python objects would cost more than the arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mfrec.device import resolve_device
+from mfrec.errors import ConfigError, TrainingError
+from mfrec.interactions import Interactions
+from mfrec.model import MatrixFactorization
+from mfrec import scoring
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one fit. Defaults were chosen on the validation split (docs/tuning.md)."""
+
+    n_factors: int = 8
+    epochs: int = 40
+    batch_size: int = 8192
+    lr: float = 0.01
+    reg: float = 10.0
+    bias_reg: float = 1.0
+    implicit_weight: float = 1.0
+    init_std: float = 0.01
+    patience: int = 3
+    seed: int = 0
+    device: str = "auto"
+    rating_range: tuple = (0.5, 5.0)
+    progress: Optional[bool] = None  # None: only when stderr is a terminal
+
+    def validate(self) -> None:
+        checks = [
+            (self.n_factors >= 1, f"n_factors must be >= 1, got {self.n_factors}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}"),
+            (math.isfinite(self.reg) and self.reg >= 0, f"reg must be >= 0, got {self.reg}"),
+            (math.isfinite(self.bias_reg) and self.bias_reg >= 0, f"bias_reg must be >= 0, got {self.bias_reg}"),
+            (math.isfinite(self.implicit_weight) and self.implicit_weight >= 0,
+             f"implicit_weight must be >= 0, got {self.implicit_weight}"),
+            (self.init_std > 0, f"init_std must be > 0, got {self.init_std}"),
+            (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def as_params(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("progress",)}
+
+
+@dataclass
+class FitResult:
+    model: MatrixFactorization
+    history: list = field(default_factory=list)  # dicts: epoch, train_loss, val_rmse
+    best_epoch: int = 0
+    best_val_rmse: float = float("nan")
+    seconds: float = 0.0
+    device: str = "cpu"
+
+
+EpochCallback = Callable[[dict], None]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def fit(
+    train: Interactions,
+    config: TrainConfig,
+    val: Optional[Interactions] = None,
+    epochs: Optional[int] = None,
+    on_epoch: Optional[EpochCallback] = None,
+) -> FitResult:
+    """Fit a model on ``train``; with ``val``, stop early on validation RMSE and keep the best epoch.
+
+    Parameters
+    ----------
+    train:
+        Training ratings (all indices known).
+    config:
+        Hyper-parameters and device.
+    val:
+        Optional validation ratings (unknown users/items allowed: they get bias-only predictions).
+    epochs:
+        Overrides ``config.epochs`` (the refit uses the epoch count validation chose).
+    on_epoch:
+        Called after every epoch with ``{"epoch", "train_loss", "val_rmse"}``.
+    """
+    config.validate()
+    if len(train) == 0:
+        raise TrainingError("the training set is empty")
+    if (train.users < 0).any() or (train.items < 0).any():
+        raise TrainingError("training interactions contain unknown user or item indices")
+    n_epochs = epochs or config.epochs
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    start = time.perf_counter()
+
+    users = torch.as_tensor(train.users, dtype=torch.long, device=device)
+    items = torch.as_tensor(train.items, dtype=torch.long, device=device)
+    ratings = torch.as_tensor(train.ratings, dtype=torch.float32, device=device)
+    n = len(ratings)
+    model = MatrixFactorization(
+        train.n_users, train.n_items, config.n_factors, float(ratings.mean()), config.init_std
+    ).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(config.seed)
+    if val is not None:
+        val_users = torch.as_tensor(val.users, dtype=torch.long, device=device)
+        val_items = torch.as_tensor(val.items, dtype=torch.long, device=device)
+        val_ratings = torch.as_tensor(val.ratings, dtype=torch.float32, device=device)
+
+    show = config.progress if config.progress is not None else sys.stderr.isatty()
+    bar = tqdm(range(1, n_epochs + 1), desc="train", unit="epoch", disable=not show, leave=False)
+    result = FitResult(model=model, device=str(device))
+    best_state, best_rmse, since_best = None, float("inf"), 0
+    for epoch in bar:
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        perm = torch.randperm(n, generator=generator, device=device)
+        for start_row in range(0, n, config.batch_size):
+            batch = perm[start_row:start_row + config.batch_size]
+            loss, mse = _batch_loss(model, users[batch], items[batch], ratings[batch], n, config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += mse.detach() * len(batch)
+        train_loss = float(loss_sum) / n
+        if not math.isfinite(train_loss):
+            raise TrainingError(
+                f"training loss became {train_loss} at epoch {epoch}; "
+                f"the optimiser diverged: try a smaller lr (now {config.lr})"
+            )
+        record = {"epoch": epoch, "train_loss": train_loss}
+        if val is not None:
+            model.eval()
+            with torch.no_grad():
+                pred = scoring.predict_indices(model, val_users, val_items, config.rating_range)
+                record["val_rmse"] = float(torch.sqrt(torch.mean((pred - val_ratings) ** 2)))
+            bar.set_postfix(loss=f"{train_loss:.4f}", val_rmse=f"{record['val_rmse']:.4f}")
+        else:
+            bar.set_postfix(loss=f"{train_loss:.4f}")
+        result.history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if val is not None:
+            if record["val_rmse"] < best_rmse - 1e-6:
+                best_rmse, since_best = record["val_rmse"], 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                result.best_epoch = epoch
+            else:
+                since_best += 1
+                if since_best > config.patience:
+                    break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        result.best_val_rmse = best_rmse
+    else:
+        result.best_epoch = len(result.history)
+    model.eval()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _batch_loss(model, users, items, ratings, n_total, config):
+    """Rating MSE + L2 prior (scaled to the whole set) + softmax loss of which items were rated."""
+    pred = model(users, items)
+    mse = torch.mean((pred - ratings) ** 2)
+    loss = mse + (config.reg * model.l2() + config.bias_reg * model.bias_l2()) / n_total
+    if config.implicit_weight > 0:
+        # Exact softmax over the catalogue, once per distinct user in the batch.
+        distinct, inverse = torch.unique(users, return_inverse=True)
+        log_norm = torch.logsumexp(model.choice_logits(distinct), dim=1)
+        chosen = (model.user_factors[users] * model.item_factors[items]).sum(1) + model.item_logit_bias[items]
+        loss = loss + config.implicit_weight * torch.mean(log_norm[inverse] - chosen)
+    # No per-batch finiteness check: it would sync the GPU every step. NaN propagates into
+    # the epoch's loss sum, which fit() checks.
+    return loss, mse

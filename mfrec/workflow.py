@@ -1,0 +1,61 @@
+"""Train → refit → evaluate on a prepared split, without MLflow."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import pandas as pd
+
+from mfrec import train as training
+from mfrec.evaluate import evaluate
+from mfrec.interactions import IdIndex, Interactions
+from mfrec.recommender import Recommender
+
+
+@dataclass
+class TrainOutcome:
+    recommender: Recommender
+    metrics: dict
+    history: list = field(default_factory=list)
+    best_epoch: int = 0
+    device: str = "cpu"
+
+
+def train_and_evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, movies: pd.DataFrame,
+                       config: training.TrainConfig, refit: bool = True,
+                       on_epoch: Optional[Callable[[dict], None]] = None) -> TrainOutcome:
+    """Choose the epoch count on ``val``, refit on train+val, evaluate on ``test``.
+
+    The peers we compare with train on every non-test rating, so the final model does too
+    (``refit=False`` keeps the validation-phase model, trained on ``train`` only).
+    """
+    config.validate()
+    started = time.perf_counter()
+    users, items = IdIndex(train["userId"]), IdIndex(train["movieId"])
+    tr = Interactions.from_frame(train, users, items)
+    va = Interactions.from_frame(val, users, items) if len(val) else None
+    first = training.fit(tr, config, val=va, on_epoch=on_epoch)
+    fit_frame, result = train, first
+    if refit and va is not None:
+        fit_frame = pd.concat([train, val], ignore_index=True)
+        users, items = IdIndex(fit_frame["userId"]), IdIndex(fit_frame["movieId"])
+        result = training.fit(Interactions.from_frame(fit_frame, users, items), config, epochs=first.best_epoch)
+    seconds = time.perf_counter() - started
+    meta = {
+        "rating_range": list(config.rating_range),
+        "n_factors": config.n_factors,
+        "fold_in_reg": config.reg,
+        "best_epoch": first.best_epoch,
+        "train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.as_params().items()},
+    }
+    rec = Recommender.build(result.model, users, items, fit_frame, movies, meta)
+    scores = evaluate(rec, fit_frame, test)
+    scores.update({
+        "train_seconds": seconds,
+        "epochs_run": len(first.history),
+        "best_epoch": first.best_epoch,
+        "best_val_rmse": first.best_val_rmse,
+    })
+    return TrainOutcome(rec, scores, first.history, first.best_epoch, first.device)
