@@ -43,7 +43,7 @@ class Interactions:
         return cls(
             users=user_index.index(df["userId"].to_numpy()),
             items=item_index.index(df["movieId"].to_numpy()),
-            ratings=df["rating"].to_numpy(dtype=np.float32),
+            ratings=np.array(df["rating"], dtype=np.float32),  # a writable copy
             n_users=len(user_index),
             n_items=len(item_index),
         )

@@ -206,13 +206,15 @@ class Recommender:
         frame["row"] = self.item_index.index(frame["movieId"].to_numpy())
         customers = pd.unique(frame["userId"].to_numpy())
         vectors, biases, seen_rows, seen_cols, fitted = [], [], [], [], []
-        factor_reg = float(self.meta.get("fold_in_reg", 10.0))
+        cfg = self.meta.get("train_config", {})
+        fold_args = {"reg": float(cfg.get("reg", 10.0)), "bias_reg": float(cfg.get("bias_reg", 1.0)),
+                     "implicit_weight": float(cfg.get("implicit_weight", 1.0))}
         for n_customer, customer in enumerate(customers):
             rows = frame[(frame["userId"] == customer) & (frame["row"] >= 0)]
             if rows.empty:
                 continue
-            bias, vec = scoring.fold_in(self.model, torch.as_tensor(rows["row"].to_numpy()),
-                                        torch.as_tensor(rows["rating"].to_numpy()), factor_reg)
+            bias, vec = scoring.fold_in(self.model, torch.tensor(rows["row"].to_numpy()),
+                                        torch.tensor(rows["rating"].to_numpy()), **fold_args)
             seen_rows.append(np.full(len(rows), len(fitted)))
             seen_cols.append(rows["row"].to_numpy())
             fitted.append(customer)

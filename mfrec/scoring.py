@@ -12,7 +12,7 @@ import torch
 # Weight of the predicted rating in the ranking score, chosen on the validation split
 # (docs/tuning.md): ranking by the choice logit alone favours what a user will watch;
 # adding some predicted rating favours what they will also like (relevant = rating >= 4).
-DEFAULT_RATING_WEIGHT = 0.5
+DEFAULT_RATING_WEIGHT = 1.0
 
 
 @torch.no_grad()
@@ -77,14 +77,38 @@ def similar_items(model, items: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
 
 
 @torch.no_grad()
-def fold_in(model, items: torch.Tensor, ratings: torch.Tensor, reg: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Closed-form ridge fit of a new user's bias and factors against fixed item parameters.
+def fold_in(model, items: torch.Tensor, ratings: torch.Tensor, reg: float, bias_reg: float = 1.0,
+            implicit_weight: float = 1.0, steps: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit a new user's bias and factors against the fixed item parameters (no retraining).
 
-    Solves ``min ||r - mu - b_i - b_u - q_i.p||^2 + reg*(b_u^2 + ||p||^2)`` for ``(b_u, p)``.
+    Minimises the training objective restricted to one user::
+
+        sum_j (r_j - mu - b_j - b - q_j.p)^2 + reg*|p|^2 + bias_reg*b^2
+            + implicit_weight * sum_j (logsumexp_i(q_i.p + c_i) - q_j.p - c_j)
+
+    It is convex in ``(b, p)``; Newton's method converges in a few steps. With
+    ``implicit_weight=0`` it is the closed-form ridge solution (one step). The implicit term
+    matters: five 5-star ratings barely move a ridge fit off the biases, while *which* films
+    a customer chose says a lot about their taste.
     """
     q = model.item_factors[items]
+    k = q.shape[1]
     design = torch.cat([torch.ones(len(items), 1, dtype=q.dtype, device=q.device), q], dim=1)
-    target = ratings - model.global_mean - model.item_bias[items]
-    gram = design.T @ design + reg * torch.eye(design.shape[1], dtype=q.dtype, device=q.device)
-    solution = torch.linalg.solve(gram, design.T @ target)
-    return solution[0], solution[1:]
+    target = ratings.to(q.dtype) - model.global_mean - model.item_bias[items]
+    prior = torch.full((k + 1,), float(reg), dtype=q.dtype, device=q.device)
+    prior[0] = bias_reg
+    x = torch.zeros(k + 1, dtype=q.dtype, device=q.device)
+    n_chosen = len(items)
+    chosen_sum = q.sum(0)  # gradient of the chosen items' logits w.r.t. p
+    rating_hess = 2 * design.T @ design + 2 * torch.diag(prior)
+    for _ in range(steps if implicit_weight > 0 else 1):
+        grad = -2 * design.T @ (target - design @ x) + 2 * prior * x
+        hess = rating_hess.clone()
+        if implicit_weight > 0:
+            prob = torch.softmax(model.item_factors @ x[1:] + model.item_logit_bias, dim=0)
+            mean_q = prob @ model.item_factors
+            cov = (model.item_factors * prob[:, None]).T @ model.item_factors - torch.outer(mean_q, mean_q)
+            grad[1:] += implicit_weight * (n_chosen * mean_q - chosen_sum)
+            hess[1:, 1:] += implicit_weight * n_chosen * cov
+        x = x - torch.linalg.solve(hess, grad)
+    return x[0], x[1:]

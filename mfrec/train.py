@@ -8,6 +8,7 @@ per rating, per-row Python objects would cost more than the arithmetic.
 from __future__ import annotations
 
 import math
+import os
 import random
 import sys
 import time
@@ -36,9 +37,16 @@ class TrainConfig:
     reg: float = 10.0
     bias_reg: float = 1.0
     implicit_weight: float = 1.0
+    # Softmax of the implicit head over at most this many users x items per batch (0 = all).
+    # Exact on small catalogues; sampled (uniform negatives, importance-corrected) at scale.
+    implicit_users: int = 1024
+    implicit_items: int = 16384
     init_std: float = 0.01
     patience: int = 3
     seed: int = 0
+    # Same seed, same device -> same numbers. Costs some speed: scatter-adds with duplicate
+    # indices otherwise sum in a thread-dependent order.
+    deterministic: bool = True
     device: str = "auto"
     rating_range: tuple = (0.5, 5.0)
     progress: Optional[bool] = None  # None: only when stderr is a terminal
@@ -53,6 +61,8 @@ class TrainConfig:
             (math.isfinite(self.bias_reg) and self.bias_reg >= 0, f"bias_reg must be >= 0, got {self.bias_reg}"),
             (math.isfinite(self.implicit_weight) and self.implicit_weight >= 0,
              f"implicit_weight must be >= 0, got {self.implicit_weight}"),
+            (self.implicit_users >= 0, f"implicit_users must be >= 0, got {self.implicit_users}"),
+            (self.implicit_items >= 0, f"implicit_items must be >= 0, got {self.implicit_items}"),
             (self.init_std > 0, f"init_std must be > 0, got {self.init_std}"),
             (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
         ]
@@ -112,12 +122,24 @@ def fit(
         raise TrainingError("training interactions contain unknown user or item indices")
     n_epochs = epochs or config.epochs
     device = resolve_device(config.device)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    if config.deterministic:
+        # cuBLAS needs this set before its first use to be deterministic.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _fit(train, config, val, n_epochs, device, on_epoch)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _fit(train, config, val, n_epochs, device, on_epoch) -> FitResult:
     seed_everything(config.seed)
     start = time.perf_counter()
 
-    users = torch.as_tensor(train.users, dtype=torch.long, device=device)
-    items = torch.as_tensor(train.items, dtype=torch.long, device=device)
-    ratings = torch.as_tensor(train.ratings, dtype=torch.float32, device=device)
+    users = torch.tensor(train.users, dtype=torch.long, device=device)
+    items = torch.tensor(train.items, dtype=torch.long, device=device)
+    ratings = torch.tensor(train.ratings, dtype=torch.float32, device=device)
     n = len(ratings)
     model = MatrixFactorization(
         train.n_users, train.n_items, config.n_factors, float(ratings.mean()), config.init_std
@@ -126,9 +148,9 @@ def fit(
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
     if val is not None:
-        val_users = torch.as_tensor(val.users, dtype=torch.long, device=device)
-        val_items = torch.as_tensor(val.items, dtype=torch.long, device=device)
-        val_ratings = torch.as_tensor(val.ratings, dtype=torch.float32, device=device)
+        val_users = torch.tensor(val.users, dtype=torch.long, device=device)
+        val_items = torch.tensor(val.items, dtype=torch.long, device=device)
+        val_ratings = torch.tensor(val.ratings, dtype=torch.float32, device=device)
 
     show = config.progress if config.progress is not None else sys.stderr.isatty()
     bar = tqdm(range(1, n_epochs + 1), desc="train", unit="epoch", disable=not show, leave=False)
@@ -140,7 +162,7 @@ def fit(
         perm = torch.randperm(n, generator=generator, device=device)
         for start_row in range(0, n, config.batch_size):
             batch = perm[start_row:start_row + config.batch_size]
-            loss, mse = _batch_loss(model, users[batch], items[batch], ratings[batch], n, config)
+            loss, mse = _batch_loss(model, users[batch], items[batch], ratings[batch], n, config, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -185,17 +207,40 @@ def fit(
     return result
 
 
-def _batch_loss(model, users, items, ratings, n_total, config):
+def _batch_loss(model, users, items, ratings, n_total, config, generator):
     """Rating MSE + L2 prior (scaled to the whole set) + softmax loss of which items were rated."""
     pred = model(users, items)
     mse = torch.mean((pred - ratings) ** 2)
     loss = mse + (config.reg * model.l2() + config.bias_reg * model.bias_l2()) / n_total
     if config.implicit_weight > 0:
-        # Exact softmax over the catalogue, once per distinct user in the batch.
-        distinct, inverse = torch.unique(users, return_inverse=True)
-        log_norm = torch.logsumexp(model.choice_logits(distinct), dim=1)
-        chosen = (model.user_factors[users] * model.item_factors[items]).sum(1) + model.item_logit_bias[items]
-        loss = loss + config.implicit_weight * torch.mean(log_norm[inverse] - chosen)
+        loss = loss + config.implicit_weight * _choice_loss(model, users, items, config, generator)
     # No per-batch finiteness check: it would sync the GPU every step. NaN propagates into
     # the epoch's loss sum, which fit() checks.
     return loss, mse
+
+
+def _choice_loss(model, users, items, config, generator):
+    """Mean negative log-softmax of each rated item among the catalogue, for the batch's users.
+
+    The normaliser is computed once per distinct user. When a batch has more distinct users
+    than ``implicit_users``, a random subset of them (and their rows) stands in; when the
+    catalogue is larger than ``implicit_items``, a uniform sample of items, scaled by
+    ``n_items / sample``, estimates the normaliser.
+    """
+    distinct, inverse = torch.unique(users, return_inverse=True)
+    if 0 < config.implicit_users < len(distinct):
+        pick = torch.randperm(len(distinct), generator=generator, device=users.device)[: config.implicit_users]
+        keep = torch.zeros(len(distinct), dtype=torch.bool, device=users.device)
+        keep[pick] = True
+        rows = keep[inverse]
+        users, items = users[rows], items[rows]
+        distinct, inverse = torch.unique(users, return_inverse=True)
+    n_items = model.item_factors.shape[0]
+    if 0 < config.implicit_items < n_items:
+        sample = torch.randint(0, n_items, (config.implicit_items,), generator=generator, device=users.device)
+        logits = model.user_factors[distinct] @ model.item_factors[sample].T + model.item_logit_bias[sample]
+        log_norm = torch.logsumexp(logits, dim=1) + math.log(n_items / config.implicit_items)
+    else:
+        log_norm = torch.logsumexp(model.choice_logits(distinct), dim=1)
+    chosen = (model.user_factors[users] * model.item_factors[items]).sum(1) + model.item_logit_bias[items]
+    return torch.mean(log_norm[inverse] - chosen)

@@ -46,7 +46,6 @@ def train_and_evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFram
     meta = {
         "rating_range": list(config.rating_range),
         "n_factors": config.n_factors,
-        "fold_in_reg": config.reg,
         "best_epoch": first.best_epoch,
         "train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.as_params().items()},
     }

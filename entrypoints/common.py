@@ -1,0 +1,55 @@
+"""Helpers shared by the entry points: argument parsing and run handling."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import mlflow
+
+
+def parser_for(prog: str, description: str, defaults: dict) -> argparse.ArgumentParser:
+    """An argparse parser taking ``--some-key`` and ``--some_key`` for each default; values stay strings."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    for key, default in defaults.items():
+        flags = [f"--{key.replace('_', '-')}"] + ([f"--{key}"] if "_" in key else [])
+        parser.add_argument(*flags, dest=key, default=default)
+    parser.add_argument("--output-json", "--output_json", dest="output_json", default=None,
+                        help="also write the step's result here as JSON")
+    return parser
+
+
+@contextlib.contextmanager
+def active_or_new_run(**kwargs):
+    """The active run (``mlflow run`` made one, or a pipeline opened a nested one), else a new one."""
+    active = mlflow.active_run()
+    if active is not None:
+        yield active
+    else:
+        with mlflow.start_run(**kwargs) as run:
+            yield run
+
+
+def finish(result: dict, output_json: str | None, summary: str) -> int:
+    if output_json:
+        Path(output_json).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(summary, file=sys.stderr)
+    return 0
+
+
+def parse_number(name: str, value, kind):
+    """``kind(value)`` or a clear error naming the parameter."""
+    from mfrec.errors import ConfigError
+
+    try:
+        if kind is int:
+            number = float(value)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"parameter {name} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None

@@ -1,0 +1,203 @@
+"""MLflow entry point ``prepare``: download/verify/parse/split and log the prepared dataset.
+
+    python -m entrypoints.prepare --dataset ml-latest-small --data-path "" --split random \\
+        --test-fraction 0.2 --val-fraction 0.1 --seed 0 [--output-json result.json]
+
+Runs inside the active MLflow run (``mlflow run`` creates one; ``main`` opens a nested one) or
+starts its own. A preparation with the same data content and split parameters that an earlier
+FINISHED run of this experiment logged, and whose artifacts are still there, is reused instead of
+redone: the run is tagged ``mfrec.reused_from`` and ``mfrec.prepared_uri`` points at the earlier
+run's ``prepared/`` folder. The last stdout line is the prepared folder's URI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from mfrec.errors import MfrecError
+from mfrec.prepare import (MANIFEST, MOVIES_FILE, RATING_FILES, Loaded, load_dataset,
+                           load_prepared, prepare_key, prepare_loaded, split_params)
+
+DEFAULTS = {
+    "dataset": "ml-latest-small", "data_path": "", "split": "random",
+    "test_fraction": "0.2", "val_fraction": "0.1", "seed": "0",
+}
+ARTIFACT_DIR = "prepared"
+TAG_KEY, TAG_URI, TAG_REUSED = "mfrec.prepare_key", "mfrec.prepared_uri", "mfrec.reused_from"
+CONTEXTS = {"train.parquet": "training", "val.parquet": "validation", "test.parquet": "test"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m entrypoints.prepare",
+                                     description=__doc__.split("\n\n")[0])
+    for key, default in DEFAULTS.items():
+        flags = [f"--{key.replace('_', '-')}"] + ([f"--{key}"] if "_" in key else [])
+        # Values stay strings, exactly as received, so logged params match what mlflow logged.
+        extra = {"nargs": "?", "const": ""} if key == "data_path" else {}
+        parser.add_argument(*flags, dest=key, default=default, **extra)
+    parser.add_argument("--output-json", "--output_json", dest="output_json", default=None,
+                        help="write {run_id, prepared_uri, reused_from, manifest} here")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no download progress bar")
+    return parser
+
+
+def run_prepare(args: dict, progress: bool = True) -> dict:
+    """Prepare (or reuse) the dataset described by ``args`` inside the active MLflow run.
+
+    Args:
+        args: any of ``dataset``, ``data_path``, ``split``, ``test_fraction``,
+            ``val_fraction``, ``seed`` (strings or numbers); missing keys take the defaults.
+        progress: show a download progress bar (terminal only).
+
+    Returns:
+        ``{"run_id", "prepared_uri", "reused_from", "manifest"}``; ``reused_from`` is ``None``
+        when this run did the work.
+    """
+    values = {k: args.get(k) if args.get(k) is not None else d for k, d in DEFAULTS.items()}
+    with _run() as run:
+        run_id = run.info.run_id
+        client = MlflowClient()
+        _log_new_params(client, run_id, values)
+        params = split_params(values["split"], values["test_fraction"],
+                              values["val_fraction"], values["seed"])
+        loaded = load_dataset(values["dataset"], values["data_path"], progress=progress)
+        key = prepare_key(loaded.data_sha256, params["method"], params["test_fraction"],
+                          params["val_fraction"], params["seed"])
+        earlier = find_reusable(client, run.info.experiment_id, key, exclude_run=run_id)
+        if earlier:
+            reused_from, manifest = earlier
+            prepared_uri = f"runs:/{reused_from}/{ARTIFACT_DIR}"
+            mlflow.set_tag(TAG_REUSED, reused_from)
+            # The earlier run holds the data; this run keeps a copy of its manifest for the record.
+            mlflow.log_dict(manifest, f"reused/{MANIFEST}")
+        else:
+            reused_from = None
+            prepared_uri = f"runs:/{run_id}/{ARTIFACT_DIR}"
+            manifest = _prepare_and_log(loaded, params)
+        mlflow.set_tags({TAG_KEY: key, TAG_URI: prepared_uri,
+                         "mfrec.data_sha256": manifest["data_sha256"],
+                         "mfrec.dataset": manifest["dataset"]})
+        mlflow.log_metrics(_count_metrics(manifest))
+    return {"run_id": run_id, "prepared_uri": prepared_uri, "reused_from": reused_from,
+            "manifest": manifest}
+
+
+def find_reusable(client: MlflowClient, experiment_id: str, key: str,
+                  exclude_run: str | None = None) -> tuple[str, dict] | None:
+    """Latest FINISHED run of the experiment that logged a preparation with ``key``.
+
+    Runs that themselves reused another run are skipped (they hold no data), as are runs whose
+    ``prepared/`` artifacts are incomplete or no longer downloadable.
+    """
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_KEY}` = '{key}' AND attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=50,
+    )
+    wanted = {*RATING_FILES, MOVIES_FILE, MANIFEST}
+    for candidate in runs:
+        run_id = candidate.info.run_id
+        if run_id == exclude_run or TAG_REUSED in candidate.data.tags:
+            continue
+        try:
+            present = {Path(f.path).name for f in client.list_artifacts(run_id, ARTIFACT_DIR)}
+            if not wanted <= present:
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                path = client.download_artifacts(run_id, f"{ARTIFACT_DIR}/{MANIFEST}", tmp)
+                manifest = json.loads(Path(path).read_text())
+        except (MlflowException, OSError, ValueError):
+            continue  # artifacts gone or unreadable: not reusable
+        if manifest.get("prepare_key") == key:
+            return run_id, manifest
+    return None
+
+
+def _prepare_and_log(loaded: Loaded, params: dict) -> dict:
+    with tempfile.TemporaryDirectory(prefix="mfrec-prepare-") as tmp:
+        out = Path(tmp) / ARTIFACT_DIR
+        manifest = prepare_loaded(loaded, out, params["method"], params["test_fraction"],
+                                  params["val_fraction"], params["seed"])
+        mlflow.log_artifacts(str(out), artifact_path=ARTIFACT_DIR)
+        prepared = load_prepared(out, verify=False)
+        frames = {"train.parquet": prepared.train, "val.parquet": prepared.val,
+                  "test.parquet": prepared.test}
+        source = _dataset_source(loaded)
+        for name, context in CONTEXTS.items():
+            split_name = name.removesuffix(".parquet")
+            dataset = mlflow.data.from_pandas(
+                frames[name], source=source, name=f"{loaded.dataset}-{split_name}",
+                # Digest column is 36 characters wide; 32 hex digits of sha256 name the file.
+                digest=manifest["files"][name]["sha256"][:32],
+            )
+            mlflow.log_input(dataset, context=context)
+    return manifest
+
+
+def _dataset_source(loaded: Loaded):
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    source = loaded.source
+    if source.kind == "download":
+        return HTTPDatasetSource(source.url)
+    if source.kind in ("zip", "dir"):
+        return resolve_dataset_source(str(source.path))
+    return CodeDatasetSource(tags={"mfrec.generator": source.verification,
+                                   "mfrec.dataset": loaded.dataset})
+
+
+def _count_metrics(manifest: dict) -> dict[str, float]:
+    numbers = {**manifest["counts"], **manifest["unseen"]}
+    return {f"data_{k}": float(v) for k, v in numbers.items()}
+
+
+def _log_new_params(client: MlflowClient, run_id: str, values: dict) -> None:
+    # `mlflow run` has logged its params already; logging them again in another string form
+    # ("0.20" vs "0.2") would fail, so only fill in what is missing.
+    present = client.get_run(run_id).data.params
+    missing = {k: str(v) for k, v in values.items() if k not in present}
+    if missing:
+        mlflow.log_params(missing)
+
+
+@contextlib.contextmanager
+def _run():
+    active = mlflow.active_run()
+    if active is not None:
+        yield active
+    else:
+        with mlflow.start_run() as run:
+            yield run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    values = {k: getattr(args, k) for k in DEFAULTS}
+    try:
+        with mlflow.start_run():
+            result = run_prepare(values, progress=args.progress)
+    except MfrecError as exc:
+        print(f"prepare failed: {exc}", file=sys.stderr)
+        return 1
+    if args.output_json:
+        Path(args.output_json).write_text(json.dumps(result, indent=2) + "\n")
+    reused = f" (reused from run {result['reused_from']})" if result["reused_from"] else ""
+    print(f"prepared data{reused}: {result['manifest']['counts']}", file=sys.stderr)
+    print(result["prepared_uri"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

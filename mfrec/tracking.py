@@ -1,0 +1,249 @@
+"""The MLflow edge of mfrec: the pyfunc model, model logging, registry and logging helpers.
+
+Everything else in :mod:`mfrec` works without MLflow; this module is the one that imports it.
+The served model wraps :class:`~mfrec.recommender.Recommender`, the same object whose
+ranking produced the test metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models.signature import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
+
+TASKS = ("predict", "recommend", "similar", "fold_in")
+TASK_COLUMNS = {"predict": ("userId", "movieId"), "recommend": ("userId",), "similar": ("movieId",),
+                "fold_in": ("movieId", "rating")}
+MAX_ROWS = 100_000
+MAX_K = 1000
+# Columns are typed "any" in the signature so raw values reach the model, which checks them
+# itself: with a long column MLflow silently truncates 12.7 to 12, and with a double column
+# it refuses plain JSON integers. Ids above 2**53 would not survive a float round trip.
+MAX_ID = 2**53
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def bad_request(message: str) -> MlflowException:
+    """An error MLflow's scoring server turns into HTTP 400 with ``message``."""
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+class MfrecPyfunc(mlflow.pyfunc.PythonModel):
+    """Answers ``predict``, ``recommend``, ``similar`` and ``fold_in`` requests (interface.md)."""
+
+    def load_context(self, context):
+        from mfrec.recommender import Recommender
+
+        self.rec = Recommender.load(context.artifacts["recommender"])
+
+    def predict(self, context, model_input, params=None):
+        return answer(self.rec, model_input, params)
+
+
+def answer(rec, frame, params=None) -> pd.DataFrame:
+    """Validate one request and answer it with ``rec`` (shared by pyfunc and tests)."""
+    task, k, exclude_seen = _params(params or {})
+    if not isinstance(frame, pd.DataFrame):
+        try:
+            frame = pd.DataFrame(frame)
+        except Exception as exc:  # noqa: BLE001
+            raise bad_request(f"input must be a table with columns userId, movieId, rating: {exc}") from exc
+    frame = _unwrap_columns(frame)
+    if len(frame) > MAX_ROWS:
+        raise bad_request(f"too many input rows: {len(frame)} (at most {MAX_ROWS:,} per request)")
+    needed = TASK_COLUMNS[task]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise bad_request(f"task {task!r} needs column(s) {', '.join(needed)}; missing: {', '.join(missing)}")
+    if task == "predict":
+        return rec.predict(_ids(frame, "userId"), _ids(frame, "movieId"))
+    if task == "recommend":
+        return _typed(rec.recommend(_ids(frame, "userId"), k, exclude_seen), "recommend")
+    if task == "similar":
+        return _typed(rec.similar(_ids(frame, "movieId"), k), "similar")
+    ratings = _ratings(frame, rec.rating_range)
+    users = _ids(frame, "userId") if "userId" in frame.columns and frame["userId"].notna().any() else np.zeros(len(frame), np.int64)
+    return _typed(rec.fold_in(users, _ids(frame, "movieId"), ratings, k, exclude_seen), "recommend")
+
+
+def _unwrap_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Undo MLflow wrapping ``{"inputs": {"userId": []}}`` into ONE row whose cells are lists.
+
+    MLflow does that when every column list is empty or holds only strings; the client meant
+    a table with those columns, so give it back (an empty one answers 200 with no rows).
+    """
+    if len(frame) != 1 or not len(frame.columns):
+        return frame
+    cells = list(frame.iloc[0])
+    if all(isinstance(c, (list, tuple, np.ndarray)) for c in cells) and len({len(c) for c in cells}) == 1:
+        return pd.DataFrame({name: list(c) for name, c in zip(frame.columns, cells)})
+    return frame
+
+
+def _params(params: dict) -> tuple[str, int, bool]:
+    task = params.get("task", "predict")
+    if not isinstance(task, str) or task not in TASKS:
+        raise bad_request(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    k = params.get("k", 10)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= MAX_K:
+        raise bad_request(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
+    exclude_seen = params.get("exclude_seen", True)
+    if not isinstance(exclude_seen, (bool, np.bool_)):
+        raise bad_request(f"exclude_seen must be true or false, got {exclude_seen!r}")
+    return task, int(k), bool(exclude_seen)
+
+
+def _ids(frame: pd.DataFrame, column: str) -> np.ndarray:
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = (~np.isfinite(values) | (values != np.round(values)) | (values < 0) | (values > MAX_ID)
+           | _bools(frame[column]))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise bad_request(
+            f"column {column!r} must hold non-negative integer ids; row {row} has {_show(frame[column].iloc[row])} "
+            f"({int(bad.sum())} bad value(s))"
+        )
+    return values.astype(np.int64)
+
+
+def _ratings(frame: pd.DataFrame, rating_range) -> np.ndarray:
+    values = pd.to_numeric(frame["rating"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    low, high = rating_range
+    bad = ~np.isfinite(values) | (values < low) | (values > high) | _bools(frame["rating"])
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise bad_request(
+            f"column 'rating' must hold ratings between {low} and {high}; row {row} has "
+            f"{_show(frame['rating'].iloc[row])} ({int(bad.sum())} bad value(s))"
+        )
+    return values.astype(np.float32)
+
+
+def _bools(column: pd.Series) -> np.ndarray:
+    """Where ``column`` holds JSON true/false, which pandas would otherwise read as 1/0."""
+    if pd.api.types.is_bool_dtype(column):
+        return np.ones(len(column), dtype=bool)
+    if column.dtype == object:
+        return np.fromiter((isinstance(v, (bool, np.bool_)) for v in column), dtype=bool, count=len(column))
+    return np.zeros(len(column), dtype=bool)
+
+
+_EMPTY = {
+    "recommend": {"userId": "int64", "rank": "int64", "movieId": "int64", "title": "str", "genres": "str",
+                  "score": "float64", "source": "str"},
+    "similar": {"movieId": "int64", "rank": "int64", "similar_movieId": "int64", "title": "str", "genres": "str",
+                "score": "float64", "cluster": "int64"},
+}
+
+
+def _typed(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """Give empty answers their columns, so clients can rely on the shape."""
+    if len(frame):
+        return frame
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _EMPTY[kind].items()})
+
+
+# ---------------------------------------------------------------------------- logging helpers
+
+def signature() -> ModelSignature:
+    inputs = Schema([ColSpec(AnyType(), name, required=False) for name in ("userId", "movieId", "rating")])
+    params = ParamSchema([
+        ParamSpec("task", "string", "predict"),
+        ParamSpec("k", "long", 10),
+        ParamSpec("exclude_seen", "boolean", True),
+    ])
+    return ModelSignature(inputs=inputs, params=params)
+
+
+def pip_requirements() -> list[str]:
+    """Pinned to what this process runs, without local build tags (``+cpu``)."""
+    from importlib.metadata import version
+
+    def pin(name):
+        return f"{name}=={version(name).split('+')[0]}"
+
+    return [pin("mlflow"), pin("torch"), pin("numpy"), pin("pandas"), pin("pyarrow"), pin("scikit-learn")]
+
+
+def log_pyfunc(recommender_dir, name: str = "model", registered_model_name: str | None = None):
+    """Log the saved recommender folder as a pyfunc model (models-from-code: no pickle)."""
+    example = pd.DataFrame({"userId": [1, 1], "movieId": [1, 50]})
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(PACKAGE_DIR / "serving.py"),
+        artifacts={"recommender": str(recommender_dir)},
+        code_paths=[str(PACKAGE_DIR)],
+        pip_requirements=pip_requirements(),
+        signature=signature(),
+        input_example=example,
+        registered_model_name=registered_model_name,
+    )
+
+
+def log_new_params(params: dict) -> None:
+    """Log params the active run does not have yet (``mlflow run`` logs its own, as given)."""
+    run = mlflow.active_run()
+    existing = mlflow.get_run(run.info.run_id).data.params if run else {}
+    fresh = {k: v for k, v in params.items() if k not in existing}
+    if fresh:
+        mlflow.log_params(fresh)
+
+
+def finite_metrics(metrics: dict) -> dict:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating, np.integer))
+            and math.isfinite(float(v))}
+
+
+def register(model_uri: str, name: str, test_rmse: float, data_sha256: str, run_id: str) -> dict:
+    """Register a version and move alias ``champion`` to it only if it beats the champion.
+
+    It must beat the current champion's ``test_rmse`` on the same prepared data (same
+    manifest checksum); without a champion, it becomes one. The decision is tagged on the
+    run and on the version.
+    """
+    client = mlflow.MlflowClient()
+    version = mlflow.register_model(model_uri, name, tags={"test_rmse": repr(float(test_rmse)),
+                                                            "data_sha256": data_sha256, "run_id": run_id})
+    try:
+        champion = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        champion = None
+    if champion is None:
+        promote, reason = True, "no champion yet"
+    elif champion.tags.get("data_sha256") != data_sha256:
+        promote, reason = False, f"champion v{champion.version} was evaluated on other prepared data"
+    else:
+        best = float(champion.tags.get("test_rmse", "inf"))
+        promote = test_rmse < best
+        reason = (f"test_rmse {test_rmse:.4f} {'<' if promote else '>='} champion v{champion.version}'s "
+                  f"{best:.4f}")
+    if promote:
+        client.set_registered_model_alias(name, "champion", version.version)
+    decision = f"{'promoted' if promote else 'kept champion'}: {reason}"
+    client.set_model_version_tag(name, version.version, "champion_decision", decision)
+    client.set_tag(run_id, "mfrec.champion_decision", decision)
+    client.set_tag(run_id, "mfrec.registered_version", str(version.version))
+    return {"version": int(version.version), "promoted": promote, "decision": decision}
+
+
+def resolve_local(uri_or_path: str, dst: str | None = None) -> Path:
+    """A local folder for a path or an MLflow artifact URI (``runs:/...``, ``mlflow-artifacts:/...``)."""
+    if os.path.exists(uri_or_path):
+        return Path(uri_or_path)
+    if "://" in uri_or_path or uri_or_path.startswith("runs:/"):
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri_or_path, dst_path=dst))
+    from mfrec.errors import DataError
+
+    raise DataError(f"{uri_or_path!r} is neither an existing path nor an MLflow artifact URI")
+
+
+def _show(value) -> str:
+    return repr(value.item() if isinstance(value, np.generic) else value)

@@ -1,0 +1,186 @@
+"""Serve a fitted recommender the way users do: log it, register it, ``mlflow models serve`` it.
+
+Used by the session fixture ``served_model`` (conftest.py), the serving/fuzz tests and, via
+its command line, to build the model that ``scripts/load_test.py`` was measured against::
+
+    .venv/bin/python tests/serving_helpers.py --zip ../shared/data/ml-latest-small.zip --out /tmp/mfrec-served
+
+prints the tracking URI to export before ``mlflow models serve -m models:/mfrec@champion``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import REPO_ROOT, VENV_BIN, free_port, stop_process, venv_env, wait_http  # noqa: E402
+
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+MODEL_NAME = "mfrec"
+CHAMPION_URI = f"models:/{MODEL_NAME}@champion"
+
+
+@dataclass
+class ServedModel:
+    """A running ``mlflow models serve`` process and where its model came from."""
+
+    url: str
+    proc: subprocess.Popen
+    root: Path
+    tracking_uri: str
+    model_uri: str
+    log_path: Path
+
+    @property
+    def invocations(self) -> str:
+        return f"{self.url}/invocations"
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+
+@contextlib.contextmanager
+def mlflow_uris(uri: str):
+    """Point this process's MLflow tracking and registry at ``uri``; restore both afterwards.
+
+    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into ``os.environ``, so the
+    environment variables are restored too (other tests may rely on their own settings).
+    """
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved_tracking = getattr(tracking_utils, "_tracking_uri", None)
+    saved_registry = getattr(registry_utils, "_registry_uri", None)
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield
+    finally:
+        tracking_utils._tracking_uri = saved_tracking
+        registry_utils._registry_uri = saved_registry
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def register_recommender(rec, root: Path, name: str = MODEL_NAME, clusters: bool = True,
+                         test_rmse: float = 1.0, data_sha256: str = "test") -> str:
+    """Save ``rec`` (plus KMeans clusters, as the pipeline does), log and register it.
+
+    Everything lives under ``root``: ``mlflow.db`` and ``artifacts/``. Returns the sqlite
+    tracking URI; alias ``champion`` of ``name`` points at the new version.
+    """
+    import mlflow
+
+    from mfrec import tracking
+    from mfrec.recommender import Recommender
+
+    root = Path(root)
+    folder = root / "recommender"
+    rec.save(folder)
+    if clusters:
+        from mfrec.cluster import cluster_movies
+        from mfrec.embeddings import item_frame
+
+        copy = Recommender.load(folder)  # never mutate the caller's (session-shared) object
+        meta = item_frame(copy)
+        vectors = copy.model.item_factors.detach().cpu().numpy()
+        result = cluster_movies(meta, vectors, n_clusters=10, seed=0, n_init=2, n_shuffles=1)
+        copy.set_clusters(result.assignments)
+        folder = root / "recommender-clustered"
+        copy.save(folder)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with mlflow_uris(uri):
+        client = mlflow.MlflowClient()
+        experiment_id = client.create_experiment("mfrec-serving", artifact_location=(root / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment_id, run_name="serving-fixture") as run:
+            info = tracking.log_pyfunc(folder)
+            tracking.register(info.model_uri, name, test_rmse, data_sha256, run.info.run_id)
+    return uri
+
+
+def start_model_server(root: Path, tracking_uri: str, model_uri: str = CHAMPION_URI, port: int | None = None,
+                       timeout: float = 120.0, extra_env: dict | None = None) -> ServedModel:
+    """``mlflow models serve -m MODEL --env-manager local`` on 127.0.0.1, ready on ``/ping``."""
+    root = Path(root)
+    port = port or free_port()
+    cmd = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+           "-p", str(port), "--host", "127.0.0.1"]
+    log_path = root / f"serve-{port}.log"
+    log = open(log_path, "wb")
+    env = venv_env(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri, **(extra_env or {}))
+    proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env)
+    log.close()  # the child holds its own descriptor
+    served = ServedModel(f"http://127.0.0.1:{port}", proc, root, tracking_uri, model_uri, log_path)
+    try:
+        wait_http(f"{served.url}/ping", timeout=timeout, proc=proc)
+    except RuntimeError as exc:
+        stop_process(proc, timeout=10)
+        raise RuntimeError(f"mlflow models serve did not start: {exc}\n{served.log_tail()}") from exc
+    return served
+
+
+def stop_model_server(served: ServedModel) -> None:
+    """Stop the CLI process by PID; its uvicorn child gets SIGTERM on parent death (prctl)."""
+    import psutil
+
+    try:
+        children = psutil.Process(served.proc.pid).children(recursive=True)
+    except psutil.Error:
+        children = []
+    stop_process(served.proc, timeout=15)
+    _, alive = psutil.wait_procs(children, timeout=10)
+    for child in alive:  # only processes this server started
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+@contextlib.contextmanager
+def served_recommender(rec, root: Path, **kwargs):
+    """Register ``rec`` under ``root`` and serve ``models:/mfrec@champion`` for the block."""
+    uri = register_recommender(rec, root, **kwargs)
+    served = start_model_server(root, uri)
+    try:
+        yield served
+    finally:
+        stop_model_server(served)
+
+
+def _main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Train the default model on ml-latest-small and register it "
+                                                 "as models:/mfrec@champion in a sqlite store under --out.")
+    parser.add_argument("--zip", required=True, help="ml-latest-small.zip (or extracted folder)")
+    parser.add_argument("--out", required=True, help="empty folder for the store, artifacts and the prepared data")
+    args = parser.parse_args(argv)
+    from mfrec.prepare import load_prepared, prepare
+    from mfrec.train import TrainConfig
+    from mfrec.workflow import train_and_evaluate
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    prepare("ml-latest-small", args.zip, out_dir=out / "prepared", progress=False)
+    p = load_prepared(out / "prepared")
+    outcome = train_and_evaluate(p.train, p.val, p.test, p.movies, TrainConfig(progress=False))
+    uri = register_recommender(outcome.recommender, out, test_rmse=outcome.metrics["test_rmse"])
+    print(f"test_rmse={outcome.metrics['test_rmse']:.4f}")
+    print(f"export MLFLOW_TRACKING_URI={uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,85 @@
+"""``mlflow run .`` (entry point main) end to end against a real tracking server."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+
+import pytest
+from helpers import REPO_ROOT, VENV_BIN, venv_env
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+
+def mlflow_run(tracking_uri, experiment, tmp_path, *params, entry="main", check=True):
+    cmd = [str(VENV_BIN / "mlflow"), "run", str(REPO_ROOT), "-e", entry, "--env-manager", "local",
+           "--experiment-name", experiment]
+    for p in params:
+        cmd += ["-P", p]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env=venv_env(MLFLOW_TRACKING_URI=tracking_uri, MFREC_CACHE_DIR=str(tmp_path / "cache")))
+    if check:
+        assert proc.returncode == 0, f"mlflow run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def top_level(client, experiment_id):
+    runs = client.search_runs([experiment_id], order_by=["attributes.start_time ASC"])
+    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+
+
+def children(client, experiment_id, parent_id):
+    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    return {r.data.tags["mlflow.runName"]: r for r in runs}
+
+
+def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tracking_server, shared_zip, tmp_path):
+    experiment = f"main-{uuid.uuid4().hex[:8]}"
+    model_name = f"mfrec-{uuid.uuid4().hex[:6]}"
+    client = MlflowClient(tracking_server)
+    common = [f"data_path={shared_zip}", f"model_name={model_name}"]
+    mlflow_run(tracking_server, experiment, tmp_path, *common, "n_factors=8")
+    mlflow_run(tracking_server, experiment, tmp_path, *common, "n_factors=4", "epochs=5")
+
+    exp = client.get_experiment_by_name(experiment)
+    first, second = top_level(client, exp.experiment_id)
+    for run, k in ((first, "8"), (second, "4")):
+        assert run.info.status == "FINISHED"
+        assert run.data.params["n_factors"] == k
+        assert run.data.tags["mlflow.runName"] == f"mf-k{k}-ml-latest-small-random-s0"
+        for metric in ("test_rmse", "test_ndcg_at_10", "cluster_genre_purity", "train_seconds",
+                       "baseline_bias_rmse", "cluster_genre_purity_shuffled", "epochs_run"):
+            assert metric in run.data.metrics, metric
+        steps = children(client, exp.experiment_id, run.info.run_id)
+        assert set(steps) == {"prepare", "train", "cluster"}
+        assert all(s.info.status == "FINISHED" for s in steps.values())
+        assert len(client.get_metric_history(run.info.run_id, "val_rmse")) == run.data.metrics["epochs_run"]
+        assert run.data.tags["mfrec.champion_decision"]
+        artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "clusters")}
+        assert {"clusters/report.md", "clusters/clusters.png"} <= artifacts
+    # Headline figures of the default model on the real data (issue 3 targets).
+    assert first.data.metrics["test_rmse"] <= 0.850
+    assert first.data.metrics["test_ndcg_at_10"] >= 0.20
+    assert first.data.metrics["cluster_genre_purity"] > first.data.metrics["cluster_genre_purity_shuffled"]
+
+    # The second invocation reused the first one's prepared data.
+    first_prepare = children(client, exp.experiment_id, first.info.run_id)["prepare"]
+    second_prepare = children(client, exp.experiment_id, second.info.run_id)["prepare"]
+    assert "mfrec.reused_from" not in first_prepare.data.tags
+    assert second_prepare.data.tags["mfrec.reused_from"] == first_prepare.info.run_id
+
+    versions = client.search_model_versions(f"name = '{model_name}'")
+    assert len(versions) == 2
+    champion = client.get_model_version_by_alias(model_name, "champion")
+    best = min((first, second), key=lambda r: r.data.metrics["test_rmse"])
+    assert champion.tags["run_id"] == best.info.run_id
+
+    # A failing step fails the top-level run and registers nothing.
+    failed = mlflow_run(tracking_server, experiment, tmp_path, f"data_path={tmp_path / 'nope.zip'}",
+                        f"model_name={model_name}", check=False)
+    assert failed.returncode != 0
+    assert "nope.zip" in failed.stderr
+    third = top_level(client, exp.experiment_id)[-1]
+    assert third.info.status == "FAILED"
+    assert len(client.search_model_versions(f"name = '{model_name}'")) == 2

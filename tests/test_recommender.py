@@ -1,0 +1,93 @@
+"""Scoring behaviour of the fitted recommender on real data (the code the REST API runs)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mfrec.errors import DataError
+from mfrec.metrics import ranking_metrics
+from mfrec.recommender import Recommender
+
+PIXAR = [1, 2355, 3114, 4886, 6377]  # Toy Story, A Bug's Life, Toy Story 2, Monsters Inc., Finding Nemo
+
+
+def test_recommend_excludes_seen_and_is_batched(trained_small, small_split):
+    rec = trained_small.recommender
+    train = pd.concat(small_split[:2])
+    users = [1, 2, 3, 414]
+    out = rec.recommend(users, k=20)
+    assert list(out["userId"].unique()) == users
+    assert (out.groupby("userId").size() == 20).all()
+    assert (out["source"] == "personal").all()
+    for user in users:
+        seen = set(train.loc[train.userId == user, "movieId"])
+        assert not seen & set(out.loc[out.userId == user, "movieId"])
+    with_seen = rec.recommend([1], k=50, exclude_seen=False)
+    assert set(with_seen["movieId"]) & set(train.loc[train.userId == 1, "movieId"])
+
+
+def test_unknown_user_gets_popular(trained_small):
+    out = trained_small.recommender.recommend([10**9, 1], k=5)
+    unknown = out[out.userId == 10**9]
+    assert len(unknown) == 5 and (unknown["source"] == "popular").all()
+    assert "Forrest Gump (1994)" in set(unknown["title"])  # the most-rated film
+
+
+def test_predict_marks_unknown_and_clips(trained_small):
+    out = trained_small.recommender.predict([1, 1, 10**9], [1, 10**9, 1])
+    assert out["known"].tolist() == [True, False, False]
+    assert out["prediction"].between(0.5, 5.0).all()
+
+
+def test_similar_excludes_itself_and_finds_the_sequel(trained_small):
+    out = trained_small.recommender.similar([1, 10**9], k=20)  # Toy Story; unknown id is skipped
+    assert set(out["movieId"]) == {1}
+    assert 1 not in set(out["similar_movieId"])
+    assert out["score"].is_monotonic_decreasing and out["score"].max() <= 1.0 + 1e-6
+
+
+def test_fold_in_fits_a_new_customer(trained_small):
+    rec = trained_small.recommender
+    out = rec.fold_in(np.zeros(5, int), PIXAR, np.full(5, 5.0), k=10)
+    assert len(out) == 10 and (out["source"] == "personal").all()
+    assert not set(out["movieId"]) & set(PIXAR)  # the customer's own films are excluded
+    assert list(out["movieId"]) != list(rec.recommend([10**9], k=10)["movieId"])  # not the popular list
+    # Two customers in one request are fitted separately; unknown movies are ignored.
+    two = rec.fold_in([7, 7, 8], [1, 10**9, 296], [5.0, 1.0, 5.0], k=3)
+    assert list(two["userId"].unique()) == [7, 8]
+    nobody = rec.fold_in([9], [10**9], [4.0], k=3)
+    assert (nobody["source"] == "popular").all()
+
+
+@pytest.mark.xfail(strict=True, reason="known gap (issue 5): at 8 factors the fitted customer vector of five "
+                   "Pixar films ranks popular live-action films first; see docs/results.md")
+def test_fold_in_pixar_fan_gets_animation(trained_small):
+    out = trained_small.recommender.fold_in(np.zeros(5, int), PIXAR, np.full(5, 5.0), k=10)
+    assert out["genres"].str.contains("Animation|Children").mean() >= 0.5
+
+
+def test_save_load_roundtrip_and_tamper_detection(trained_small, tmp_path):
+    rec = trained_small.recommender
+    rec.save(tmp_path / "m")
+    again = Recommender.load(tmp_path / "m")
+    pd.testing.assert_frame_equal(rec.recommend([1, 5], k=7), again.recommend([1, 5], k=7))
+    weights = tmp_path / "m" / "weights.pt"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="weights.pt was altered"):
+        Recommender.load(tmp_path / "m")
+    (tmp_path / "m" / "users.npz").unlink()
+    with pytest.raises(DataError, match="missing users.npz"):
+        Recommender.load(tmp_path / "m")
+
+
+def test_ranking_metrics_by_hand():
+    # user 0: hits at ranks 1 and 3 of 3 relevant; user 1: no hit.
+    ranked = {0: [10, 11, 12], 1: [20, 21, 22]}
+    rel = [np.array([10, 12, 99]), np.array([5])]
+    out = ranking_metrics(lambda rows, k: np.array([ranked[r][:k] for r in rows]), np.array([0, 1]), rel, k=3)
+    ndcg0 = (1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3) + 1 / np.log2(4))
+    assert out["ndcg_at_3"] == pytest.approx(ndcg0 / 2)
+    assert out["precision_at_3"] == pytest.approx((2 / 3) / 2)
+    assert out["recall_at_3"] == pytest.approx((2 / 3) / 2)
