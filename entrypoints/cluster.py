@@ -18,7 +18,7 @@ from pathlib import Path
 
 import mlflow
 
-from entrypoints.common import active_or_new_run, finish, parse_number, parser_for
+from entrypoints.common import active_or_new_run, finish, parse_number, parser_for, fail_on_termination
 from mfrec import cluster as clustering
 from mfrec import tracking
 from mfrec.embeddings import read_item_embeddings
@@ -126,6 +126,7 @@ def run_cluster(embeddings: str, n_clusters=clustering.DEFAULT_N_CLUSTERS, seed=
 
 
 def main(argv=None) -> int:
+    fail_on_termination()
     args = parser_for("python -m entrypoints.cluster", __doc__.split("\n\n")[0], DEFAULTS).parse_args(argv)
     values = {k: getattr(args, k) for k in DEFAULTS}
     try:

@@ -4,11 +4,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
 import mlflow
+
+if not sys.stderr.isatty():
+    # Per-file download bars fill CI logs; keep them for people at a terminal.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def fail_on_termination() -> None:
+    """Make SIGTERM unwind the stack, so every open run ends FAILED instead of staying RUNNING."""
+
+    def _raise(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
+def system_metrics_available() -> bool:
+    """MLflow's system metrics (CPU, memory, GPU) need psutil, an optional dependency."""
+    return importlib.util.find_spec("psutil") is not None
 
 
 def parser_for(prog: str, description: str, defaults: dict) -> argparse.ArgumentParser:

@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+
+from entrypoints.common import fail_on_termination
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -183,6 +185,7 @@ def _run():
 
 
 def main(argv: list[str] | None = None) -> int:
+    fail_on_termination()
     args = build_parser().parse_args(argv)
     values = {k: getattr(args, k) for k in DEFAULTS}
     try:

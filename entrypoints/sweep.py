@@ -14,7 +14,7 @@ import sys
 import mlflow
 
 from entrypoints import main as pipeline
-from entrypoints.common import finish, parser_for
+from entrypoints.common import finish, parser_for, fail_on_termination
 from mfrec import tracking
 from mfrec.errors import ConfigError, MfrecError
 
@@ -45,6 +45,7 @@ def run_sweep(values: dict, progress=None) -> dict:
 
 
 def main(argv=None) -> int:
+    fail_on_termination()
     args = parser_for("python -m entrypoints.sweep", __doc__.split("\n\n")[0], DEFAULTS).parse_args(argv)
     values = {k: getattr(args, k) for k in DEFAULTS}
     try:

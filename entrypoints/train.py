@@ -12,7 +12,7 @@ from pathlib import Path
 
 import mlflow
 
-from entrypoints.common import active_or_new_run, finish, parse_number, parser_for
+from entrypoints.common import active_or_new_run, finish, parse_number, parser_for, fail_on_termination
 from mfrec import tracking
 from mfrec.embeddings import write_embeddings
 from mfrec.errors import MfrecError
@@ -79,6 +79,7 @@ def run_train(args: dict, progress=None) -> dict:
 
 
 def main(argv=None) -> int:
+    fail_on_termination()
     args = parser_for("python -m entrypoints.train", __doc__.split("\n\n")[0], DEFAULTS).parse_args(argv)
     values = {k: getattr(args, k) for k in DEFAULTS}
     try:

@@ -26,7 +26,9 @@ MAX_ROWS = 100_000
 MAX_K = 1000
 # Columns are typed "any" in the signature so raw values reach the model, which checks them
 # itself: with a long column MLflow silently truncates 12.7 to 12, and with a double column
-# it refuses plain JSON integers. Ids above 2**53 would not survive a float round trip.
+# it refuses plain JSON integers. Ids are checked as float64, exact only below 2**53: an id of
+# 2**53 + 1 reads as 2**53, so valid ids are 0 <= id < MAX_ID (exclusive, or 2**53 + 1 would
+# pass as a different id).
 MAX_ID = 2**53
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -103,12 +105,12 @@ def _params(params: dict) -> tuple[str, int, bool]:
 
 def _ids(frame: pd.DataFrame, column: str) -> np.ndarray:
     values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = (~np.isfinite(values) | (values != np.round(values)) | (values < 0) | (values > MAX_ID)
+    bad = (~np.isfinite(values) | (values != np.round(values)) | (values < 0) | (values >= MAX_ID)
            | _bools(frame[column]))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise bad_request(
-            f"column {column!r} must hold non-negative integer ids; row {row} has {_show(frame[column].iloc[row])} "
+            f"column {column!r} must hold non-negative integer ids below 2**53; row {row} has {_show(frame[column].iloc[row])} "
             f"({int(bad.sum())} bad value(s))"
         )
     return values.astype(np.int64)

@@ -137,37 +137,57 @@ def _fit(train, config, val, n_epochs, device, on_epoch) -> FitResult:
     seed_everything(config.seed)
     start = time.perf_counter()
 
-    users = torch.tensor(train.users, dtype=torch.long, device=device)
-    items = torch.tensor(train.items, dtype=torch.long, device=device)
-    ratings = torch.tensor(train.ratings, dtype=torch.float32, device=device)
+    # int32 indices where they fit (half of int64's memory; same permutations and numbers),
+    # sharing the caller's arrays instead of copying them when dtype and device allow.
+    index_dtype = torch.int32 if max(train.n_users, train.n_items, len(train)) < 2**31 else torch.long
+    users = _as_tensor(train.users, index_dtype, device)
+    items = _as_tensor(train.items, index_dtype, device)
+    ratings = _as_tensor(train.ratings, torch.float32, device)
     n = len(ratings)
     model = MatrixFactorization(
         train.n_users, train.n_items, config.n_factors, float(ratings.mean()), config.init_std
     ).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
+    objective = _Objective(model, config, n, generator)
+    batch_size = config.batch_size
+    rank, world = _distributed_rank()
+    if world > 1:
+        # Each rank trains on its own shard with batch_size / world rows per step;
+        # DistributedDataParallel averages the gradients, so a step sees batch_size rows.
+        shard = torch.randperm(n, generator=generator, device=device)[rank::world][: n // world]
+        users, items, ratings = users[shard], items[shard], ratings[shard]
+        batch_size = max(1, config.batch_size // world)
+        generator.manual_seed(config.seed + 1 + rank)
+        objective = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=config.implicit_weight == 0,
+        )
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    n_local = len(ratings)
     if val is not None:
         val_users = torch.tensor(val.users, dtype=torch.long, device=device)
         val_items = torch.tensor(val.items, dtype=torch.long, device=device)
         val_ratings = torch.tensor(val.ratings, dtype=torch.float32, device=device)
 
-    show = config.progress if config.progress is not None else sys.stderr.isatty()
+    show = (config.progress if config.progress is not None else sys.stderr.isatty()) and rank == 0
     bar = tqdm(range(1, n_epochs + 1), desc="train", unit="epoch", disable=not show, leave=False)
     result = FitResult(model=model, device=str(device))
     best_state, best_rmse, since_best = None, float("inf"), 0
     for epoch in bar:
         model.train()
         loss_sum = torch.zeros((), device=device)
-        perm = torch.randperm(n, generator=generator, device=device)
-        for start_row in range(0, n, config.batch_size):
-            batch = perm[start_row:start_row + config.batch_size]
-            loss, mse = _batch_loss(model, users[batch], items[batch], ratings[batch], n, config, generator)
+        perm = torch.randperm(n_local, generator=generator, device=device, dtype=index_dtype)
+        for start_row in range(0, n_local, batch_size):
+            batch = perm[start_row:start_row + batch_size]
+            loss, mse = objective(users[batch], items[batch], ratings[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += mse.detach() * len(batch)
-        train_loss = float(loss_sum) / n
+        if world > 1:
+            torch.distributed.all_reduce(loss_sum)
+        train_loss = float(loss_sum) / (n_local * world)
         if not math.isfinite(train_loss):
             raise TrainingError(
                 f"training loss became {train_loss} at epoch {epoch}; "
@@ -205,6 +225,36 @@ def _fit(train, config, val, n_epochs, device, on_epoch) -> FitResult:
         torch.cuda.synchronize(device)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _as_tensor(array, dtype, device) -> torch.Tensor:
+    """``array`` as a ``dtype`` tensor on ``device``; no copy when it already is one (training
+    only reads it)."""
+    array = np.asarray(array)
+    if not array.flags.writeable:  # torch warns on read-only arrays; copy those
+        array = array.copy()
+    return torch.as_tensor(array).to(device=device, dtype=dtype)
+
+
+def _distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class _Objective(torch.nn.Module):
+    """The training loss as a module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model, config, n_total, generator):
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.n_total = n_total
+        self.generator = generator
+
+    def forward(self, users, items, ratings):
+        return _batch_loss(self.model, users, items, ratings, self.n_total, self.config, self.generator)
 
 
 def _batch_loss(model, users, items, ratings, n_total, config, generator):

@@ -16,14 +16,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mfrec.evaluate import evaluate  # noqa: E402
 from mfrec.prepare import load_prepared, prepare  # noqa: E402
 from mfrec.train import TrainConfig  # noqa: E402
 from mfrec.workflow import train_and_evaluate  # noqa: E402
 
 GRIDS = {
-    "quick": {"batch_size": [8192, 16384], "lr": [0.01, 0.02], "reg": [5.0, 10.0, 20.0],
-              "implicit_weight": [0.5, 1.0]},
+    "quick": {"reg": [5.0, 10.0, 20.0], "implicit_weight": [0.5, 1.0]},
+    "steps": {"batch_size": [8192, 16384], "lr": [0.01, 0.02]},
+    "full": {"batch_size": [8192, 16384], "lr": [0.01, 0.02], "reg": [5.0, 10.0, 20.0],
+             "implicit_weight": [0.5, 1.0]},
 }
+RATING_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 
 
 def main() -> None:
@@ -38,15 +42,19 @@ def main() -> None:
         p = load_prepared(Path(tmp) / "p")
     grid = GRIDS[args.grid]
     keys = list(grid)
-    print("| " + " | ".join(keys) + " | best epoch | val RMSE | val NDCG@10 | seconds |")
-    print("|" + "---|" * (len(keys) + 4))
+    weights = " | ".join(f"NDCG w={w}" for w in RATING_WEIGHTS)
+    print("| " + " | ".join(keys) + f" | best epoch | val RMSE | {weights} | seconds |")
+    print("|" + "---|" * (len(keys) + 3 + len(RATING_WEIGHTS)))
     for combo in itertools.product(*grid.values()):
         cfg = TrainConfig(n_factors=args.n_factors, progress=False, **dict(zip(keys, combo)))
         out = train_and_evaluate(p.train, p.val, p.val, p.movies, cfg, refit=False)
         m = out.metrics
-        print("| " + " | ".join(str(v) for v in combo)
-              + f" | {out.best_epoch} | {m['test_rmse']:.4f} | {m['test_ndcg_at_10']:.4f} | {m['train_seconds']:.1f} |",
-              flush=True)
+        ndcg = []
+        for weight in RATING_WEIGHTS:  # the ranking blend: choice logit + weight * predicted rating
+            out.recommender.rating_weight = weight
+            ndcg.append(evaluate(out.recommender, p.train, p.val)["test_ndcg_at_10"])
+        print("| " + " | ".join(str(v) for v in combo) + f" | {out.best_epoch} | {m['test_rmse']:.4f} | "
+              + " | ".join(f"{v:.4f}" for v in ndcg) + f" | {m['train_seconds']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

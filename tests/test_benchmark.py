@@ -1,0 +1,202 @@
+"""The benchmark's measuring functions and entry point on tiny inputs.
+
+Structure and sanity only (positive, finite figures): wall-time thresholds would fail on a
+busy machine and say nothing about the code.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import math
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mfrec import bench
+from mfrec.train import TrainConfig
+
+
+def _positive(*values):
+    for v in values:
+        assert isinstance(v, (int, float)) and math.isfinite(v) and v > 0, v
+
+
+@pytest.fixture(scope="module")
+def tiny_split():
+    from mfrec.synthetic import generate
+
+    data = generate(4000, 60, 400, seed=0)
+    ratings = data.ratings
+    rng = np.random.default_rng(0)
+    part = rng.random(len(ratings))
+    train, val, test = ratings[part < 0.72], ratings[(part >= 0.72) & (part < 0.8)], ratings[part >= 0.8]
+    return train.reset_index(drop=True), val.reset_index(drop=True), test.reset_index(drop=True), data.movies
+
+
+def test_notebook_loop_is_timed_and_extrapolated(tiny_split):
+    train, val, test, _ = tiny_split
+    out = bench.notebook_benchmark(pd.concat([train, val]), test, epochs=1, seed=0)
+    assert out["epochs_run"] == 1 and len(out["epoch_seconds"]) == 1
+    assert out["batch_size"] == 128 and out["lr"] == 1e-3 and out["n_factors"] == 8
+    assert out["full_run_seconds_is_extrapolated"] is True
+    assert out["full_run_seconds"] == pytest.approx(out["mean_epoch_seconds"] * 128)
+    _positive(out["mean_epoch_seconds"], out["full_run_seconds"], out["test_rmse"], out["ratings_per_second"])
+    assert out["train_rows"] == len(train) + len(val) and out["test_rows"] == len(test)
+
+
+def test_notebook_full_run_is_measured_when_all_epochs_run(tiny_split):
+    train, _, test, _ = tiny_split
+    out = bench.notebook_benchmark(train.iloc[:500], test, epochs=2, full_epochs=2)
+    assert out["full_run_seconds_is_extrapolated"] is False
+    assert out["full_run_seconds"] == pytest.approx(sum(out["epoch_seconds"]))
+    with pytest.raises(ValueError):
+        bench.notebook_benchmark(train, test, epochs=0)
+
+
+def test_mfrec_benchmark_and_comparison(tiny_split):
+    train, val, test, movies = tiny_split
+    figures, outcome = bench.mfrec_benchmark(train, val, test, movies, TrainConfig(epochs=3, progress=False))
+    assert figures["epochs_run"] == len(figures["epoch_seconds"]) <= 3
+    assert figures["refit_rows"] == len(train) + len(val)
+    _positive(figures["median_epoch_seconds"], figures["train_seconds"], figures["test_rmse"],
+              figures["ratings_per_second"])
+    assert outcome.recommender is not None
+    notebook = bench.notebook_benchmark(train, test, epochs=1)
+    cmp_ = bench.compare(notebook, figures)
+    _positive(cmp_["notebook_full_over_mfrec_train"], cmp_["notebook_epoch_over_mfrec_epoch"])
+    assert math.isfinite(cmp_["rmse_notebook_minus_mfrec"])
+
+
+def test_surprise_runs_or_says_why_not(tiny_split):
+    train, _, test, _ = tiny_split
+    out = bench.surprise_benchmark(train, test, seed=0)
+    try:
+        import surprise  # noqa: F401
+    except Exception:  # noqa: BLE001
+        assert "scikit-surprise" in out["skipped"]
+        return
+    assert out["n_factors"] == 8 and out["random_state"] == 0
+    _positive(out["fit_seconds"], out["test_rmse"], out["test_mae"])
+
+
+def test_throughput_child_reports_rate_and_peak_rss(tmp_path):
+    out = bench.throughput_benchmark("synthetic-3k", epochs=2, workdir=tmp_path,
+                                     overrides={"implicit_weight": 0.0})
+    assert out["dataset"] == "synthetic-3k" and out["ratings"] == 3000
+    assert out["raw_bytes"] == 3000 * bench.RAW_BYTES_PER_RATING
+    assert len(out["epoch_seconds"]) == 2 and out["config"]["implicit_weight"] == 0.0
+    _positive(out["ratings_per_second"], out["peak_rss_bytes"], out["peak_rss_over_raw"], out["fit_seconds"])
+    assert out["peak_rss_bytes"] >= out["rss_after_imports_bytes"] > 0
+    assert all(math.isfinite(x) for x in out["train_loss"])
+    assert not list(tmp_path.iterdir())  # the arrays' folder is removed
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like uvicorn
+    status = 200
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        json.loads(body)
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def echo_server():
+    servers = []
+
+    def start(status=200):
+        handler = type("H", (_Handler,), {"status": status})
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        httpd.daemon_threads = True
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}/invocations"
+
+    yield start
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_load_test_reports_latency_and_rate(echo_server, concurrency):
+    bodies = bench.recommend_bodies([1, 2, 3], k=10)
+    assert json.loads(bodies[0]) == {"dataframe_records": [{"userId": 1}], "params": {"task": "recommend", "k": 10}}
+    out = bench.load_test(echo_server(), bodies, n_requests=10, concurrency=concurrency, warmup=2)
+    assert out["requests"] == 10 and out["errors"] == 0 and out["concurrency"] == concurrency
+    _positive(out["p50_ms"], out["p99_ms"], out["requests_per_second"])
+    assert out["p50_ms"] <= out["p99_ms"] <= out["max_ms"]
+
+
+def test_load_test_counts_error_answers(echo_server):
+    out = bench.load_test(echo_server(status=500), bench.recommend_bodies([1]), n_requests=4, warmup=0)
+    assert out["errors"] == 4
+
+
+def test_entry_point_logs_table_and_json(tmp_path, monkeypatch):
+    """The whole entry point on tiny data with the REST part skipped."""
+    import mlflow
+    from serving_helpers import mlflow_uris
+
+    from entrypoints import benchmark
+
+    monkeypatch.chdir(tmp_path)
+    out_json = tmp_path / "results.json"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with mlflow_uris(uri):
+        rc = benchmark.main(["--dataset", "synthetic-3k", "--scale", "synthetic-2k", "--notebook-epochs", "1",
+                             "--serve-requests", "0", "--throughput-epochs", "1", "--rating-only-variant", "false",
+                             "--output-json", str(out_json)])
+        assert rc == 0
+        results = json.loads(out_json.read_text())
+        run = mlflow.get_run(results["run_id"])
+        client = mlflow.MlflowClient()
+        table = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/benchmark/results.md")
+        logged = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/benchmark/results.json"))
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "benchmark")}
+    assert artifacts == {"benchmark/results.md", "benchmark/results.json"}
+    assert logged["notebook"]["epochs_run"] == 1
+    assert results["serving"] == {"skipped": "serve_requests is 0"}
+    assert run.data.params["scale"] == "synthetic-2k" and run.data.params["notebook_epochs"] == "1"
+    m = run.data.metrics
+    for key in ("notebook_full_run_seconds", "mfrec_train_seconds", "compare_notebook_full_over_mfrec_train",
+                "throughput_ratings_per_second", "throughput_peak_rss_over_raw", "mfrec_test_rmse"):
+        _positive(m[key])
+    assert "extrapolated" in table and "| headline |" in table and "peak RSS" in table
+
+
+def test_entry_point_rejects_bad_parameters(tmp_path, monkeypatch):
+    from entrypoints import benchmark
+
+    monkeypatch.chdir(tmp_path)
+    assert benchmark.main(["--notebook-epochs", "0", "--scale", "none", "--serve-requests", "0"]) == 1
+    assert benchmark.main(["--rating-only-variant", "maybe"]) == 1
+
+
+@pytest.mark.slow
+def test_rest_benchmark_serves_both_models(tiny_split, tmp_path):
+    """Real ``mlflow models serve`` processes, a handful of requests each."""
+    from entrypoints import benchmark
+
+    train, val, test, movies = tiny_split
+    _, outcome = bench.mfrec_benchmark(train, val, test, movies, TrainConfig(epochs=2, progress=False))
+    out = benchmark.rest_benchmark(outcome.recommender, tmp_path, n_requests=6, concurrency=(1, 2))
+    for model in ("mfrec", "identity"):
+        assert [r["concurrency"] for r in out[model]] == [1, 2]
+        for run in out[model]:
+            assert run["requests"] == 6 and run["errors"] == 0
+            _positive(run["p50_ms"], run["p99_ms"], run["requests_per_second"])
+    metrics = bench.flat_metrics({"serving": out})
+    assert {"serve_mfrec_c1_p50_ms", "serve_identity_c2_requests_per_second"} <= set(metrics)
+    assert "| REST | identity, 2 client(s) |" in bench.markdown_table({"serving": out})

@@ -1,0 +1,57 @@
+"""Faults in the pipeline: a killed run ends FAILED, registers nothing, and the next run succeeds."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import REPO_ROOT, venv_env
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+
+def pipeline(tmp_path, uri, *args):
+    return subprocess.Popen([sys.executable, "-m", "entrypoints.main", *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=venv_env(MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(REPO_ROOT)))
+
+
+def test_terminated_training_fails_the_run_and_registers_nothing(shared_zip, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = pipeline(tmp_path, uri, "--data-path", str(shared_zip), "--epochs", "40")
+    client = MlflowClient(uri)
+    deadline = time.monotonic() + 300
+    training = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            runs = client.search_runs(["0"], filter_string="tags.mlflow.runName = 'train'")
+        except Exception:  # noqa: BLE001 - the store may not exist yet
+            runs = []
+        if runs and client.get_metric_history(runs[0].info.run_id, "val_rmse"):
+            training = runs[0]
+            break
+        time.sleep(0.2)
+    assert training is not None, "training never started"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+
+    runs = {r.data.tags.get("mlflow.runName"): r for r in client.search_runs(["0"])}
+    assert runs["train"].info.status == "FAILED"
+    top = [r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.status for r in top] == ["FAILED"]
+    assert client.search_registered_models() == []
+
+    # The next run succeeds, reusing the prepared data of the interrupted one.
+    again = pipeline(tmp_path, uri, "--data-path", str(shared_zip), "--epochs", "2")
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-3000:]
+    versions = client.search_model_versions("name = 'mfrec'")
+    assert len(versions) == 1
+    prepares = client.search_runs(["0"], filter_string="tags.mlflow.runName = 'prepare'",
+                                  order_by=["attributes.start_time DESC"])
+    assert prepares[0].data.tags["mfrec.reused_from"] == prepares[1].info.run_id
