@@ -13,7 +13,6 @@ run's ``prepared/`` folder. The last stdout line is the prepared folder's URI.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import tempfile
@@ -21,7 +20,8 @@ from pathlib import Path
 
 import mlflow
 
-from entrypoints.common import fail_on_termination
+from entrypoints.common import active_or_new_run, fail_on_termination
+from mfrec import tracking
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -66,10 +66,10 @@ def run_prepare(args: dict, progress: bool = True) -> dict:
         when this run did the work.
     """
     values = {k: args.get(k) if args.get(k) is not None else d for k, d in DEFAULTS.items()}
-    with _run() as run:
+    with active_or_new_run() as run:
         run_id = run.info.run_id
         client = MlflowClient()
-        _log_new_params(client, run_id, values)
+        tracking.log_new_params({k: str(v) for k, v in values.items()})
         params = split_params(values["split"], values["test_fraction"],
                               values["val_fraction"], values["seed"])
         loaded = load_dataset(values["dataset"], values["data_path"], progress=progress)
@@ -163,25 +163,6 @@ def _dataset_source(loaded: Loaded):
 def _count_metrics(manifest: dict) -> dict[str, float]:
     numbers = {**manifest["counts"], **manifest["unseen"]}
     return {f"data_{k}": float(v) for k, v in numbers.items()}
-
-
-def _log_new_params(client: MlflowClient, run_id: str, values: dict) -> None:
-    # `mlflow run` has logged its params already; logging them again in another string form
-    # ("0.20" vs "0.2") would fail, so only fill in what is missing.
-    present = client.get_run(run_id).data.params
-    missing = {k: str(v) for k, v in values.items() if k not in present}
-    if missing:
-        mlflow.log_params(missing)
-
-
-@contextlib.contextmanager
-def _run():
-    active = mlflow.active_run()
-    if active is not None:
-        yield active
-    else:
-        with mlflow.start_run() as run:
-            yield run
 
 
 def main(argv: list[str] | None = None) -> int:

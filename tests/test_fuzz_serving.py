@@ -24,7 +24,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-EXAMPLES = int(os.environ.get("MFREC_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("MFREC_FUZZ_EXAMPLES", "300"))
 TIMEOUT = 30
 TASKS = ("predict", "recommend", "similar", "fold_in")
 NEEDS = {"predict": ("userId", "movieId"), "recommend": ("userId",), "similar": ("movieId",),
@@ -81,13 +81,27 @@ def column_values(name: str, n: int):
     homogeneous = {"userId": st.integers(0, 700), "movieId": st.sampled_from([1, 318, 2571, 6377, 10**9]),
                    "rating": st.sampled_from([0.5, 3.0, 5.0])}.get(name, scalars)
     # Mostly clean columns (so valid requests are common), sometimes anything goes per cell.
-    return st.one_of(st.lists(homogeneous, min_size=n, max_size=n), st.lists(element, min_size=n, max_size=n))
+    clean = st.lists(homogeneous, min_size=n, max_size=n)
+    return st.one_of(clean, clean, st.lists(element, min_size=n, max_size=n))
 
 
 @st.composite
 def requests_(draw):
     n = draw(st.one_of(st.integers(0, 3), st.integers(0, 12)))
-    cols = draw(st.lists(names, max_size=4, unique=True))
+    if draw(st.integers(0, 2)):  # a coherent request: a task and its columns, some cells may be bad
+        task = draw(st.sampled_from(TASKS))
+        cols = list(NEEDS[task]) + (["userId"] if task == "fold_in" and draw(st.booleans()) else [])
+        cols = draw(st.permutations(cols + draw(st.lists(names.filter(lambda c: c not in cols), max_size=1))))
+        p = draw(st.fixed_dictionaries({"task": st.just(task)},
+                                       optional={"k": st.integers(1, 50), "exclude_seen": st.booleans()}))
+        if task == "predict" and draw(st.booleans()):
+            del p["task"]
+        p.update(draw(st.one_of(st.just({}), extra_params,
+                                st.fixed_dictionaries({}, optional={"task": tasks, "k": ks, "exclude_seen": flags}))))
+        p = p or None
+    else:  # anything
+        cols = draw(st.lists(names, max_size=4, unique=True))
+        p = draw(st.one_of(st.none(), params))
     data = {c: draw(column_values(c, n)) for c in cols}
     fmt = draw(st.sampled_from(["dataframe_split", "dataframe_records", "inputs", "inputs_records", "instances"]))
     rows = [[data[c][i] for c in cols] for i in range(n)]
@@ -100,7 +114,6 @@ def requests_(draw):
         body = {fmt.replace("inputs_records", "inputs"): [dict(zip(cols, r)) for r in rows]}
     else:
         body = {"inputs": data}
-    p = draw(st.one_of(st.none(), params))
     if p is not None:
         body["params"] = p
     return body, data
@@ -140,6 +153,10 @@ def _valid_rating(v) -> bool | None:
     return None
 
 
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
 def expected(body: dict, data: dict) -> int | None:
     """200 or 400 when the contract says so for this request, None when it leaves room."""
     p = body.get("params", {})
@@ -161,18 +178,17 @@ def expected(body: dict, data: dict) -> int | None:
         return None
     if any(c not in data for c in NEEDS[task]):
         return 400
+    checked = [(c, _valid_rating if c == "rating" else _valid_id) for c in NEEDS[task]]
+    if task == "fold_in" and "userId" in data and not all(_missing(v) for v in data["userId"]):
+        checked.append(("userId", _valid_id))  # optional; an all-null userId column means "absent"
     verdicts = []
-    for c in NEEDS[task]:
-        check = _valid_rating if c == "rating" else _valid_id
-        verdicts += [check(v) for v in data[c]]
-    if task == "fold_in" and "userId" in data:
-        verdicts += [_valid_id(v) for v in data["userId"]]
+    for c, check in checked:
+        # instances: MLflow makes each column a numpy array first, so [1, false] arrives as [1, 0]
+        verdicts += [None if "instances" in body and isinstance(v, bool) else check(v) for v in data[c]]
     if any(v is False for v in verdicts):
         return 400
     if any(isinstance(v, (list, dict)) for values in data.values() for v in values):
         return None  # MLflow itself may refuse nested values in any column (400 before the model)
-    if "instances" in body and any(isinstance(v, bool) for values in data.values() for v in values):
-        return None  # MLflow turns each instances column into a numpy array: [1, false] -> [1, 0]
     if all(v is True for v in verdicts):
         return 200
     return None
