@@ -397,3 +397,16 @@ def test_csv_body_is_refused_by_mlflow(served_model):
     resp = requests.post(served_model.invocations, data="userId,movieId\n1,1\n1,318\n", timeout=TIMEOUT,
                          headers={"Content-Type": "text/csv"})
     assert resp.status_code == 400 and "CSV" in resp.json()["message"]
+
+
+def test_readme_curl_example_works(served_model):
+    blocks = curl_blocks((REPO_ROOT / "README.md").read_text())
+    assert blocks, "README.md lost its curl example"
+    port = served_model.url.rsplit(":", 1)[1]
+    for block in blocks:
+        command = block[re.search(r"^\s*curl\b", block, flags=re.M).start():]  # skip the serve line
+        command = command.replace("127.0.0.1:5001", f"127.0.0.1:{port}")
+        run = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, (block, run.stderr)
+        rows = json.loads(run.stdout)["predictions"]
+        assert len(rows) == 5 and {r["source"] for r in rows} == {"personal"}
