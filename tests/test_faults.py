@@ -1,4 +1,4 @@
-"""Faults in the pipeline: a killed run ends FAILED, registers nothing, and the next run succeeds."""
+"""Pipeline runs as processes: a killed run ends FAILED and registers nothing; the sweep."""
 
 from __future__ import annotations
 
@@ -55,3 +55,22 @@ def test_terminated_training_fails_the_run_and_registers_nothing(shared_zip, tmp
     prepares = client.search_runs(["0"], filter_string="tags.mlflow.runName = 'prepare'",
                                   order_by=["attributes.start_time DESC"])
     assert prepares[0].data.tags["mfrec.reused_from"] == prepares[1].info.run_id
+
+
+def test_sweep_runs_one_child_pipeline_per_factor_count(shared_zip, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run([sys.executable, "-m", "entrypoints.sweep", "--data-path", str(shared_zip),
+                           "--n-factors-list", "2,3", "--epochs", "1"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env=venv_env(MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(REPO_ROOT)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs(["0"])
+    (sweep,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert sweep.info.status == "FINISHED" and sweep.data.params["n_factors_list"] == "2,3"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]
+    assert sorted(r.data.params["n_factors"] for r in children) == ["2", "3"]
+    assert all("test_ndcg_at_10" in r.data.metrics and "cluster_genre_purity" in r.data.metrics for r in children)
+    with pytest.raises(subprocess.CalledProcessError):
+        subprocess.run([sys.executable, "-m", "entrypoints.sweep", "--n-factors-list", "2,x"], cwd=tmp_path,
+                       capture_output=True, check=True, timeout=120,
+                       env=venv_env(MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(REPO_ROOT)))
