@@ -209,10 +209,8 @@ class Recommender:
         cfg = self.meta.get("train_config", {})
         fold_args = {"reg": float(cfg.get("reg", 10.0)), "bias_reg": float(cfg.get("bias_reg", 1.0)),
                      "implicit_weight": float(cfg.get("implicit_weight", 1.0))}
-        for n_customer, customer in enumerate(customers):
-            rows = frame[(frame["userId"] == customer) & (frame["row"] >= 0)]
-            if rows.empty:
-                continue
+        known_rows = frame[frame["row"] >= 0]
+        for customer, rows in known_rows.groupby("userId", sort=False):
             bias, vec = scoring.fold_in(self.model, torch.tensor(rows["row"].to_numpy()),
                                         torch.tensor(rows["rating"].to_numpy()), **fold_args)
             seen_rows.append(np.full(len(rows), len(fitted)))

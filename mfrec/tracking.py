@@ -24,6 +24,8 @@ TASK_COLUMNS = {"predict": ("userId", "movieId"), "recommend": ("userId",), "sim
                 "fold_in": ("movieId", "rating")}
 MAX_ROWS = 100_000
 MAX_K = 1000
+# Each fold-in customer is a small Newton solve over the whole catalogue (~ms each).
+MAX_FOLD_IN_CUSTOMERS = 1000
 # Columns are typed "any" in the signature so raw values reach the model, which checks them
 # itself: with a long column MLflow silently truncates 12.7 to 12, and with a double column
 # it refuses plain JSON integers. Ids are checked as float64, exact only below 2**53: an id of
@@ -73,6 +75,10 @@ def answer(rec, frame, params=None) -> pd.DataFrame:
         return _typed(rec.similar(_ids(frame, "movieId"), k), "similar")
     ratings = _ratings(frame, rec.rating_range)
     users = _ids(frame, "userId") if "userId" in frame.columns and frame["userId"].notna().any() else np.zeros(len(frame), np.int64)
+    n_customers = len(np.unique(users))
+    if n_customers > MAX_FOLD_IN_CUSTOMERS:
+        raise bad_request(f"too many fold_in customers: {n_customers} distinct userId values "
+                          f"(at most {MAX_FOLD_IN_CUSTOMERS} per request)")
     return _typed(rec.fold_in(users, _ids(frame, "movieId"), ratings, k, exclude_seen), "recommend")
 
 

@@ -332,6 +332,13 @@ def test_too_many_rows_is_400(served_model):
     bad(served_model, body, "too many input rows: 100001", "at most 100,000")
 
 
+def test_too_many_fold_in_customers_is_400(served_model):
+    n = 1001  # each customer is a separate fit: the cap keeps one request from taking minutes
+    body = {"inputs": {"userId": list(range(n)), "movieId": [1] * n, "rating": [4.0] * n},
+            "params": {"task": "fold_in"}}
+    bad(served_model, body, "too many fold_in customers: 1001", "at most 1000")
+
+
 def test_malformed_json_is_400(served_model):
     resp = invoke(served_model, None, raw='{"inputs": {"userId": [1], ')
     assert resp.status_code == 400 and "message" in resp.json()
