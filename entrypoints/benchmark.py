@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
+import os
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -78,22 +81,46 @@ def _flag(name: str, value) -> bool:
     raise ConfigError(f"parameter {name} must be true or false, got {value!r}")
 
 
-def _section(results: dict, name: str, fn):
-    """Run one measurement, stamping the load average around it (timings depend on it)."""
+def _section(results: dict, name: str, fn, progress_json: Path | None = None):
+    """Run one measurement, stamping the load average around it (timings depend on it).
+
+    A failing section is recorded as ``{"failed": message}`` and the others still run, so one
+    broken part (say, a model server that will not start) does not throw away an hour of
+    measurements. With ``progress_json``, the results so far are written there after each one.
+    """
     before = bench.load_average()
     print(f"[benchmark] {name}: start (load {before})", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    out = fn()
+    try:
+        out = fn()
+    except Exception as exc:  # noqa: BLE001 - recorded, reported, and main() exits 1
+        traceback.print_exc()
+        out = {"failed": f"{type(exc).__name__}: {exc}"}
     if isinstance(out, dict):
         out.setdefault("load_average_before", before)
         out.setdefault("load_average_after", bench.load_average())
         out.setdefault("section_seconds", time.perf_counter() - started)
     results[name] = out
-    print(f"[benchmark] {name}: done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    print(f"[benchmark] {name}: done in {time.perf_counter() - started:.1f} s: "
+          f"{json.dumps(_summary(out), default=str)}", file=sys.stderr, flush=True)
+    if progress_json is not None:
+        progress_json.write_text(json.dumps(results, indent=2, default=str) + "\n")
     return out
 
 
-def run_benchmark(values: dict, workdir: Path) -> dict:
+def _summary(out) -> dict:
+    """The scalar figures of a section, for the progress line."""
+    if not isinstance(out, dict):
+        return {}
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()
+            if isinstance(v, (int, float, str)) and not k.startswith("load_average")}
+
+
+def failed_sections(results: dict) -> list[str]:
+    return [name for name, out in results.items() if isinstance(out, dict) and "failed" in out]
+
+
+def run_benchmark(values: dict, workdir: Path, progress_json: Path | None = None) -> dict:
     """Every measurement; ``values`` are the string parameters (see DEFAULTS)."""
     from mfrec.prepare import load_prepared, prepare
     from mfrec.train import TrainConfig
@@ -106,6 +133,11 @@ def run_benchmark(values: dict, workdir: Path) -> dict:
     if numbers["serve_requests"] < 0:
         raise ConfigError(f"serve_requests must be >= 0, got {numbers['serve_requests']}")
     rating_only = _flag("rating_only_variant", values["rating_only_variant"])
+    scale = values["scale"].strip()
+    if scale.lower() not in ("", "none", "skip"):
+        from mfrec.datasets import get_spec
+
+        get_spec(scale)  # an unknown name fails now, not after the other measurements
     seed = numbers["seed"]
     results = {"params": dict(values), "machine": bench.machine_info(),
                "load_average_start": bench.load_average(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -118,8 +150,9 @@ def run_benchmark(values: dict, workdir: Path) -> dict:
     results["split"] = {"dataset": values["dataset"], "data_sha256": p.manifest["data_sha256"],
                         "train": len(p.train), "val": len(p.val), "test": len(p.test), "seed": seed}
 
-    _section(results, "notebook", lambda: bench.notebook_benchmark(
-        train_val, p.test, epochs=numbers["notebook_epochs"], seed=seed))
+    section = functools.partial(_section, results, progress_json=progress_json)
+    section("notebook", lambda: bench.notebook_benchmark(train_val, p.test, epochs=numbers["notebook_epochs"],
+                                                         seed=seed))
     outcome = {}
 
     def run_mfrec():
@@ -127,12 +160,11 @@ def run_benchmark(values: dict, workdir: Path) -> dict:
         figures, outcome["value"] = bench.mfrec_benchmark(p.train, p.val, p.test, p.movies, config)
         return figures
 
-    _section(results, "mfrec", run_mfrec)
-    results["compare"] = bench.compare(results["notebook"], results["mfrec"])
-    _section(results, "surprise", lambda: bench.surprise_benchmark(train_val, p.test, seed=seed,
-                                                                   rating_scale=rating_range))
+    section("mfrec", run_mfrec)
+    if not failed_sections(results):
+        results["compare"] = bench.compare(results["notebook"], results["mfrec"])
+    section("surprise", lambda: bench.surprise_benchmark(train_val, p.test, seed=seed, rating_scale=rating_range))
 
-    scale = values["scale"].strip()
     if scale.lower() in ("", "none", "skip"):
         results["throughput"] = {"skipped": "scale is none"}
     else:
@@ -146,12 +178,14 @@ def run_benchmark(values: dict, workdir: Path) -> dict:
                 out["variants"] = [variant]
             return out
 
-        _section(results, "throughput", run_scale)
+        section("throughput", run_scale)
 
     if numbers["serve_requests"] == 0:
         results["serving"] = {"skipped": "serve_requests is 0"}
+    elif "value" not in outcome:
+        results["serving"] = {"skipped": "no trained model (the mfrec section failed)"}
     else:
-        _section(results, "serving", lambda: rest_benchmark(
+        section("serving", lambda: rest_benchmark(
             outcome["value"].recommender, workdir / "serving", numbers["serve_requests"], seed=seed))
     results["load_average_end"] = bench.load_average()
     return results
@@ -177,6 +211,23 @@ def rest_benchmark(recommender, root: Path, n_requests: int, concurrency=CONCURR
     signature, so the identity model's figures are MLflow's own cost (HTTP, JSON, schema
     enforcement, pandas) and the difference is ours.
     """
+    with _outside_any_run():
+        return _rest_benchmark(recommender, root, n_requests, concurrency, seed, n_users)
+
+
+@contextlib.contextmanager
+def _outside_any_run():
+    """Hide ``mlflow run``'s run and experiment from MLflow while the REST part logs models
+    into its own sqlite stores (``start_run`` would otherwise try to resume that run there)."""
+    keys = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+    saved = {k: os.environ.pop(k) for k in keys if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def _rest_benchmark(recommender, root: Path, n_requests: int, concurrency, seed: int, n_users: int) -> dict:
     helpers = _serving_helpers()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -243,8 +294,9 @@ def main(argv=None) -> int:
     try:
         # Measure first, log after: the REST part opens runs in its own stores, which must not
         # nest under this process's run.
+        progress = Path(args.output_json) if args.output_json else None
         with tempfile.TemporaryDirectory(prefix="mfrec-benchmark-") as tmp:
-            results = run_benchmark(values, Path(tmp))
+            results = run_benchmark(values, Path(tmp), progress)
         table = bench.markdown_table(results)
         with mlflow.start_run() as run:
             log_results(results, values, table)
@@ -256,6 +308,10 @@ def main(argv=None) -> int:
         Path(args.output_json).write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(table)
     print(f"run_id={results['run_id']}", file=sys.stderr)
+    failed = failed_sections(results)
+    if failed:
+        print(f"benchmark: section(s) failed: {', '.join(failed)} (see results.json)", file=sys.stderr)
+        return 1
     return 0
 
 

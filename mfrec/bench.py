@@ -11,7 +11,7 @@ these functions measure, callers judge.
 - :func:`mfrec_benchmark`: ``workflow.train_and_evaluate`` with the given (default) config.
 - :func:`surprise_benchmark`: Surprise's SVD on the same split, when ``surprise`` imports.
 - :func:`throughput_benchmark`: epochs of ``train.fit`` on a large (synthetic) set in a child
-  process, so its peak RSS (``ru_maxrss``) belongs to the training alone.
+  process, so its peak RSS (``VmHWM``) belongs to the training alone.
 - :func:`load_test`: latency percentiles and requests/s of POSTs under N concurrent clients.
 """
 
@@ -86,7 +86,20 @@ def _rss_bytes() -> Optional[int]:
 
 
 def _peak_rss_bytes() -> int:
-    """``ru_maxrss`` of this process in bytes (Linux reports KiB, macOS bytes)."""
+    """Peak resident set size of this process's own memory, in bytes.
+
+    Linux: ``VmHWM`` from /proc/self/status. Not ``ru_maxrss``: Linux carries that across
+    ``fork`` + ``exec``, so a child started by a big parent reports the parent's RSS at the fork
+    (seen here: 1.9 GB reported for a child whose own peak was 0.8 GB). Elsewhere ``ru_maxrss``
+    (macOS reports bytes, others KiB).
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
@@ -362,7 +375,7 @@ def throughput_benchmark(scale: str = "synthetic-25m", epochs: int = 2, workdir:
 
     The dataset is loaded (synthetic ones generated, with mfrec's fixed synthetic seed) and
     indexed here; training runs in a fresh child interpreter that loads only the raw arrays, so
-    its ``ru_maxrss`` is the peak of the training itself plus the interpreter and torch.
+    its peak RSS is that of the training itself plus the interpreter and torch.
     ``overrides`` are :class:`~mfrec.train.TrainConfig` fields (default config otherwise).
     """
     from mfrec.prepare import load_dataset
@@ -492,7 +505,11 @@ def markdown_table(results: dict) -> str:
     def add(section, what, value, note=""):
         rows.append(f"| {section} | {what} | {value} | {note} |")
 
-    nb, mf, cmp_ = results.get("notebook"), results.get("mfrec"), results.get("compare")
+    for name in ("notebook", "mfrec", "surprise", "throughput", "serving"):
+        if isinstance(results.get(name), dict) and "failed" in results[name]:
+            add(name, "FAILED", "", results[name]["failed"].replace("|", "/").replace("\n", " ")[:300])
+    ok = {name: block for name, block in results.items() if not (isinstance(block, dict) and "failed" in block)}
+    nb, mf, cmp_ = ok.get("notebook"), ok.get("mfrec"), ok.get("compare")
     if nb:
         label = "extrapolated" if nb["full_run_seconds_is_extrapolated"] else "measured"
         add("notebook loop", "epoch time", f"{nb['mean_epoch_seconds']:.2f} s",
@@ -514,7 +531,7 @@ def markdown_table(results: dict) -> str:
             f"**{cmp_['notebook_full_over_mfrec_train']:.1f}x**",
             "notebook time " + ("extrapolated" if nb and nb["full_run_seconds_is_extrapolated"] else "measured"))
         add("headline", "notebook epoch / mfrec epoch", f"{cmp_['notebook_epoch_over_mfrec_epoch']:.1f}x", "")
-    sp = results.get("surprise")
+    sp = ok.get("surprise")
     if sp:
         if "skipped" in sp:
             add("Surprise SVD", "skipped", "", sp["skipped"])
@@ -523,7 +540,7 @@ def markdown_table(results: dict) -> str:
                 f"n_factors={sp['n_factors']}, {sp['n_epochs']} epochs, random_state={sp['random_state']}, "
                 f"surprise {sp['version']}")
             add("Surprise SVD", "test RMSE", f"{sp['test_rmse']:.4f}", "same split, train+val as training")
-    tp = results.get("throughput")
+    tp = ok.get("throughput")
     if tp:
         if "skipped" in tp:
             add("scale", "skipped", "", tp["skipped"])
@@ -544,7 +561,7 @@ def markdown_table(results: dict) -> str:
                 add("scale", f"epoch throughput ({extra['label']})", f"{extra['ratings_per_second']:,.0f} ratings/s",
                     f"epoch times {', '.join(f'{s:.1f} s' for s in extra['epoch_seconds'])}; peak RSS "
                     f"{_gib(extra['peak_rss_bytes'])} ({extra['peak_rss_over_raw']:.2f}x raw)")
-    sv = results.get("serving")
+    sv = ok.get("serving")
     if sv:
         if "skipped" in sv:
             add("REST", "skipped", "", sv["skipped"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.server
 import json
 import math
+import os
 import threading
 
 import numpy as np
@@ -182,12 +183,40 @@ def test_entry_point_rejects_bad_parameters(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert benchmark.main(["--notebook-epochs", "0", "--scale", "none", "--serve-requests", "0"]) == 1
     assert benchmark.main(["--rating-only-variant", "maybe"]) == 1
+    assert benchmark.main(["--scale", "synthetic-0"]) == 1
+
+
+def test_a_failing_section_is_reported_and_the_rest_still_logged(tmp_path, monkeypatch):
+    import mlflow
+    from serving_helpers import mlflow_uris
+
+    from entrypoints import benchmark
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("child died")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "throughput_benchmark", broken)
+    out_json = tmp_path / "results.json"
+    with mlflow_uris(f"sqlite:///{tmp_path / 'mlflow.db'}"):
+        rc = benchmark.main(["--dataset", "synthetic-3k", "--scale", "synthetic-2k", "--notebook-epochs", "1",
+                             "--serve-requests", "0", "--output-json", str(out_json)])
+        results = json.loads(out_json.read_text())
+        table = mlflow.artifacts.load_text(f"runs:/{results['run_id']}/benchmark/results.md")
+        metrics = mlflow.get_run(results["run_id"]).data.metrics
+    assert rc == 1
+    assert results["throughput"]["failed"] == "RuntimeError: child died"
+    assert "| throughput | FAILED |" in table and "| headline |" in table
+    assert "mfrec_test_rmse" in metrics and not any(k.startswith("throughput_") for k in metrics)
 
 
 @pytest.mark.slow
-def test_rest_benchmark_serves_both_models(tiny_split, tmp_path):
-    """Real ``mlflow models serve`` processes, a handful of requests each."""
+def test_rest_benchmark_serves_both_models(tiny_split, tmp_path, monkeypatch):
+    """Real ``mlflow models serve`` processes, a handful of requests each, inside what looks
+    like an ``mlflow run`` (whose run id must not leak into the private model stores)."""
     from entrypoints import benchmark
+
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0123456789abcdef0123456789abcdef")
 
     train, val, test, movies = tiny_split
     _, outcome = bench.mfrec_benchmark(train, val, test, movies, TrainConfig(epochs=2, progress=False))
@@ -200,3 +229,4 @@ def test_rest_benchmark_serves_both_models(tiny_split, tmp_path):
     metrics = bench.flat_metrics({"serving": out})
     assert {"serve_mfrec_c1_p50_ms", "serve_identity_c2_requests_per_second"} <= set(metrics)
     assert "| REST | identity, 2 client(s) |" in bench.markdown_table({"serving": out})
+    assert os.environ["MLFLOW_RUN_ID"] == "0123456789abcdef0123456789abcdef"  # restored
