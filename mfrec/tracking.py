@@ -110,29 +110,29 @@ def _params(params: dict) -> tuple[str, int, bool]:
 
 
 def _ids(frame: pd.DataFrame, column: str) -> np.ndarray:
-    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = (~np.isfinite(values) | (values != np.round(values)) | (values < 0) | (values >= MAX_ID)
-           | _bools(frame[column]))
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise bad_request(
-            f"column {column!r} must hold non-negative integer ids below 2**53; row {row} has {_show(frame[column].iloc[row])} "
-            f"({int(bad.sum())} bad value(s))"
-        )
+    values = _checked(frame, column, "non-negative integer ids below 2**53",
+                      lambda v: (v != np.round(v)) | (v < 0) | (v >= MAX_ID))
     return values.astype(np.int64)
 
 
 def _ratings(frame: pd.DataFrame, rating_range) -> np.ndarray:
-    values = pd.to_numeric(frame["rating"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     low, high = rating_range
-    bad = ~np.isfinite(values) | (values < low) | (values > high) | _bools(frame["rating"])
+    values = _checked(frame, "rating", f"ratings between {low} and {high}", lambda v: (v < low) | (v > high))
+    return values.astype(np.float32)
+
+
+def _checked(frame: pd.DataFrame, column: str, requirement: str, out_of_range) -> np.ndarray:
+    """``column`` as float64, or a 400 naming the first value that is not a finite number
+    meeting ``requirement`` (``out_of_range`` flags the finite ones that miss it)."""
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    finite = np.isfinite(values)
+    bad = ~finite | _bools(frame[column])
+    bad[finite] |= out_of_range(values[finite])
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise bad_request(
-            f"column 'rating' must hold ratings between {low} and {high}; row {row} has "
-            f"{_show(frame['rating'].iloc[row])} ({int(bad.sum())} bad value(s))"
-        )
-    return values.astype(np.float32)
+        raise bad_request(f"column {column!r} must hold {requirement}; row {row} has "
+                          f"{_show(frame[column].iloc[row])} ({int(bad.sum())} bad value(s))")
+    return values
 
 
 def _bools(column: pd.Series) -> np.ndarray:
