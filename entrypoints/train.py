@@ -1,7 +1,7 @@
 """MLflow entry point ``train``: fit, evaluate and log the model of a prepared dataset.
 
     python -m entrypoints.train --prepared <folder or runs:/.../prepared> --n-factors 8 \\
-        [--epochs 40 --batch-size 8192 --lr 0.01 --reg 10 --device auto --seed 0]
+        [--solver als --epochs 40 --reg 2.5 --implicit-weight 2 --confidence 5 --device auto --seed 0]
 """
 
 from __future__ import annotations
@@ -23,17 +23,18 @@ from mfrec.workflow import train_and_evaluate
 
 _TC = TrainConfig()
 DEFAULTS = {
-    "prepared": "", "n_factors": str(_TC.n_factors), "epochs": str(_TC.epochs),
+    "prepared": "", "n_factors": str(_TC.n_factors), "solver": _TC.solver, "epochs": str(_TC.epochs),
     "batch_size": str(_TC.batch_size), "lr": str(_TC.lr), "reg": str(_TC.reg),
-    "implicit_weight": str(_TC.implicit_weight), "device": _TC.device, "seed": str(_TC.seed),
+    "implicit_weight": str(_TC.implicit_weight), "confidence": str(_TC.confidence),
+    "device": _TC.device, "seed": str(_TC.seed),
 }
 NUMBERS = {"n_factors": int, "epochs": int, "batch_size": int, "lr": float, "reg": float,
-           "implicit_weight": float, "seed": int}
+           "implicit_weight": float, "confidence": float, "seed": int}
 
 
 def config_from(values: dict, progress=None) -> TrainConfig:
     numbers = {k: parse_number(k, values[k], kind) for k, kind in NUMBERS.items()}
-    return TrainConfig(**numbers, device=values["device"], progress=progress)
+    return TrainConfig(**numbers, solver=values["solver"], device=values["device"], progress=progress)
 
 
 def run_train(args: dict, progress=None) -> dict:

@@ -2,9 +2,12 @@
 
     torchrun --standalone --nproc_per_node=2 -m mfrec.distributed --prepared prepared/ --out model/
 
-Every rank reads the prepared split, trains on its own shard of the training ratings
-(:func:`mfrec.train.fit` shards and wraps the loss in DistributedDataParallel when a process
-group is up), and evaluates; rank 0 writes the recommender and ``metrics.json`` to ``--out``.
+Every rank reads the prepared split, trains on its own shard of the training ratings, and
+evaluates; rank 0 writes the recommender and ``metrics.json`` to ``--out``. When a process
+group is up, :func:`mfrec.train.fit` shards the ratings: with ``--solver als`` each rank
+sums its shard's per-user and per-item normal equations and ``all_reduce`` adds them up,
+so every rank solves the same systems as one process would; with ``--solver adam`` the
+loss is wrapped in DistributedDataParallel, which averages the gradients.
 Backend: NCCL when every rank has a GPU, gloo otherwise (CPU).
 """
 
@@ -31,8 +34,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="folder for the model and metrics.json (rank 0)")
     for name in ("n_factors", "epochs", "batch_size", "seed"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("lr", "reg", "implicit_weight"):
+    for name in ("lr", "reg", "implicit_weight", "confidence"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    parser.add_argument("--solver", default=defaults.solver, help="als (default) or adam")
     parser.add_argument("--device", default="auto", help="auto: cuda:LOCAL_RANK when GPUs exist, else cpu")
     args = parser.parse_args(argv)
 
@@ -47,6 +51,7 @@ def main(argv=None) -> int:
         prepared = load_prepared(args.prepared)
         config = TrainConfig(n_factors=args.n_factors, epochs=args.epochs, batch_size=args.batch_size,
                              seed=args.seed, lr=args.lr, reg=args.reg, implicit_weight=args.implicit_weight,
+                             confidence=args.confidence, solver=args.solver,
                              device=device, progress=False,
                              rating_range=tuple(prepared.manifest.get("rating_scale", (0.5, 5.0))))
         outcome = train_and_evaluate(prepared.train, prepared.val, prepared.test, prepared.movies, config)

@@ -10,9 +10,12 @@ class MatrixFactorization(nn.Module):
     """Biased MF whose factors also explain *which* movies each user rated.
 
     Rating head: ``mu + b_u + b_i + p_u . q_i`` (the classic biased MF).
-    Implicit head: ``c_i + p_u . q_i``, the logit of user ``u`` choosing movie ``i`` under a
-    softmax over the catalogue. Sharing ``p`` and ``q`` between the heads is what lets a
-    rating model rank well: the rating head alone ranks obscure five-star films first.
+    Choice head: ``d_i + c_u . q_i``, how strongly user ``u`` picks movie ``i`` (a regression
+    target of 1 for rated films under ALS, a softmax logit under Adam). The item factors
+    ``q`` are shared, so what users choose shapes the same movie space that ratings use:
+    that is what lets a rating model rank well (the rating head alone ranks obscure five-star
+    films first). Each user has separate rating and choice vectors: one vector cannot
+    place a disliked-but-watched film both low (rating) and high (choice).
 
     Parameters
     ----------
@@ -32,6 +35,7 @@ class MatrixFactorization(nn.Module):
         super().__init__()
         self.user_factors = nn.Parameter(torch.randn(n_users, n_factors) * init_std)
         self.item_factors = nn.Parameter(torch.randn(n_items, n_factors) * init_std)
+        self.user_choice_factors = nn.Parameter(torch.randn(n_users, n_factors) * init_std)
         self.user_bias = nn.Parameter(torch.zeros(n_users))
         self.item_bias = nn.Parameter(torch.zeros(n_items))
         self.item_logit_bias = nn.Parameter(torch.zeros(n_items))
@@ -48,11 +52,11 @@ class MatrixFactorization(nn.Module):
 
     def choice_logits(self, users: torch.Tensor) -> torch.Tensor:
         """Implicit-head logits of ``users`` (rows) over every item (columns)."""
-        return self.user_factors[users] @ self.item_factors.T + self.item_logit_bias
+        return self.user_choice_factors[users] @ self.item_factors.T + self.item_logit_bias
 
     def l2(self) -> torch.Tensor:
         """Squared L2 norm of the factors (the prior on them)."""
-        return self.user_factors.pow(2).sum() + self.item_factors.pow(2).sum()
+        return self.user_factors.pow(2).sum() + self.user_choice_factors.pow(2).sum() + self.item_factors.pow(2).sum()
 
     def bias_l2(self) -> torch.Tensor:
         return self.user_bias.pow(2).sum() + self.item_bias.pow(2).sum()

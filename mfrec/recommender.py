@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -20,8 +21,9 @@ from mfrec import scoring
 from mfrec.errors import DataError
 from mfrec.interactions import IdIndex
 from mfrec.model import MatrixFactorization
+from mfrec.train import TrainConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: users have a separate choice vector
 _FILES = ("weights.pt", "meta.json", "items.parquet", "users.npz")
 # Users ranked per matrix product: bounds memory at CHUNK x n_items floats.
 CHUNK = 1024
@@ -98,6 +100,9 @@ class Recommender:
             meta = json.loads((path / "meta.json").read_text())
         except json.JSONDecodeError as exc:
             raise DataError(f"model folder {path}: meta.json is not valid JSON ({exc})") from exc
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise DataError(f"model folder {path} has format version {meta.get('format_version')}; this mfrec "
+                            f"reads version {FORMAT_VERSION}: retrain the model with this version")
         for name, expected in meta.get("checksums", {}).items():
             actual = _sha256(path / name)
             if actual != expected:
@@ -117,19 +122,19 @@ class Recommender:
 
     # ------------------------------------------------------------------ ranking core
     def top_items(self, user_rows: np.ndarray, k: int, exclude_seen: bool = True,
-                  user_vectors: torch.Tensor | None = None, user_bias: torch.Tensor | None = None,
+                  folded: scoring.FoldedUsers | None = None,
                   extra_seen: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k item indices and scores for known user rows, ``CHUNK`` users per matrix product.
 
-        This is the one ranking path: evaluation's NDCG and the ``recommend`` task call it.
+        This is the one ranking path: evaluation's NDCG and the ``recommend`` task call it;
+        ``fold_in`` passes its fitted users as ``folded`` (their seen films as ``extra_seen``).
         """
         out_idx, out_val = [], []
         for start in range(0, len(user_rows), CHUNK):
             rows = user_rows[start:start + CHUNK]
-            vec = None if user_vectors is None else user_vectors[start:start + CHUNK]
-            bias = None if user_bias is None else user_bias[start:start + CHUNK]
-            scores = scoring.rank_scores(self.model, torch.as_tensor(rows), self.rating_weight, vec, bias)
-            if exclude_seen and user_vectors is None:
+            part = None if folded is None else folded[slice(start, start + CHUNK)]
+            scores = scoring.rank_scores(self.model, torch.as_tensor(rows), self.rating_weight, part)
+            if exclude_seen and folded is None:
                 scores = scoring.mask_seen(scores, self.seen_indptr, self.seen_indices, rows)
             if exclude_seen and extra_seen is not None:
                 indptr, indices = extra_seen
@@ -205,24 +210,15 @@ class Recommender:
                               "rating": np.asarray(ratings, np.float32)})
         frame["row"] = self.item_index.index(frame["movieId"].to_numpy())
         customers = pd.unique(frame["userId"].to_numpy())
-        vectors, biases, seen_rows, seen_cols, fitted = [], [], [], [], []
-        cfg = self.meta.get("train_config", {})
-        fold_args = {"reg": float(cfg.get("reg", 10.0)), "bias_reg": float(cfg.get("bias_reg", 1.0)),
-                     "implicit_weight": float(cfg.get("implicit_weight", 1.0))}
         known_rows = frame[frame["row"] >= 0]
-        for customer, rows in known_rows.groupby("userId", sort=False):
-            bias, vec = scoring.fold_in(self.model, torch.tensor(rows["row"].to_numpy()),
-                                        torch.tensor(rows["rating"].to_numpy()), **fold_args)
-            seen_rows.append(np.full(len(rows), len(fitted)))
-            seen_cols.append(rows["row"].to_numpy())
-            fitted.append(customer)
-            vectors.append(vec)
-            biases.append(bias)
+        fitted = pd.unique(known_rows["userId"].to_numpy())
+        position = pd.Index(fitted).get_indexer(known_rows["userId"].to_numpy())
         frames = []
-        if fitted:
-            indptr, indices = csr_from_pairs(np.concatenate(seen_rows), np.concatenate(seen_cols), len(fitted))
-            idx, val = self.top_items(np.zeros(len(fitted), np.int64), k, exclude_seen,
-                                      torch.stack(vectors), torch.stack(biases), (indptr, indices))
+        if len(fitted):
+            folded = scoring.fold_in(self.model, position, known_rows["row"].to_numpy(),
+                                     known_rows["rating"].to_numpy(np.float32), len(fitted), self.fold_in_config())
+            seen = csr_from_pairs(position, known_rows["row"].to_numpy(), len(fitted))
+            idx, val = self.top_items(np.zeros(len(fitted), np.int64), k, exclude_seen, folded, seen)
             frames.append(self._ranked(np.asarray(fitted), idx, val, "personal"))
         cold = np.setdiff1d(customers, np.asarray(fitted, dtype=np.int64))
         if len(cold):
@@ -231,6 +227,13 @@ class Recommender:
                                        np.tile(self.items["n_ratings"].to_numpy()[pop].astype(np.float32), (len(cold), 1)),
                                        "popular"))
         return self._in_request_order(frames, "userId", customers)
+
+    def fold_in_config(self) -> SimpleNamespace:
+        """The regularisation and choice weights the model was trained with (fold-in reuses them)."""
+        cfg = self.meta.get("train_config", {})
+        defaults = TrainConfig()
+        return SimpleNamespace(**{name: float(cfg.get(name, getattr(defaults, name)))
+                                  for name in ("reg", "bias_reg", "implicit_weight", "confidence")})
 
     # ------------------------------------------------------------------ helpers
     def _ranked(self, owners: np.ndarray, idx: np.ndarray, val: np.ndarray, source: str) -> pd.DataFrame:

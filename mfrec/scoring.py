@@ -6,13 +6,17 @@ same tensors) and row indices; id mapping lives in :mod:`mfrec.recommender`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
+from mfrec import als
+
 # Weight of the predicted rating in the ranking score, chosen on the validation split
-# (docs/tuning.md): ranking by the choice logit alone favours what a user will watch;
+# (docs/tuning.md): ranking by the choice score alone favours what a user will watch;
 # adding some predicted rating favours what they will also like (relevant = rating >= 4).
-DEFAULT_RATING_WEIGHT = 1.0
+DEFAULT_RATING_WEIGHT = 0.25
 
 
 @torch.no_grad()
@@ -34,19 +38,20 @@ def predict_indices(model, users: torch.Tensor, items: torch.Tensor, rating_rang
 
 @torch.no_grad()
 def rank_scores(model, users: torch.Tensor, rating_weight: float = DEFAULT_RATING_WEIGHT,
-                user_vectors: torch.Tensor | None = None, user_bias: torch.Tensor | None = None) -> torch.Tensor:
+                folded: "FoldedUsers | None" = None) -> torch.Tensor:
     """Ranking scores of users (rows) over all items (columns), from one matrix product.
 
-    ``choice logit + rating_weight * predicted rating``. With ``user_vectors`` (fold-in),
-    those vectors and biases replace the learned user rows.
+    ``choice score + rating_weight * predicted rating``. With ``folded`` (new customers),
+    their fitted bias and vectors replace the learned user rows.
     """
-    if user_vectors is None:
-        user_vectors = model.user_factors[users]
-        user_bias = model.user_bias[users]
-    dot = user_vectors @ model.item_factors.T
-    logits = dot + model.item_logit_bias
-    rating = model.global_mean + user_bias[:, None] + model.item_bias[None, :] + dot
-    return logits + rating_weight * rating
+    if folded is None:
+        folded = FoldedUsers(model.user_bias[users], model.user_factors[users], model.user_choice_factors[users])
+    # (c + w p).q + d + w (mu + b_u + b_i): both heads share q, so one product scores both.
+    w = float(rating_weight)
+    scores = (folded.choice + w * folded.factors) @ model.item_factors.T
+    scores += model.item_logit_bias + w * model.item_bias
+    scores += (w * (model.global_mean + folded.bias))[:, None]
+    return scores
 
 
 def mask_seen(scores: torch.Tensor, seen_indptr: np.ndarray, seen_indices: np.ndarray, users: np.ndarray) -> torch.Tensor:
@@ -76,39 +81,33 @@ def similar_items(model, items: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
     return top_k(sims, k)
 
 
+@dataclass
+class FoldedUsers:
+    """Fitted parameters of users (rows): rating bias, rating vector, choice vector."""
+
+    bias: torch.Tensor
+    factors: torch.Tensor
+    choice: torch.Tensor
+
+    def __getitem__(self, rows) -> "FoldedUsers":
+        return FoldedUsers(self.bias[rows], self.factors[rows], self.choice[rows])
+
+
 @torch.no_grad()
-def fold_in(model, items: torch.Tensor, ratings: torch.Tensor, reg: float, bias_reg: float = 1.0,
-            implicit_weight: float = 1.0, steps: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit a new user's bias and factors against the fixed item parameters (no retraining).
+def fold_in(model, customers: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_customers: int,
+            config) -> FoldedUsers:
+    """Fit new customers' bias and vectors against the fixed item parameters (no retraining).
 
-    Minimises the training objective restricted to one user::
-
-        sum_j (r_j - mu - b_j - b - q_j.p)^2 + reg*|p|^2 + bias_reg*b^2
-            + implicit_weight * sum_j (logsumexp_i(q_i.p + c_i) - q_j.p - c_j)
-
-    It is convex in ``(b, p)``; Newton's method converges in a few steps. With
-    ``implicit_weight=0`` it is the closed-form ridge solution (one step). The implicit term
-    matters: five 5-star ratings barely move a ridge fit off the biases, while *which* films
-    a customer chose says a lot about their taste.
+    This is exactly the user step of training (:func:`mfrec.als.solve_users`): a
+    closed-form ridge regression of the ratings for the bias and rating vector, and of
+    *which* films were rated (against the whole catalogue) for the choice vector. The
+    choice part matters: five ratings barely move a rating-only ridge fit off the biases.
+    ``customers`` are row numbers ``0..n_customers-1``; ``config`` carries ``reg``,
+    ``bias_reg``, ``implicit_weight`` and ``confidence``.
     """
-    q = model.item_factors[items]
-    k = q.shape[1]
-    design = torch.cat([torch.ones(len(items), 1, dtype=q.dtype, device=q.device), q], dim=1)
-    target = ratings.to(q.dtype) - model.global_mean - model.item_bias[items]
-    prior = torch.full((k + 1,), float(reg), dtype=q.dtype, device=q.device)
-    prior[0] = bias_reg
-    x = torch.zeros(k + 1, dtype=q.dtype, device=q.device)
-    n_chosen = len(items)
-    chosen_sum = q.sum(0)  # gradient of the chosen items' logits w.r.t. p
-    rating_hess = 2 * design.T @ design + 2 * torch.diag(prior)
-    for _ in range(steps if implicit_weight > 0 else 1):
-        grad = -2 * design.T @ (target - design @ x) + 2 * prior * x
-        hess = rating_hess.clone()
-        if implicit_weight > 0:
-            prob = torch.softmax(model.item_factors @ x[1:] + model.item_logit_bias, dim=0)
-            mean_q = prob @ model.item_factors
-            cov = (model.item_factors * prob[:, None]).T @ model.item_factors - torch.outer(mean_q, mean_q)
-            grad[1:] += implicit_weight * (n_chosen * mean_q - chosen_sum)
-            hess[1:, 1:] += implicit_weight * n_chosen * cov
-        x = x - torch.linalg.solve(hess, grad)
-    return x[0], x[1:]
+    q = model.item_factors
+    by_user = als.Csr(torch.tensor(customers), torch.tensor(items), torch.tensor(ratings, dtype=q.dtype),
+                      n_customers, len(q))
+    bias, factors, choice, _ = als.solve_users(q, model.item_bias, model.item_logit_bias, model.global_mean,
+                                               by_user, config)
+    return FoldedUsers(bias, factors, choice)

@@ -21,9 +21,13 @@ from tqdm.auto import tqdm
 
 from mfrec.device import resolve_device
 from mfrec.errors import ConfigError, TrainingError
+from mfrec.als import AlsSolver
 from mfrec.interactions import Interactions
 from mfrec.model import MatrixFactorization
 from mfrec import scoring
+
+
+SOLVERS = ("als", "adam")
 
 
 @dataclass
@@ -31,18 +35,29 @@ class TrainConfig:
     """Hyper-parameters of one fit. Defaults were chosen on the validation split (docs/tuning.md)."""
 
     n_factors: int = 8
+    # "als": exact alternating least-squares sweeps (an epoch is one sweep); "adam":
+    # minibatch gradient steps with a softmax choice loss (batch_size, lr and implicit_*
+    # apply only to it).
+    solver: str = "als"
     epochs: int = 40
     batch_size: int = 8192
     lr: float = 0.01
-    reg: float = 10.0
+    reg: float = 2.5
     bias_reg: float = 1.0
-    implicit_weight: float = 1.0
+    # Weight of the "which films" part of the objective; 0 trains a rating-only model.
+    implicit_weight: float = 2.0
+    # ALS: weight of a rated user-film pair in the choice loss relative to an unrated one.
+    confidence: float = 5.0
     # Softmax of the implicit head over at most this many users x items per batch (0 = all).
     # Exact on small catalogues; sampled (uniform negatives, importance-corrected) at scale.
     implicit_users: int = 1024
     implicit_items: int = 16384
     init_std: float = 0.01
     patience: int = 3
+    # Early stopping: training stops after `patience` epochs without validation RMSE
+    # improving by more than min_delta (ALS keeps shaving 1e-5s off for dozens of sweeps
+    # after it has converged); the best epoch seen is restored.
+    min_delta: float = 5e-4
     seed: int = 0
     # Same seed, same device -> same numbers. Costs some speed: scatter-adds with duplicate
     # indices otherwise sum in a thread-dependent order.
@@ -53,11 +68,17 @@ class TrainConfig:
 
     def validate(self) -> None:
         checks = [
+            (self.solver in SOLVERS, f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}"),
             (self.n_factors >= 1, f"n_factors must be >= 1, got {self.n_factors}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}"),
             (math.isfinite(self.reg) and self.reg >= 0, f"reg must be >= 0, got {self.reg}"),
+            (self.solver != "als" or self.reg > 0,
+             f"reg must be > 0 with solver 'als' (a user with fewer ratings than factors has no "
+             f"unique least-squares solution otherwise), got {self.reg}"),
+            (math.isfinite(self.confidence) and self.confidence >= 1,
+             f"confidence must be >= 1 (a rated film weighs at least as much as an unrated one), got {self.confidence}"),
             (math.isfinite(self.bias_reg) and self.bias_reg >= 0, f"bias_reg must be >= 0, got {self.bias_reg}"),
             (math.isfinite(self.implicit_weight) and self.implicit_weight >= 0,
              f"implicit_weight must be >= 0, got {self.implicit_weight}"),
@@ -65,6 +86,7 @@ class TrainConfig:
             (self.implicit_items >= 0, f"implicit_items must be >= 0, got {self.implicit_items}"),
             (self.init_std > 0, f"init_std must be > 0, got {self.init_std}"),
             (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
+            (math.isfinite(self.min_delta) and self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -122,15 +144,20 @@ def fit(
         raise TrainingError("training interactions contain unknown user or item indices")
     n_epochs = epochs or config.epochs
     device = resolve_device(config.device)
+    # ALS on a CPU uses only deterministic kernels (row-parallel sparse products, fixed-order
+    # reductions); leaving the global switch alone also skips its ~1 s import of torch's
+    # compiler stack.
+    switch = config.deterministic and (config.solver == "adam" or device.type != "cpu")
     was_deterministic = torch.are_deterministic_algorithms_enabled()
-    if config.deterministic:
+    if switch:
         # cuBLAS needs this set before its first use to be deterministic.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         return _fit(train, config, val, n_epochs, device, on_epoch)
     finally:
-        torch.use_deterministic_algorithms(was_deterministic)
+        if switch:
+            torch.use_deterministic_algorithms(was_deterministic)
 
 
 def _fit(train, config, val, n_epochs, device, on_epoch) -> FitResult:
@@ -143,28 +170,18 @@ def _fit(train, config, val, n_epochs, device, on_epoch) -> FitResult:
     users = _as_tensor(train.users, index_dtype, device)
     items = _as_tensor(train.items, index_dtype, device)
     ratings = _as_tensor(train.ratings, torch.float32, device)
-    n = len(ratings)
     model = MatrixFactorization(
         train.n_users, train.n_items, config.n_factors, float(ratings.mean()), config.init_std
     ).to(device)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(config.seed)
-    objective = _Objective(model, config, n, generator)
-    batch_size = config.batch_size
     rank, world = _distributed_rank()
-    if world > 1:
-        # Each rank trains on its own shard with batch_size / world rows per step;
-        # DistributedDataParallel averages the gradients, so a step sees batch_size rows.
-        shard = torch.randperm(n, generator=generator, device=device)[rank::world][: n // world]
-        users, items, ratings = users[shard], items[shard], ratings[shard]
-        batch_size = max(1, config.batch_size // world)
-        generator.manual_seed(config.seed + 1 + rank)
-        objective = torch.nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=config.implicit_weight == 0,
-        )
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    n_local = len(ratings)
+    if config.solver == "als":
+        # Every rank builds its shard's sparse matrices and all-reduces the per-row sums.
+        if world > 1:
+            users, items, ratings = (t[rank::world] for t in (users, items, ratings))
+        solver = AlsSolver(model, users, items, ratings, config, distributed=world > 1)
+        del users, items, ratings
+    else:
+        solver = _AdamSolver(model, users, items, ratings, config, device, index_dtype, rank, world)
     if val is not None:
         val_users = torch.tensor(val.users, dtype=torch.long, device=device)
         val_items = torch.tensor(val.items, dtype=torch.long, device=device)
@@ -173,25 +190,15 @@ def _fit(train, config, val, n_epochs, device, on_epoch) -> FitResult:
     show = (config.progress if config.progress is not None else sys.stderr.isatty()) and rank == 0
     bar = tqdm(range(1, n_epochs + 1), desc="train", unit="epoch", disable=not show, leave=False)
     result = FitResult(model=model, device=str(device))
-    best_state, best_rmse, since_best = None, float("inf"), 0
+    best_state, best_rmse = None, float("inf")
+    progress_rmse, since_progress = float("inf"), 0
     for epoch in bar:
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        perm = torch.randperm(n_local, generator=generator, device=device, dtype=index_dtype)
-        for start_row in range(0, n_local, batch_size):
-            batch = perm[start_row:start_row + batch_size]
-            loss, mse = objective(users[batch], items[batch], ratings[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += mse.detach() * len(batch)
-        if world > 1:
-            torch.distributed.all_reduce(loss_sum)
-        train_loss = float(loss_sum) / (n_local * world)
+        train_loss = solver.epoch()
         if not math.isfinite(train_loss):
             raise TrainingError(
                 f"training loss became {train_loss} at epoch {epoch}; "
-                f"the optimiser diverged: try a smaller lr (now {config.lr})"
+                + (f"the optimiser diverged: try a smaller lr (now {config.lr})" if config.solver == "adam"
+                   else f"the least-squares sweeps diverged: try a larger reg (now {config.reg})")
             )
         record = {"epoch": epoch, "train_loss": train_loss}
         if val is not None:
@@ -206,13 +213,15 @@ def _fit(train, config, val, n_epochs, device, on_epoch) -> FitResult:
         if on_epoch is not None:
             on_epoch(record)
         if val is not None:
-            if record["val_rmse"] < best_rmse - 1e-6:
-                best_rmse, since_best = record["val_rmse"], 0
+            if record["val_rmse"] < best_rmse:
+                best_rmse = record["val_rmse"]
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 result.best_epoch = epoch
+            if record["val_rmse"] < progress_rmse - config.min_delta:
+                progress_rmse, since_progress = record["val_rmse"], 0
             else:
-                since_best += 1
-                if since_best > config.patience:
+                since_progress += 1
+                if since_progress > config.patience:
                     break
     bar.close()
     if best_state is not None:
@@ -241,6 +250,51 @@ def _distributed_rank() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+class _AdamSolver:
+    """One :meth:`epoch` = one permutation of the ratings in minibatches of Adam steps."""
+
+    def __init__(self, model, users, items, ratings, config, device, index_dtype, rank, world):
+        self.model = model
+        self.config = config
+        self.index_dtype = index_dtype
+        self.world = world
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(config.seed)
+        n = len(ratings)
+        self.objective = _Objective(model, config, n, self.generator)
+        self.batch_size = config.batch_size
+        if world > 1:
+            # Each rank trains on its own shard with batch_size / world rows per step;
+            # DistributedDataParallel averages the gradients, so a step sees batch_size rows.
+            shard = torch.randperm(n, generator=self.generator, device=device)[rank::world][: n // world]
+            users, items, ratings = users[shard], items[shard], ratings[shard]
+            self.batch_size = max(1, config.batch_size // world)
+            self.generator.manual_seed(config.seed + 1 + rank)
+            self.objective = torch.nn.parallel.DistributedDataParallel(
+                self.objective, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=config.implicit_weight == 0,
+            )
+        self.users, self.items, self.ratings = users, items, ratings
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+
+    def epoch(self) -> float:
+        """One pass over the (local) ratings; returns the mean training MSE during it."""
+        self.model.train()
+        n_local = len(self.ratings)
+        loss_sum = torch.zeros((), device=self.ratings.device)
+        perm = torch.randperm(n_local, generator=self.generator, device=self.ratings.device, dtype=self.index_dtype)
+        for start_row in range(0, n_local, self.batch_size):
+            batch = perm[start_row:start_row + self.batch_size]
+            loss, mse = self.objective(self.users[batch], self.items[batch], self.ratings[batch])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            loss_sum += mse.detach() * len(batch)
+        if self.world > 1:
+            torch.distributed.all_reduce(loss_sum)
+        return float(loss_sum) / (n_local * self.world)
 
 
 class _Objective(torch.nn.Module):
@@ -288,9 +342,9 @@ def _choice_loss(model, users, items, config, generator):
     n_items = model.item_factors.shape[0]
     if 0 < config.implicit_items < n_items:
         sample = torch.randint(0, n_items, (config.implicit_items,), generator=generator, device=users.device)
-        logits = model.user_factors[distinct] @ model.item_factors[sample].T + model.item_logit_bias[sample]
+        logits = model.user_choice_factors[distinct] @ model.item_factors[sample].T + model.item_logit_bias[sample]
         log_norm = torch.logsumexp(logits, dim=1) + math.log(n_items / config.implicit_items)
     else:
         log_norm = torch.logsumexp(model.choice_logits(distinct), dim=1)
-    chosen = (model.user_factors[users] * model.item_factors[items]).sum(1) + model.item_logit_bias[items]
+    chosen = (model.user_choice_factors[users] * model.item_factors[items]).sum(1) + model.item_logit_bias[items]
     return torch.mean(log_norm[inverse] - chosen)

@@ -10,6 +10,7 @@ import torch
 from mfrec.device import resolve_device
 from mfrec.errors import ConfigError, TrainingError
 from mfrec.interactions import IdIndex, Interactions
+from mfrec import als, scoring
 from mfrec.train import TrainConfig, fit
 from mfrec.workflow import train_and_evaluate
 
@@ -57,12 +58,16 @@ def _planted(n_users=300, n_items=200, rank=3, density=0.3, noise=0.05, seed=0):
     return pd.DataFrame({"userId": u, "movieId": i, "rating": r.astype(np.float32)}), truth
 
 
-def test_recovers_planted_low_rank_ratings():
+@pytest.mark.parametrize("solver,settings", [
+    ("als", dict(epochs=30, reg=0.1, bias_reg=0.0)),
+    ("adam", dict(epochs=300, batch_size=4096, lr=0.02, reg=0.1, bias_reg=0.0, init_std=0.1)),
+])
+def test_recovers_planted_low_rank_ratings(solver, settings):
     ratings, truth = _planted()
     users, items = IdIndex(ratings.userId), IdIndex(ratings.movieId)
     data = Interactions.from_frame(ratings, users, items)
-    cfg = TrainConfig(n_factors=3, epochs=300, batch_size=4096, lr=0.02, reg=0.1, bias_reg=0.0,
-                      implicit_weight=0.0, init_std=0.1, rating_range=(-10, 20), progress=False)
+    cfg = TrainConfig(n_factors=3, solver=solver, implicit_weight=0.0, rating_range=(-10, 20), progress=False,
+                      **settings)
     model = fit(data, cfg).model
     with torch.no_grad():
         full = (model.global_mean + model.user_bias[:, None] + model.item_bias[None, :]
@@ -70,6 +75,31 @@ def test_recovers_planted_low_rank_ratings():
     # Every cell, including the 70% never observed, is recovered far below the truth's spread.
     err = np.sqrt(np.mean((full - truth[np.ix_(users.ids, items.ids)]) ** 2))
     assert err < 0.1 * truth.std()
+
+
+def test_batched_spd_solver_matches_lapack():
+    gen = torch.Generator().manual_seed(0)
+    m = torch.randn(500, 10, 10, generator=gen, dtype=torch.float64)
+    a = m @ m.transpose(1, 2) + 0.1 * torch.eye(10, dtype=torch.float64)
+    b = torch.randn(500, 10, generator=gen, dtype=torch.float64)
+    x = als.solve_spd(a.permute(1, 2, 0).contiguous(), b.T.contiguous()).T
+    assert torch.allclose(x, torch.linalg.solve(a, b), atol=1e-8)
+
+
+def test_als_sweep_ends_in_the_fold_in_solution(trained_small, small_split):
+    """Folding a training user back in reproduces their trained parameters: serving's fold-in
+    is the training's user step, one code path."""
+    rec = trained_small.recommender
+    row = 17
+    seen = rec.seen_indices[rec.seen_indptr[row]:rec.seen_indptr[row + 1]]
+    fitted_on = pd.concat(small_split[:2])  # the refit saw train + val
+    frame = fitted_on[fitted_on["userId"] == rec.user_index.ids[row]]
+    folded = scoring.fold_in(rec.model, np.zeros(len(frame), np.int64), rec.item_index.index(frame["movieId"]),
+                             frame["rating"].to_numpy(np.float32), 1, rec.fold_in_config())
+    assert len(frame) == len(seen)
+    assert torch.allclose(folded.bias, rec.model.user_bias[row:row + 1], atol=1e-4)
+    assert torch.allclose(folded.factors, rec.model.user_factors[row:row + 1], atol=1e-4)
+    assert torch.allclose(folded.choice, rec.model.user_choice_factors[row:row + 1], atol=1e-4)
 
 
 def test_device_selection():
@@ -102,11 +132,13 @@ def test_divergence_is_reported_with_epoch_and_advice():
     users, items = IdIndex(ratings.userId), IdIndex(ratings.movieId)
     data = Interactions.from_frame(ratings, users, items)
     data.ratings[5] = np.nan  # a poisoned value makes the loss NaN in epoch 1
-    with pytest.raises(TrainingError, match=r"epoch 1.*smaller lr"):
+    with pytest.raises(TrainingError, match=r"epoch 1.*larger reg"):
         fit(data, TrainConfig(epochs=2, progress=False))
+    with pytest.raises(TrainingError, match=r"epoch 1.*smaller lr"):
+        fit(data, TrainConfig(solver="adam", epochs=2, progress=False))
     data.ratings[5] = 3.0
     with pytest.raises(TrainingError, match=r"became (nan|inf).*smaller lr \(now 1e\+30\)"):
-        fit(data, TrainConfig(epochs=5, lr=1e30, progress=False))
+        fit(data, TrainConfig(solver="adam", epochs=5, lr=1e30, progress=False))
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -116,6 +148,10 @@ def test_divergence_is_reported_with_epoch_and_advice():
     ("batch_size", 0, "batch_size must be >= 1"),
     ("reg", -0.1, "reg must be >= 0"),
     ("epochs", 0, "epochs must be >= 1"),
+    ("solver", "sgd", "solver must be one of als, adam, got 'sgd'"),
+    ("reg", 0.0, "reg must be > 0 with solver 'als'"),
+    ("confidence", 0.5, "confidence must be >= 1"),
+    ("min_delta", -1.0, "min_delta must be >= 0"),
 ])
 def test_bad_config_is_named(field, value, message):
     with pytest.raises(ConfigError, match=message):
