@@ -161,9 +161,11 @@ def run_benchmark(values: dict, workdir: Path, progress_json: Path | None = None
         return figures
 
     section("mfrec", run_mfrec)
-    if not failed_sections(results):
-        results["compare"] = bench.compare(results["notebook"], results["mfrec"])
     section("surprise", lambda: bench.surprise_benchmark(train_val, p.test, seed=seed, rating_scale=rating_range))
+    failed = failed_sections(results)
+    if "notebook" not in failed and "mfrec" not in failed:
+        results["compare"] = bench.compare(results["notebook"], results["mfrec"],
+                                           None if "surprise" in failed else results.get("surprise"))
 
     if scale.lower() in ("", "none", "skip"):
         results["throughput"] = {"skipped": "scale is none"}

@@ -32,21 +32,22 @@ from mfrec.model import MatrixFactorization
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 
-def solve_spd(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def solve_spd(A: torch.Tensor, b: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
     """Solve many small symmetric positive-definite systems, batch dimension **last**.
 
     ``A`` is (D, D, N), ``b`` is (D, N); returns x (D, N). Gaussian elimination without
     pivoting (safe for SPD matrices) vectorised over N: D^2 elementwise operations on
     length-N rows, several times faster on CPU than ``torch.linalg.solve`` on (N, D, D)
-    for D around 10, and it runs unchanged on any device.
+    for D around 10, and it runs unchanged on any device. ``overwrite=True`` eliminates in
+    ``A`` and ``b`` themselves (no copies: at 160k users they are tens of MB each).
     """
-    A = A.clone()
-    b = b.clone()
+    if not overwrite:
+        A, b = A.clone(), b.clone()
     D = A.shape[0]
     for j in range(D):
         factor = A[j + 1:, j] / A[j, j]
-        A[j + 1:, j + 1:] -= factor[:, None] * A[j, None, j + 1:]
-        b[j + 1:] -= factor * b[j]
+        A[j + 1:, j + 1:].addcmul_(factor[:, None], A[j, None, j + 1:], value=-1.0)
+        b[j + 1:].addcmul_(factor, b[j], value=-1.0)
     x = torch.empty_like(b)
     for j in range(D - 1, -1, -1):
         x[j] = (b[j] - (A[j, j + 1:] * x[j + 1:]).sum(0)) / A[j, j]
@@ -56,23 +57,51 @@ def solve_spd(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class Csr:
     """Ratings as compressed sparse rows (rows = one side, columns = the other).
 
-    Column indices are int32 when they fit; ``values`` is one float32 buffer per matrix
-    that the solver refills (ones, residuals) instead of allocating per product.
+    Built for 25M+ ratings on a small machine: a chunked counting sort (no n-sized int64
+    permutation), int32 column indices when they fit, half-star ratings stored as one-byte
+    codes, and one float32 ``values`` buffer per matrix that the solver refills (ones,
+    residuals) instead of allocating per product; two matrices over the same ratings can
+    share it.
     """
+
+    CHUNK = 1 << 20
 
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, ratings: torch.Tensor, n_rows: int, n_cols: int,
                  values: torch.Tensor | None = None):
-        index_dtype = torch.int32 if max(len(ratings), n_rows, n_cols) < 2**31 else torch.long
-        order = torch.argsort(rows, stable=True)
-        self.cols = cols[order].to(index_dtype)
-        self.ratings = ratings[order]
-        del order
-        counts = torch.bincount(rows.to(torch.long) if rows.dtype != torch.long else rows, minlength=n_rows)
-        self.crow = torch.zeros(n_rows + 1, dtype=index_dtype, device=ratings.device)
-        self.crow[1:] = torch.cumsum(counts, 0)
-        self.counts = counts
+        n, device = len(ratings), ratings.device
+        index_dtype = torch.int32 if max(n, n_rows, n_cols) < 2**31 else torch.long
+        counts = torch.bincount(rows, minlength=n_rows)
+        self.crow = torch.zeros(n_rows + 1, dtype=torch.long, device=device)
+        torch.cumsum(counts, 0, out=self.crow[1:])
+        self.scale = 0.5 if _half_stars(ratings, self.CHUNK) else 1.0
+        self.cols = torch.empty(n, dtype=index_dtype, device=device)
+        self.ratings = torch.empty(n, dtype=torch.uint8 if self.scale == 0.5 else torch.float32, device=device)
+        fill = self.crow[:-1].clone()  # next free slot of each row
+        for start in range(0, n, self.CHUNK):
+            chunk_rows = rows[start:start + self.CHUNK].to(torch.long)
+            order = torch.argsort(chunk_rows, stable=True)
+            sorted_rows = chunk_rows[order]
+            rank = torch.arange(len(order), device=device) - torch.searchsorted(sorted_rows, sorted_rows)
+            dest = fill[sorted_rows] + rank
+            self.cols[dest] = cols[start:start + self.CHUNK][order].to(index_dtype)
+            self.ratings[dest] = (ratings[start:start + self.CHUNK][order] / self.scale).to(self.ratings.dtype)
+            fill += torch.bincount(chunk_rows, minlength=n_rows)
+        self.crow = self.crow.to(index_dtype)
         self.shape = (n_rows, n_cols)
-        self.values = values if values is not None else torch.empty_like(self.ratings)
+        self.values = values if values is not None else torch.empty(n, dtype=torch.float32, device=device)
+
+    def blocks(self, rows_per_block: int):
+        """(first row, view of rows [first, first + rows_per_block)) pairs sharing this storage;
+        they bound the solver's per-row temporaries at any scale."""
+        n_rows = self.shape[0]
+        for first in range(0, n_rows, rows_per_block):
+            last = min(first + rows_per_block, n_rows)
+            lo, hi = int(self.crow[first]), int(self.crow[last])
+            part = object.__new__(Csr)
+            part.crow = self.crow[first:last + 1] - lo
+            part.cols, part.ratings, part.values = self.cols[lo:hi], self.ratings[lo:hi], self.values[lo:hi]
+            part.scale, part.shape = self.scale, (last - first, self.shape[1])
+            yield first, part
 
     def matrix(self) -> torch.Tensor:
         """The sparse matrix over the current contents of ``values``."""
@@ -86,16 +115,33 @@ class Csr:
     def residual_product(self, offset: float, col_bias: torch.Tensor, table: torch.Tensor) -> tuple:
         """(per row: sum of ``(r - offset - col_bias[col]) * table[col]``, total squared residual)."""
         torch.index_select(col_bias, 0, self.cols, out=self.values)
-        self.values.neg_().add_(self.ratings).sub_(offset)
+        self.values.neg_().add_(self.ratings, alpha=self.scale).sub_(offset)
         return self.matrix() @ table, torch.dot(self.values, self.values)
 
 
-def _outer(x: torch.Tensor) -> torch.Tensor:
-    """Row-wise outer products, flattened: (N, D) -> (N, D*D)."""
-    return (x[:, :, None] * x[:, None, :]).reshape(len(x), -1)
+def _half_stars(ratings: torch.Tensor, chunk: int) -> bool:
+    """Whether every rating is a multiple of 0.5 in [0, 127.5] (one byte per rating then)."""
+    for start in range(0, len(ratings), chunk):
+        twice = ratings[start:start + chunk] * 2
+        if not (torch.all(twice == torch.round(twice)) and twice.min() >= 0 and twice.max() <= 255):
+            return False
+    return len(ratings) > 0
+
+
+def _outer_into(out: torch.Tensor, x: torch.Tensor, scale: float = 1.0, add: bool = False) -> None:
+    """Row-wise outer products of ``x`` (N, D) written (or added) into ``out`` (N, D*D), in place."""
+    n, d = x.shape
+    view = out.view(n, d, d)
+    if add:
+        view.addcmul_(x[:, :, None], x[:, None, :], value=scale)
+    else:
+        torch.mul(x[:, :, None], x[:, None, :], out=view)
+        if scale != 1.0:
+            view.mul_(scale)
 
 
 def _batch_last(flat: torch.Tensor, D: int) -> torch.Tensor:
+    """(N, D*D) -> (D, D, N) contiguous: the layout :func:`solve_spd` vectorises over."""
     return flat.T.reshape(D, D, -1).contiguous()
 
 
@@ -105,6 +151,11 @@ def _reduce(*tensors):
         for t in tensors:
             torch.distributed.all_reduce(t)
     return tensors
+
+
+def _weights(config) -> tuple[float, float]:
+    """(weight of an unrated pair, weight of a rated pair) in the choice loss."""
+    return config.implicit_weight, config.implicit_weight * config.confidence
 
 
 def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user: Csr, config,
@@ -117,32 +168,46 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
     q = item_factors
     n, k = by_user.shape[0], q.shape[1]
     dtype, device = q.dtype, q.device
-    w0 = config.implicit_weight
-    w1 = config.implicit_weight * config.confidence
+    w0, w1 = _weights(config)
     D = k + 1
     f = torch.cat([q, torch.ones(len(q), 1, dtype=dtype, device=device)], 1)
-    tables = [_outer(f)]
+    table = torch.empty(len(q), D * D + (k if w0 > 0 else 0), dtype=dtype, device=device)
+    _outer_into(table[:, :D * D], f)
     if w0 > 0:
-        tables.append(q * (w1 - (w1 - w0) * item_choice_bias)[:, None])
-    summed = by_user.pattern_product(torch.cat(tables, 1))
-    rhs, sq = by_user.residual_product(float(global_mean), item_bias, f)
-    if distributed:
-        _reduce(summed, rhs, sq)
-    gram = _batch_last(summed[:, :D * D], D)  # sum over rated items of f f^T
+        torch.mul(q, (w1 - (w1 - w0) * item_choice_bias)[:, None], out=table[:, D * D:])
+        shared_c = w0 * (q.T @ q) + config.reg * torch.eye(k, dtype=dtype, device=device)
+        offset_c = w0 * (q * item_choice_bias[:, None]).sum(0)
     prior = torch.full((D,), float(config.reg), dtype=dtype, device=device)
     prior[k] = config.bias_reg
-    x = solve_spd(gram + torch.diag(prior)[:, :, None], rhs.T.contiguous())
-    # Squared rating error at the solution: sum z^2 - 2 x.rhs + x^T G x (no extra pass over ratings).
-    fitted = (x * rhs.T).sum() * 2 - torch.einsum("in,ijn,jn->", x, gram, x)
-    sq_error = sq - fitted
-    bias, p = x[k], x[:k].T.contiguous()
-    if w0 > 0:
-        rated = gram[:k, :k] * (w1 - w0)
-        shared = w0 * (q.T @ q) + config.reg * torch.eye(k, dtype=dtype, device=device)
-        rhs_c = summed[:, D * D:].T - (w0 * (q * item_choice_bias[:, None]).sum(0))[:, None]
-        c = solve_spd(rated + shared[:, :, None], rhs_c.contiguous()).T.contiguous()
-    else:
-        c = torch.zeros(n, k, dtype=dtype, device=device)
+    bias = torch.empty(n, dtype=dtype, device=device)
+    p = torch.empty(n, k, dtype=dtype, device=device)
+    c = torch.zeros(n, k, dtype=dtype, device=device)
+    sq_error = torch.zeros((), dtype=torch.float64, device=device)
+    for first, part in by_user.blocks(BLOCK_ROWS):
+        rows = slice(first, first + part.shape[0])
+        summed = part.pattern_product(table)
+        rhs, sq = part.residual_product(float(global_mean), item_bias, f)
+        if distributed:
+            _reduce(summed, rhs, sq)
+        if w0 > 0:
+            b_c = summed[:, D * D:].T - offset_c[:, None]
+        A = _batch_last(summed[:, :D * D], D)  # sum over rated items of f f^T
+        del summed
+        if w0 > 0:
+            # Choice system: (w1 - w0) * sum over rated q q^T + w0 * Q^T Q + reg I.
+            A_c = A[:k, :k] * (w1 - w0)
+            A_c += shared_c[:, :, None]
+        A += torch.diag(prior)[:, :, None]
+        b = rhs.T.contiguous()
+        del rhs
+        x = solve_spd(A, b.clone(), overwrite=True)
+        del A
+        # Squared rating error at the solution without another pass over the ratings: with
+        # (G + L) x = b, sum (z - f.x)^2 = sum z^2 - x.b - x^T L x.
+        sq_error += sq - (x * b).sum() - (prior[:, None] * x * x).sum()
+        bias[rows], p[rows] = x[k], x[:k].T
+        if w0 > 0:
+            c[rows] = solve_spd(A_c, b_c.contiguous(), overwrite=True).T
     return bias, p, c, sq_error
 
 
@@ -151,32 +216,42 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
     p, c = user_factors, user_choice
     n, k = by_item.shape[0], p.shape[1]
     dtype, device = p.dtype, p.device
-    w0 = config.implicit_weight
-    w1 = config.implicit_weight * config.confidence
+    w0, w1 = _weights(config)
     implicit = w0 > 0
     D = k + 2 if implicit else k + 1  # without the choice loss there is no choice bias to fit
     ones = torch.ones(len(p), 1, dtype=dtype, device=device)
     zeros = torch.zeros(len(p), 1, dtype=dtype, device=device)
     f = torch.cat([p, ones, zeros] if implicit else [p, ones], 1)  # rating features of each user
-    table = _outer(f)
+    table = torch.empty(len(p), D * D + (D if implicit else 0), dtype=dtype, device=device)
+    _outer_into(table[:, :D * D], f)
     if implicit:
         g = torch.cat([c, zeros, ones], 1)  # choice features of each user
-        table = torch.cat([table + (w1 - w0) * _outer(g), w1 * g], 1)
-    summed = by_item.pattern_product(table)
-    rhs, _ = by_item.residual_product(float(global_mean), user_bias, f)
-    if distributed:
-        _reduce(summed, rhs)
-    A = _batch_last(summed[:, :D * D], D)
+        _outer_into(table[:, :D * D], g, scale=w1 - w0, add=True)
+        torch.mul(g, w1, out=table[:, D * D:])
+        shared = w0 * (g.T @ g)
     prior = torch.full((D,), float(config.reg), dtype=dtype, device=device)
     prior[k:] = config.bias_reg
-    A += torch.diag(prior)[:, :, None]
-    b = rhs.T.contiguous()
-    if implicit:
-        A += (w0 * (g.T @ g))[:, :, None]
-        b += summed[:, D * D:].T
-    x = solve_spd(A, b)
-    choice_bias = x[k + 1] if implicit else torch.zeros(n, dtype=dtype, device=device)
-    return x[:k].T.contiguous(), x[k], choice_bias
+    out = torch.zeros(D + (0 if implicit else 1), n, dtype=dtype, device=device)
+    for first, part in by_item.blocks(BLOCK_ROWS):
+        summed = part.pattern_product(table)
+        rhs, _ = part.residual_product(float(global_mean), user_bias, f)
+        if distributed:
+            _reduce(summed, rhs)
+        A = _batch_last(summed[:, :D * D], D)
+        A += torch.diag(prior)[:, :, None]
+        b = rhs.T.contiguous()
+        if implicit:
+            A += shared[:, :, None]
+            b += summed[:, D * D:].T
+        del summed, rhs
+        out[:D, first:first + part.shape[0]] = solve_spd(A, b, overwrite=True)
+    # Rows k and k+1: rating bias and choice bias (zero without the choice loss).
+    return out[:k].T.contiguous(), out[k], out[k + 1]
+
+
+# Rows solved together: large enough to keep the vectorised solves efficient, small enough
+# that per-row temporaries (a few hundred bytes each) stay far below the ratings' size.
+BLOCK_ROWS = 32768
 
 
 class AlsSolver:
@@ -197,14 +272,14 @@ class AlsSolver:
     @torch.no_grad()
     def epoch(self) -> float:
         """One sweep; returns the training MSE of the ratings after it."""
-        m = self.model
+        m, cfg, dist = self.model, self.config, self.distributed
         q, b_i, d = solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean,
-                                self.by_item, self.config, self.distributed)
+                                self.by_item, cfg, dist)
         m.item_factors.copy_(q)
         m.item_bias.copy_(b_i)
         m.item_logit_bias.copy_(d)
         b_u, p, c, sq_error = solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean,
-                                          self.by_user, self.config, self.distributed)
+                                          self.by_user, cfg, dist)
         m.user_bias.copy_(b_u)
         m.user_factors.copy_(p)
         m.user_choice_factors.copy_(c)

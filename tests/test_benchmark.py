@@ -67,8 +67,13 @@ def test_mfrec_benchmark_and_comparison(tiny_split):
     assert outcome.recommender is not None
     notebook = bench.notebook_benchmark(train, test, epochs=1)
     cmp_ = bench.compare(notebook, figures)
-    _positive(cmp_["notebook_full_over_mfrec_train"], cmp_["notebook_epoch_over_mfrec_epoch"])
+    _positive(cmp_["notebook_full_over_mfrec_train"], cmp_["notebook_full_over_mfrec_refit"],
+              cmp_["notebook_epoch_over_mfrec_epoch"], figures["refit_seconds"], figures["select_seconds"])
+    assert figures["refit_seconds"] + figures["select_seconds"] == pytest.approx(figures["train_seconds"])
     assert math.isfinite(cmp_["rmse_notebook_minus_mfrec"])
+    assert "surprise_fit_over_mfrec_train" not in cmp_
+    with_surprise = bench.compare(notebook, figures, {"fit_seconds": 0.2, "test_rmse": 0.9})
+    assert with_surprise["surprise_fit_over_mfrec_refit"] == pytest.approx(0.2 / figures["refit_seconds"])
 
 
 def test_surprise_runs_or_says_why_not(tiny_split):

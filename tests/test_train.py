@@ -156,3 +156,32 @@ def test_divergence_is_reported_with_epoch_and_advice():
 def test_bad_config_is_named(field, value, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**{field: value}).validate()
+
+
+@pytest.mark.parametrize("half_stars", [True, False])
+def test_sparse_ratings_match_a_dense_reference(half_stars, monkeypatch):
+    """The chunked counting sort (small chunks force several) gives the stable row order, and
+    pattern / residual products equal their dense definitions, block by block too."""
+    monkeypatch.setattr(als.Csr, "CHUNK", 7)
+    gen = torch.Generator().manual_seed(3)
+    rows = torch.randint(0, 6, (40,), generator=gen, dtype=torch.int32)
+    cols = torch.randint(0, 5, (40,), generator=gen, dtype=torch.int32)
+    ratings = torch.randint(1, 11, (40,), generator=gen).float() * 0.5
+    if not half_stars:
+        ratings += 0.01
+    csr = als.Csr(rows, cols, ratings, 6, 5)
+    order = torch.argsort(rows, stable=True)
+    assert csr.scale == (0.5 if half_stars else 1.0)
+    assert torch.equal(csr.cols.long(), cols[order].long())
+    assert torch.allclose(csr.ratings.float() * csr.scale, ratings[order])
+    dense_count = torch.zeros(6, 5).index_put_((rows.long(), cols.long()), torch.ones(40), accumulate=True)
+    table = torch.randn(5, 3, generator=gen)
+    col_bias = torch.randn(5, generator=gen)
+    resid = torch.zeros(6, 5).index_put_((rows.long(), cols.long()), ratings - 1.0 - col_bias[cols.long()],
+                                         accumulate=True)
+    assert torch.allclose(csr.pattern_product(table), dense_count @ table, atol=1e-5)
+    product, sq = csr.residual_product(1.0, col_bias, table)
+    assert torch.allclose(product, resid @ table, atol=1e-5)
+    assert torch.allclose(sq, ((ratings - 1.0 - col_bias[cols.long()]) ** 2).sum(), atol=1e-4)
+    parts = [part.pattern_product(table) for _, part in csr.blocks(4)]
+    assert torch.allclose(torch.cat(parts), dense_count @ table, atol=1e-5)
