@@ -20,6 +20,7 @@ training share one code path.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -128,21 +129,36 @@ def _half_stars(ratings: torch.Tensor, chunk: int) -> bool:
     return len(ratings) > 0
 
 
-def _outer_into(out: torch.Tensor, x: torch.Tensor, scale: float = 1.0, add: bool = False) -> None:
-    """Row-wise outer products of ``x`` (N, D) written (or added) into ``out`` (N, D*D), in place."""
-    n, d = x.shape
-    view = out.view(n, d, d)
-    if add:
-        view.addcmul_(x[:, :, None], x[:, None, :], value=scale)
-    else:
-        torch.mul(x[:, :, None], x[:, None, :], out=view)
-        if scale != 1.0:
-            view.mul_(scale)
+@functools.lru_cache(maxsize=None)
+def _pairs(D: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Upper-triangle index pairs (i, j) of a D x D matrix, and for every (i, j) of the full
+    matrix the position of its pair: symmetric sums are stored packed, D(D+1)/2 columns."""
+    i, j = torch.triu_indices(D, D, device=device)  # row-major: the order _packed_outer_into writes
+    position = torch.empty(D, D, dtype=torch.long, device=device)
+    position[i, j] = torch.arange(len(i), device=device)
+    position[j, i] = position[i, j].clone()
+    return i, j, position.flatten()
 
 
-def _batch_last(flat: torch.Tensor, D: int) -> torch.Tensor:
-    """(N, D*D) -> (D, D, N) contiguous: the layout :func:`solve_spd` vectorises over."""
-    return flat.T.reshape(D, D, -1).contiguous()
+def _packed_outer_into(out: torch.Tensor, x: torch.Tensor, scale: float = 1.0, add: bool = False) -> None:
+    """Row-wise outer products of ``x`` (N, D), upper triangle only, written (or added, times
+    ``scale``) into ``out`` (N, D(D+1)/2), in place; row a of the triangle is x_a * x[a:]."""
+    D, start = x.shape[1], 0
+    for a in range(D):
+        block = out[:, start:start + D - a]
+        if add:
+            block.addcmul_(x[:, a:a + 1], x[:, a:], value=scale)
+        else:
+            torch.mul(x[:, a:a + 1], x[:, a:], out=block)
+            if scale != 1.0:
+                block.mul_(scale)
+        start += D - a
+
+
+def _unpack(packed: torch.Tensor, D: int) -> torch.Tensor:
+    """Packed symmetric rows (N, D(D+1)/2) -> full matrices (D, D, N), batch last: the layout
+    :func:`solve_spd` vectorises over."""
+    return torch.index_select(packed.T.contiguous(), 0, _pairs(D, packed.device)[2]).view(D, D, -1)
 
 
 def _reduce(*tensors):
@@ -170,11 +186,12 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
     dtype, device = q.dtype, q.device
     w0, w1 = _weights(config)
     D = k + 1
+    P = D * (D + 1) // 2
     f = torch.cat([q, torch.ones(len(q), 1, dtype=dtype, device=device)], 1)
-    table = torch.empty(len(q), D * D + (k if w0 > 0 else 0), dtype=dtype, device=device)
-    _outer_into(table[:, :D * D], f)
+    table = torch.empty(len(q), P + (k if w0 > 0 else 0), dtype=dtype, device=device)
+    _packed_outer_into(table[:, :P], f)
     if w0 > 0:
-        torch.mul(q, (w1 - (w1 - w0) * item_choice_bias)[:, None], out=table[:, D * D:])
+        torch.mul(q, (w1 - (w1 - w0) * item_choice_bias)[:, None], out=table[:, P:])
         shared_c = w0 * (q.T @ q) + config.reg * torch.eye(k, dtype=dtype, device=device)
         offset_c = w0 * (q * item_choice_bias[:, None]).sum(0)
     prior = torch.full((D,), float(config.reg), dtype=dtype, device=device)
@@ -190,8 +207,8 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
         if distributed:
             _reduce(summed, rhs, sq)
         if w0 > 0:
-            b_c = summed[:, D * D:].T - offset_c[:, None]
-        A = _batch_last(summed[:, :D * D], D)  # sum over rated items of f f^T
+            b_c = summed[:, P:].T - offset_c[:, None]
+        A = _unpack(summed[:, :P], D)  # sum over rated items of f f^T
         del summed
         if w0 > 0:
             # Choice system: (w1 - w0) * sum over rated q q^T + w0 * Q^T Q + reg I.
@@ -222,12 +239,13 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
     ones = torch.ones(len(p), 1, dtype=dtype, device=device)
     zeros = torch.zeros(len(p), 1, dtype=dtype, device=device)
     f = torch.cat([p, ones, zeros] if implicit else [p, ones], 1)  # rating features of each user
-    table = torch.empty(len(p), D * D + (D if implicit else 0), dtype=dtype, device=device)
-    _outer_into(table[:, :D * D], f)
+    P = D * (D + 1) // 2
+    table = torch.empty(len(p), P + (D if implicit else 0), dtype=dtype, device=device)
+    _packed_outer_into(table[:, :P], f)
     if implicit:
         g = torch.cat([c, zeros, ones], 1)  # choice features of each user
-        _outer_into(table[:, :D * D], g, scale=w1 - w0, add=True)
-        torch.mul(g, w1, out=table[:, D * D:])
+        _packed_outer_into(table[:, :P], g, scale=w1 - w0, add=True)
+        torch.mul(g, w1, out=table[:, P:])
         shared = w0 * (g.T @ g)
     prior = torch.full((D,), float(config.reg), dtype=dtype, device=device)
     prior[k:] = config.bias_reg
@@ -237,12 +255,12 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
         rhs, _ = part.residual_product(float(global_mean), user_bias, f)
         if distributed:
             _reduce(summed, rhs)
-        A = _batch_last(summed[:, :D * D], D)
+        A = _unpack(summed[:, :P], D)
         A += torch.diag(prior)[:, :, None]
         b = rhs.T.contiguous()
         if implicit:
             A += shared[:, :, None]
-            b += summed[:, D * D:].T
+            b += summed[:, P:].T
         del summed, rhs
         out[:D, first:first + part.shape[0]] = solve_spd(A, b, overwrite=True)
     # Rows k and k+1: rating bias and choice bias (zero without the choice loss).

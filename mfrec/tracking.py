@@ -24,7 +24,8 @@ TASK_COLUMNS = {"predict": ("userId", "movieId"), "recommend": ("userId",), "sim
                 "fold_in": ("movieId", "rating")}
 MAX_ROWS = 100_000
 MAX_K = 1000
-# Each fold-in customer is a small Newton solve over the whole catalogue (~ms each).
+# Fold-in solves all of a request's customers in one batch; the cap bounds what one request
+# may ask (the ranking of each customer scores the whole catalogue).
 MAX_FOLD_IN_CUSTOMERS = 1000
 # Columns are typed "any" in the signature so raw values reach the model, which checks them
 # itself: with a long column MLflow silently truncates 12.7 to 12, and with a double column
