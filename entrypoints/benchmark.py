@@ -42,6 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = {
     "data_path": "", "scale": "synthetic-25m", "notebook_epochs": "3", "serve_requests": "2000",
     "seed": "0", "dataset": "ml-latest-small", "throughput_epochs": "2", "rating_only_variant": "true",
+    "serve_workers": "1",
 }
 NUMBERS = {"notebook_epochs": int, "serve_requests": int, "seed": int, "throughput_epochs": int}
 CONCURRENCY = (1, 4)
@@ -133,6 +134,7 @@ def run_benchmark(values: dict, workdir: Path, progress_json: Path | None = None
     if numbers["serve_requests"] < 0:
         raise ConfigError(f"serve_requests must be >= 0, got {numbers['serve_requests']}")
     rating_only = _flag("rating_only_variant", values["rating_only_variant"])
+    workers = _worker_counts(values["serve_workers"])
     scale = values["scale"].strip()
     if scale.lower() not in ("", "none", "skip"):
         from mfrec.datasets import get_spec
@@ -188,7 +190,8 @@ def run_benchmark(values: dict, workdir: Path, progress_json: Path | None = None
         results["serving"] = {"skipped": "no trained model (the mfrec section failed)"}
     else:
         section("serving", lambda: rest_benchmark(
-            outcome["value"].recommender, workdir / "serving", numbers["serve_requests"], seed=seed))
+            outcome["value"].recommender, workdir / "serving", numbers["serve_requests"], seed=seed,
+            workers=workers))
     results["load_average_end"] = bench.load_average()
     return results
 
@@ -205,8 +208,19 @@ def _serving_helpers():
     return serving_helpers
 
 
+def _worker_counts(text: str) -> tuple[int, ...]:
+    """``serve_workers``: comma-separated uvicorn worker counts, each 1-16."""
+    counts = []
+    for part in str(text).split(","):
+        count = parse_number("serve_workers", part.strip(), int)
+        if not 1 <= count <= 16:
+            raise ConfigError(f"serve_workers must be comma-separated counts from 1 to 16, got {text!r}")
+        counts.append(count)
+    return tuple(dict.fromkeys(counts))
+
+
 def rest_benchmark(recommender, root: Path, n_requests: int, concurrency=CONCURRENCY, seed: int = 0,
-                   n_users: int = 500) -> dict:
+                   n_users: int = 500, workers=(1,)) -> dict:
     """Serve the recommender and an identity pyfunc in turn; load-test ``recommend`` on each.
 
     Both get the same bodies (one known user each, ``task=recommend``, ``k=10``) and the same
@@ -214,7 +228,7 @@ def rest_benchmark(recommender, root: Path, n_requests: int, concurrency=CONCURR
     enforcement, pandas) and the difference is ours.
     """
     with _outside_any_run():
-        return _rest_benchmark(recommender, root, n_requests, concurrency, seed, n_users)
+        return _rest_benchmark(recommender, root, n_requests, concurrency, seed, n_users, workers)
 
 
 @contextlib.contextmanager
@@ -229,7 +243,8 @@ def _outside_any_run():
         os.environ.update(saved)
 
 
-def _rest_benchmark(recommender, root: Path, n_requests: int, concurrency, seed: int, n_users: int) -> dict:
+def _rest_benchmark(recommender, root: Path, n_requests: int, concurrency, seed: int, n_users: int,
+                    workers) -> dict:
     helpers = _serving_helpers()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -238,25 +253,28 @@ def _rest_benchmark(recommender, root: Path, n_requests: int, concurrency, seed:
     bodies = bench.recommend_bodies(users, k=10)
     warmup = min(50, max(5, n_requests // 20))
     out = {"requests_per_run": n_requests, "warmup": warmup, "distinct_users": int(len(users)),
-           "server": "mlflow models serve --env-manager local (1 uvicorn worker)", "client": "same machine, "
-           "one http.client keep-alive connection per client thread"}
+           "server": "mlflow models serve --env-manager local -w WORKERS (uvicorn worker processes)",
+           "client": "same machine, one http.client keep-alive connection per client thread"}
 
     (root / "mfrec").mkdir(exist_ok=True)
     uri = helpers.register_recommender(recommender, root / "mfrec")
     identity_uri, identity_model = _log_identity(helpers, root / "identity")
     for name, store, model_uri in (("mfrec", uri, helpers.CHAMPION_URI), ("identity", identity_uri, identity_model)):
         folder = root / name
-        served = helpers.start_model_server(folder, store, model_uri=model_uri)
-        try:
-            runs = []
-            for c in concurrency:
-                before = bench.load_average()
-                run = bench.load_test(served.invocations, bodies, n_requests, concurrency=c, warmup=warmup)
-                run["load_average_before"] = before
-                runs.append(run)
-            out[name] = runs
-        finally:
-            helpers.stop_model_server(served)
+        runs = []
+        for n_workers in workers:
+            served = helpers.start_model_server(folder, store, model_uri=model_uri, workers=n_workers)
+            try:
+                for c in concurrency:
+                    before = bench.load_average()
+                    # Warm every worker: the server spreads connections over its processes.
+                    run = bench.load_test(served.invocations, bodies, n_requests, concurrency=c,
+                                          warmup=warmup * n_workers)
+                    run.update(load_average_before=before, workers=int(n_workers))
+                    runs.append(run)
+            finally:
+                helpers.stop_model_server(served)
+        out[name] = runs
     return out
 
 

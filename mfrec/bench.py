@@ -585,7 +585,8 @@ def markdown_table(results: dict) -> str:
         else:
             for model in ("mfrec", "identity"):
                 for run in sv.get(model, []):
-                    add("REST", f"{model}, {run['concurrency']} client(s)",
+                    workers = run.get("workers", 1)
+                    add("REST", f"{model}, {run['concurrency']} client(s)" + (f", {workers} workers" if workers > 1 else ""),
                         f"p50 {run['p50_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms, {run['requests_per_second']:.0f} req/s",
                         f"{run['requests']} requests, {run['errors']} errors")
     head = ["| section | measurement | value | notes |", "|---|---|---|---|"]
@@ -618,8 +619,10 @@ def flat_metrics(results: dict) -> dict:
     serving = results.get("serving") or {}
     for model in ("mfrec", "identity"):
         for run in serving.get(model, []) if isinstance(serving.get(model), list) else []:
+            workers = run.get("workers", 1)
+            prefix = f"serve_{model}_" + (f"w{workers}_" if workers > 1 else "")
             for key in ("p50_ms", "p99_ms", "requests_per_second"):
-                out[f"serve_{model}_c{run['concurrency']}_{key}"] = float(run[key])
+                out[f"{prefix}c{run['concurrency']}_{key}"] = float(run[key])
     return out
 
 

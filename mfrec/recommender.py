@@ -51,7 +51,8 @@ class Recommender:
         self.meta = meta
         self.rating_range = tuple(meta["rating_range"])
         self.rating_weight = float(meta.get("rating_weight", scoring.DEFAULT_RATING_WEIGHT))
-        self._popular_order = np.lexsort((self.items["movieId"].to_numpy(), -self.items["n_ratings"].to_numpy()))
+        self._columns = {}
+        self._popular_order = np.lexsort((self.column("movieId"), -self.column("n_ratings")))
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -74,6 +75,7 @@ class Recommender:
         """Attach KMeans cluster ids (movieId, cluster); movies not clustered keep -1."""
         mapping = dict(zip(assignments["movieId"].to_numpy(), assignments["cluster"].to_numpy()))
         self.items["cluster"] = self.items["movieId"].map(mapping).fillna(-1).astype(np.int64)
+        self._columns.clear()
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> None:
@@ -174,7 +176,7 @@ class Recommender:
             pop = self.popular_items(k)
             n_unknown = int((~known).sum())
             idx = np.tile(pop, (n_unknown, 1))
-            val = np.tile(self.items["n_ratings"].to_numpy()[pop].astype(np.float32), (n_unknown, 1))
+            val = np.tile(self.column("n_ratings")[pop].astype(np.float32), (n_unknown, 1))
             frames.append(self._ranked(distinct[~known], idx, val, "popular"))
         return self._in_request_order(frames, "userId", distinct)
 
@@ -191,11 +193,11 @@ class Recommender:
         out = pd.DataFrame({
             "movieId": np.repeat(distinct[known], kk),
             "rank": np.tile(np.arange(1, kk + 1), n),
-            "similar_movieId": self.items["movieId"].to_numpy()[flat],
-            "title": self.items["title"].to_numpy()[flat],
-            "genres": self.items["genres"].to_numpy()[flat],
+            "similar_movieId": self.column("movieId")[flat],
+            "title": self.column("title")[flat],
+            "genres": self.column("genres")[flat],
             "score": val.ravel().astype(np.float64),
-            "cluster": self.items["cluster"].to_numpy()[flat].astype(np.int64),
+            "cluster": self.column("cluster")[flat].astype(np.int64),
         })
         return self._in_request_order([out], "movieId", distinct)
 
@@ -224,7 +226,7 @@ class Recommender:
         if len(cold):
             pop = self.popular_items(k)
             frames.append(self._ranked(cold, np.tile(pop, (len(cold), 1)),
-                                       np.tile(self.items["n_ratings"].to_numpy()[pop].astype(np.float32), (len(cold), 1)),
+                                       np.tile(self.column("n_ratings")[pop].astype(np.float32), (len(cold), 1)),
                                        "popular"))
         return self._in_request_order(frames, "userId", customers)
 
@@ -236,6 +238,13 @@ class Recommender:
                                   for name in ("reg", "bias_reg", "implicit_weight", "confidence")})
 
     # ------------------------------------------------------------------ helpers
+    def column(self, name: str) -> np.ndarray:
+        """``items[name]`` as a numpy array, converted once: string columns read from parquet
+        are Arrow-backed, and converting 10k titles per request was most of a request's time."""
+        if name not in self._columns:
+            self._columns[name] = self.items[name].to_numpy()
+        return self._columns[name]
+
     def _ranked(self, owners: np.ndarray, idx: np.ndarray, val: np.ndarray, source: str) -> pd.DataFrame:
         n, kk = idx.shape
         flat = idx.ravel()
@@ -243,19 +252,21 @@ class Recommender:
         out = pd.DataFrame({
             "userId": np.repeat(owners.astype(np.int64), kk),
             "rank": np.tile(np.arange(1, kk + 1), n),
-            "movieId": self.items["movieId"].to_numpy()[flat],
-            "title": self.items["title"].to_numpy()[flat],
-            "genres": self.items["genres"].to_numpy()[flat],
+            "movieId": self.column("movieId")[flat],
+            "title": self.column("title")[flat],
+            "genres": self.column("genres")[flat],
             "score": val.ravel().astype(np.float64),
             "source": source,
         })
-        return out[finite]
+        return out if finite.all() else out[finite]
 
     @staticmethod
     def _in_request_order(frames, key, order) -> pd.DataFrame:
         frames = [f for f in frames if len(f)]
         if not frames:
             return pd.DataFrame()
+        if len(frames) == 1 and np.array_equal(pd.unique(frames[0][key].to_numpy()), order):
+            return frames[0].reset_index(drop=True)  # already in request order (the common case)
         out = pd.concat(frames, ignore_index=True)
         position = pd.Series(np.arange(len(order)), index=order)
         out["_pos"] = out[key].map(position)

@@ -45,8 +45,14 @@ class MfrecPyfunc(mlflow.pyfunc.PythonModel):
     """Answers ``predict``, ``recommend``, ``similar`` and ``fold_in`` requests (interface.md)."""
 
     def load_context(self, context):
+        import torch
+
         from mfrec.recommender import Recommender
 
+        # A request is one small matrix product; the server runs requests concurrently, and
+        # intra-op threads per request would only fight over the cores (4 clients measured
+        # 125 req/s with torch's default threads against 181 req/s for 1 client).
+        torch.set_num_threads(1)
         self.rec = Recommender.load(context.artifacts["recommender"])
 
     def predict(self, context, model_input, params=None):

@@ -115,12 +115,12 @@ def register_recommender(rec, root: Path, name: str = MODEL_NAME, clusters: bool
 
 
 def start_model_server(root: Path, tracking_uri: str, model_uri: str = CHAMPION_URI, port: int | None = None,
-                       timeout: float = 120.0, extra_env: dict | None = None) -> ServedModel:
-    """``mlflow models serve -m MODEL --env-manager local`` on 127.0.0.1, ready on ``/ping``."""
+                       timeout: float = 120.0, extra_env: dict | None = None, workers: int = 1) -> ServedModel:
+    """``mlflow models serve -m MODEL --env-manager local -w WORKERS`` on 127.0.0.1, ready on ``/ping``."""
     root = Path(root)
     port = port or free_port()
     cmd = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-           "-p", str(port), "--host", "127.0.0.1"]
+           "-p", str(port), "--host", "127.0.0.1", "-w", str(int(workers))]
     log_path = root / f"serve-{port}.log"
     log = open(log_path, "wb")
     env = venv_env(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri, **(extra_env or {}))

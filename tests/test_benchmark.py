@@ -188,6 +188,7 @@ def test_entry_point_rejects_bad_parameters(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert benchmark.main(["--notebook-epochs", "0", "--scale", "none", "--serve-requests", "0"]) == 1
     assert benchmark.main(["--rating-only-variant", "maybe"]) == 1
+    assert benchmark.main(["--serve-workers", "1,0", "--scale", "none"]) == 1
     assert benchmark.main(["--scale", "synthetic-0"]) == 1
 
 
@@ -225,13 +226,14 @@ def test_rest_benchmark_serves_both_models(tiny_split, tmp_path, monkeypatch):
 
     train, val, test, movies = tiny_split
     _, outcome = bench.mfrec_benchmark(train, val, test, movies, TrainConfig(epochs=2, progress=False))
-    out = benchmark.rest_benchmark(outcome.recommender, tmp_path, n_requests=6, concurrency=(1, 2))
+    out = benchmark.rest_benchmark(outcome.recommender, tmp_path, n_requests=6, concurrency=(1, 2), workers=(1, 2))
     for model in ("mfrec", "identity"):
-        assert [r["concurrency"] for r in out[model]] == [1, 2]
+        assert [(r["workers"], r["concurrency"]) for r in out[model]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
         for run in out[model]:
             assert run["requests"] == 6 and run["errors"] == 0
             _positive(run["p50_ms"], run["p99_ms"], run["requests_per_second"])
     metrics = bench.flat_metrics({"serving": out})
-    assert {"serve_mfrec_c1_p50_ms", "serve_identity_c2_requests_per_second"} <= set(metrics)
-    assert "| REST | identity, 2 client(s) |" in bench.markdown_table({"serving": out})
+    assert {"serve_mfrec_c1_p50_ms", "serve_identity_c2_requests_per_second", "serve_mfrec_w2_c2_p99_ms"} <= set(metrics)
+    table = bench.markdown_table({"serving": out})
+    assert "| REST | identity, 2 client(s) |" in table and "| REST | mfrec, 2 client(s), 2 workers |" in table
     assert os.environ["MLFLOW_RUN_ID"] == "0123456789abcdef0123456789abcdef"  # restored
