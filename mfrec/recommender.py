@@ -230,12 +230,25 @@ class Recommender:
                                        "popular"))
         return self._in_request_order(frames, "userId", customers)
 
-    def fold_in_config(self) -> SimpleNamespace:
-        """The regularisation and choice weights the model was trained with (fold-in reuses them)."""
+    def fold_in_config(self, unrated_weight: float | None = None) -> SimpleNamespace:
+        """The training objective's weights for a new customer's user step.
+
+        ``unrated_weight`` (default: the trained ``fold_in_unrated_weight``) scales the weight
+        of the films a new customer did *not* mention: someone who tells us five films has
+        seen more than five, so their silence is weaker evidence than a training user's.
+        ``1.0`` is exactly the training user step.
+        """
         cfg = self.meta.get("train_config", {})
         defaults = TrainConfig()
-        return SimpleNamespace(**{name: float(cfg.get(name, getattr(defaults, name)))
-                                  for name in ("reg", "bias_reg", "implicit_weight", "confidence")})
+        values = {name: float(cfg.get(name, getattr(defaults, name)))
+                  for name in ("reg", "bias_reg", "implicit_weight", "confidence", "fold_in_unrated_weight")}
+        beta = values.pop("fold_in_unrated_weight") if unrated_weight is None else float(unrated_weight)
+        values.pop("fold_in_unrated_weight", None)
+        # Unrated pairs weigh implicit_weight, rated ones implicit_weight * confidence: scale
+        # the first and keep the second.
+        values["implicit_weight"] *= beta
+        values["confidence"] /= beta
+        return SimpleNamespace(**values)
 
     # ------------------------------------------------------------------ helpers
     def column(self, name: str) -> np.ndarray:

@@ -48,6 +48,9 @@ class TrainConfig:
     implicit_weight: float = 2.0
     # ALS: weight of a rated user-film pair in the choice loss relative to an unrated one.
     confidence: float = 5.0
+    # Fold-in (serving): weight of the films a new customer did not mention, relative to a
+    # training user's unrated films; chosen on validation (docs/tuning.md).
+    fold_in_unrated_weight: float = 0.03
     # Softmax of the implicit head over at most this many users x items per batch (0 = all).
     # Exact on small catalogues; sampled (uniform negatives, importance-corrected) at scale.
     implicit_users: int = 1024
@@ -77,6 +80,8 @@ class TrainConfig:
             (self.solver != "als" or self.reg > 0,
              f"reg must be > 0 with solver 'als' (a user with fewer ratings than factors has no "
              f"unique least-squares solution otherwise), got {self.reg}"),
+            (math.isfinite(self.fold_in_unrated_weight) and 0 < self.fold_in_unrated_weight <= 1,
+             f"fold_in_unrated_weight must be in (0, 1], got {self.fold_in_unrated_weight}"),
             (math.isfinite(self.confidence) and self.confidence >= 1,
              f"confidence must be >= 1 (a rated film weighs at least as much as an unrated one), got {self.confidence}"),
             (math.isfinite(self.bias_reg) and self.bias_reg >= 0, f"bias_reg must be >= 0, got {self.bias_reg}"),

@@ -95,7 +95,8 @@ def test_als_sweep_ends_in_the_fold_in_solution(trained_small, small_split):
     fitted_on = pd.concat(small_split[:2])  # the refit saw train + val
     frame = fitted_on[fitted_on["userId"] == rec.user_index.ids[row]]
     folded = scoring.fold_in(rec.model, np.zeros(len(frame), np.int64), rec.item_index.index(frame["movieId"]),
-                             frame["rating"].to_numpy(np.float32), 1, rec.fold_in_config())
+                             frame["rating"].to_numpy(np.float32), 1,
+                             rec.fold_in_config(unrated_weight=1.0))
     assert len(frame) == len(seen)
     assert torch.allclose(folded.bias, rec.model.user_bias[row:row + 1], atol=1e-4)
     assert torch.allclose(folded.factors, rec.model.user_factors[row:row + 1], atol=1e-4)
@@ -185,3 +186,9 @@ def test_sparse_ratings_match_a_dense_reference(half_stars, monkeypatch):
     assert torch.allclose(sq, ((ratings - 1.0 - col_bias[cols.long()]) ** 2).sum(), atol=1e-4)
     parts = [part.pattern_product(table) for _, part in csr.blocks(4)]
     assert torch.allclose(torch.cat(parts), dense_count @ table, atol=1e-5)
+
+
+def test_fold_in_unrated_weight_is_checked():
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match="fold_in_unrated_weight must be in"):
+            TrainConfig(fold_in_unrated_weight=bad).validate()
