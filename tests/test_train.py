@@ -120,10 +120,11 @@ def test_device_selection():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_gpu_matches_cpu_quality(small_split):
+@pytest.mark.parametrize("solver", ["als", "adam"])
+def test_gpu_matches_cpu_quality(small_split, solver):
     train, val, test, movies = small_split
-    cpu = train_and_evaluate(train, val, test, movies, TrainConfig(device="cpu", progress=False)).metrics
-    gpu = train_and_evaluate(train, val, test, movies, TrainConfig(device="cuda", progress=False))
+    cpu = train_and_evaluate(train, val, test, movies, TrainConfig(solver=solver, device="cpu", progress=False)).metrics
+    gpu = train_and_evaluate(train, val, test, movies, TrainConfig(solver=solver, device="cuda", progress=False))
     assert gpu.device.startswith("cuda")
     assert abs(gpu.metrics["test_rmse"] - cpu["test_rmse"]) < 0.01
 
