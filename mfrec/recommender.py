@@ -153,44 +153,64 @@ class Recommender:
 
     # ------------------------------------------------------------------ tasks
     def predict(self, user_ids, movie_ids) -> pd.DataFrame:
+        """Clipped rating predictions: userId, movieId, prediction, known (both ids seen in training)."""
+        return to_frame(self.predict_columns(user_ids, movie_ids))
+
+    def recommend(self, user_ids, k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
+        """Per user, k rows: userId, rank, movieId, title, genres, score, source (personal | popular)."""
+        return to_frame(self.recommend_columns(user_ids, k, exclude_seen))
+
+    def similar(self, movie_ids, k: int = 10) -> pd.DataFrame:
+        """Per known movie, k rows: movieId, rank, similar_movieId, title, genres, score (cosine), cluster."""
+        return to_frame(self.similar_columns(movie_ids, k))
+
+    def fold_in(self, user_ids, movie_ids, ratings, k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
+        """Recommend for new customers from their ratings, without retraining.
+
+        Each distinct ``user_ids`` value is one customer; their known movies' ratings fit a
+        user bias and vectors in closed form; unknown movies are ignored. A customer with no
+        known movie gets the popular list. Rows as in :meth:`recommend`.
+        """
+        return to_frame(self.fold_in_columns(user_ids, movie_ids, ratings, k, exclude_seen))
+
+    # The *_columns methods answer the same questions as equal-length numpy columns: the
+    # served model turns those into JSON rows without building a DataFrame (half of a small
+    # request's cost in MLflow's serialiser).
+    def predict_columns(self, user_ids, movie_ids) -> dict:
         u = self.user_index.index(user_ids)
         i = self.item_index.index(movie_ids)
         pred = scoring.predict_indices(self.model, torch.as_tensor(u), torch.as_tensor(i), self.rating_range)
-        return pd.DataFrame({
+        return {
             "userId": np.asarray(user_ids, dtype=np.int64),
             "movieId": np.asarray(movie_ids, dtype=np.int64),
             "prediction": pred.numpy().astype(np.float64),
             "known": (u >= 0) & (i >= 0),
-        })
+        }
 
-    def recommend(self, user_ids, k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
+    def recommend_columns(self, user_ids, k: int = 10, exclude_seen: bool = True) -> dict:
         user_ids = np.asarray(user_ids, dtype=np.int64)
         distinct = pd.unique(user_ids)
         rows = self.user_index.index(distinct)
         known = rows >= 0
-        frames = []
+        parts = []
         if known.any():
             idx, val = self.top_items(rows[known], k, exclude_seen)
-            frames.append(self._ranked(distinct[known], idx, val, "personal"))
+            parts.append(self._ranked(distinct[known], idx, val, "personal"))
         if (~known).any():
-            pop = self.popular_items(k)
-            n_unknown = int((~known).sum())
-            idx = np.tile(pop, (n_unknown, 1))
-            val = np.tile(self.column("n_ratings")[pop].astype(np.float32), (n_unknown, 1))
-            frames.append(self._ranked(distinct[~known], idx, val, "popular"))
-        return self._in_request_order(frames, "userId", distinct)
+            parts.append(self._popular(distinct[~known], k))
+        return _in_request_order(parts, "userId", distinct, RANKED_COLUMNS)
 
-    def similar(self, movie_ids, k: int = 10) -> pd.DataFrame:
+    def similar_columns(self, movie_ids, k: int = 10) -> dict:
         distinct = pd.unique(np.asarray(movie_ids, dtype=np.int64))
         rows = self.item_index.index(distinct)
         known = rows >= 0
         if not known.any():
-            return _empty_similar()
+            return _empty(SIMILAR_COLUMNS)
         values, indices = scoring.similar_items(self.model, torch.as_tensor(rows[known]), min(k, len(self.item_index) - 1))
         idx, val = indices.numpy(), values.numpy()
         n, kk = idx.shape
         flat = idx.ravel()
-        out = pd.DataFrame({
+        out = {
             "movieId": np.repeat(distinct[known], kk),
             "rank": np.tile(np.arange(1, kk + 1), n),
             "similar_movieId": self.column("movieId")[flat],
@@ -198,37 +218,28 @@ class Recommender:
             "genres": self.column("genres")[flat],
             "score": val.ravel().astype(np.float64),
             "cluster": self.column("cluster")[flat].astype(np.int64),
-        })
-        return self._in_request_order([out], "movieId", distinct)
+        }
+        return _in_request_order([out], "movieId", distinct, SIMILAR_COLUMNS)
 
-    def fold_in(self, user_ids, movie_ids, ratings, k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
-        """Recommend for new customers from their ratings, without retraining.
-
-        Each distinct ``user_ids`` value is one customer; their known movies' ratings fit a
-        user bias and vector in closed form; unknown movies are ignored. A customer with no
-        known movie gets the popular list.
-        """
-        frame = pd.DataFrame({"userId": np.asarray(user_ids, np.int64), "movieId": np.asarray(movie_ids, np.int64),
-                              "rating": np.asarray(ratings, np.float32)})
-        frame["row"] = self.item_index.index(frame["movieId"].to_numpy())
-        customers = pd.unique(frame["userId"].to_numpy())
-        known_rows = frame[frame["row"] >= 0]
-        fitted = pd.unique(known_rows["userId"].to_numpy())
-        position = pd.Index(fitted).get_indexer(known_rows["userId"].to_numpy())
-        frames = []
+    def fold_in_columns(self, user_ids, movie_ids, ratings, k: int = 10, exclude_seen: bool = True) -> dict:
+        user_ids = np.asarray(user_ids, np.int64)
+        movie_rows = self.item_index.index(np.asarray(movie_ids, np.int64))
+        ratings = np.asarray(ratings, np.float32)
+        customers = pd.unique(user_ids)
+        known = movie_rows >= 0
+        fitted = pd.unique(user_ids[known])
+        position = pd.Index(fitted).get_indexer(user_ids[known])
+        parts = []
         if len(fitted):
-            folded = scoring.fold_in(self.model, position, known_rows["row"].to_numpy(),
-                                     known_rows["rating"].to_numpy(np.float32), len(fitted), self.fold_in_config())
-            seen = csr_from_pairs(position, known_rows["row"].to_numpy(), len(fitted))
+            folded = scoring.fold_in(self.model, position, movie_rows[known], ratings[known], len(fitted),
+                                     self.fold_in_config())
+            seen = csr_from_pairs(position, movie_rows[known], len(fitted))
             idx, val = self.top_items(np.zeros(len(fitted), np.int64), k, exclude_seen, folded, seen)
-            frames.append(self._ranked(np.asarray(fitted), idx, val, "personal"))
+            parts.append(self._ranked(np.asarray(fitted), idx, val, "personal"))
         cold = np.setdiff1d(customers, np.asarray(fitted, dtype=np.int64))
         if len(cold):
-            pop = self.popular_items(k)
-            frames.append(self._ranked(cold, np.tile(pop, (len(cold), 1)),
-                                       np.tile(self.column("n_ratings")[pop].astype(np.float32), (len(cold), 1)),
-                                       "popular"))
-        return self._in_request_order(frames, "userId", customers)
+            parts.append(self._popular(cold, k))
+        return _in_request_order(parts, "userId", customers, RANKED_COLUMNS)
 
     def fold_in_config(self, unrated_weight: float | None = None) -> SimpleNamespace:
         """The training objective's weights for a new customer's user step.
@@ -258,39 +269,63 @@ class Recommender:
             self._columns[name] = self.items[name].to_numpy()
         return self._columns[name]
 
-    def _ranked(self, owners: np.ndarray, idx: np.ndarray, val: np.ndarray, source: str) -> pd.DataFrame:
+    def _ranked(self, owners: np.ndarray, idx: np.ndarray, val: np.ndarray, source: str) -> dict:
         n, kk = idx.shape
         flat = idx.ravel()
-        finite = np.isfinite(val.ravel())  # fewer unseen items than k: drop the -inf fillers
-        out = pd.DataFrame({
+        out = {
             "userId": np.repeat(owners.astype(np.int64), kk),
             "rank": np.tile(np.arange(1, kk + 1), n),
             "movieId": self.column("movieId")[flat],
             "title": self.column("title")[flat],
             "genres": self.column("genres")[flat],
             "score": val.ravel().astype(np.float64),
-            "source": source,
-        })
-        return out if finite.all() else out[finite]
+            "source": np.full(n * kk, source, dtype=object),
+        }
+        finite = np.isfinite(out["score"])  # fewer unseen items than k: drop the -inf fillers
+        return out if finite.all() else {name: v[finite] for name, v in out.items()}
 
-    @staticmethod
-    def _in_request_order(frames, key, order) -> pd.DataFrame:
-        frames = [f for f in frames if len(f)]
-        if not frames:
-            return pd.DataFrame()
-        if len(frames) == 1 and np.array_equal(pd.unique(frames[0][key].to_numpy()), order):
-            return frames[0].reset_index(drop=True)  # already in request order (the common case)
-        out = pd.concat(frames, ignore_index=True)
-        position = pd.Series(np.arange(len(order)), index=order)
-        out["_pos"] = out[key].map(position)
-        return out.sort_values(["_pos", "rank"], kind="stable").drop(columns="_pos").reset_index(drop=True)
+    def _popular(self, owners: np.ndarray, k: int) -> dict:
+        pop = self.popular_items(k)
+        counts = self.column("n_ratings")[pop].astype(np.float32)
+        return self._ranked(owners, np.tile(pop, (len(owners), 1)), np.tile(counts, (len(owners), 1)), "popular")
 
 
-def _empty_similar() -> pd.DataFrame:
-    return pd.DataFrame({"movieId": pd.Series(dtype=np.int64), "rank": pd.Series(dtype=np.int64),
-                         "similar_movieId": pd.Series(dtype=np.int64), "title": pd.Series(dtype=str),
-                         "genres": pd.Series(dtype=str), "score": pd.Series(dtype=np.float64),
-                         "cluster": pd.Series(dtype=np.int64)})
+RANKED_COLUMNS = {"userId": np.int64, "rank": np.int64, "movieId": np.int64, "title": object, "genres": object,
+                  "score": np.float64, "source": object}
+SIMILAR_COLUMNS = {"movieId": np.int64, "rank": np.int64, "similar_movieId": np.int64, "title": object,
+                   "genres": object, "score": np.float64, "cluster": np.int64}
+
+
+def _empty(schema: dict) -> dict:
+    return {name: np.zeros(0, dtype=dtype) for name, dtype in schema.items()}
+
+
+def _in_request_order(parts: list, key: str, order: np.ndarray, schema: dict) -> dict:
+    """Concatenate answer parts, rows grouped by ``key`` in request ``order``, then by rank."""
+    parts = [p for p in parts if len(p[key])]
+    if not parts:
+        return _empty(schema)
+    if len(parts) == 1 and np.array_equal(pd.unique(parts[0][key]), order):
+        return parts[0]  # already in request order (the common case)
+    out = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    position = pd.Index(order).get_indexer(out[key])
+    ordered = np.lexsort((out["rank"], position))
+    return {name: v[ordered] for name, v in out.items()}
+
+
+def to_frame(columns: dict) -> pd.DataFrame:
+    """An answer's columns as a DataFrame (strings as pandas' str dtype)."""
+    frame = pd.DataFrame(columns)
+    for name, values in columns.items():
+        if values.dtype == object:
+            frame[name] = frame[name].astype("str")
+    return frame
+
+
+def to_records(columns: dict) -> list[dict]:
+    """An answer's columns as JSON-ready rows of Python scalars (what the REST API returns)."""
+    names = list(columns)
+    return [dict(zip(names, row)) for row in zip(*(columns[name].tolist() for name in names))]
 
 
 def _sha256(path: Path) -> str:

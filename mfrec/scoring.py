@@ -56,6 +56,10 @@ def rank_scores(model, users: torch.Tensor, rating_weight: float = DEFAULT_RATIN
 
 def mask_seen(scores: torch.Tensor, seen_indptr: np.ndarray, seen_indices: np.ndarray, users: np.ndarray) -> torch.Tensor:
     """Set each row's already-rated items to -inf (seen lists in CSR form, by user index)."""
+    if len(users) == 1:  # one user per request is the common case: a plain slice
+        cols = seen_indices[seen_indptr[users[0]]:seen_indptr[users[0] + 1]]
+        scores[0, torch.as_tensor(cols, device=scores.device)] = -torch.inf
+        return scores
     starts = seen_indptr[users]
     lengths = seen_indptr[users + 1] - starts
     rows = np.repeat(np.arange(len(users)), lengths)

@@ -59,8 +59,15 @@ class MfrecPyfunc(mlflow.pyfunc.PythonModel):
         return answer(self.rec, model_input, params)
 
 
-def answer(rec, frame, params=None) -> pd.DataFrame:
-    """Validate one request and answer it with ``rec`` (shared by pyfunc and tests)."""
+def answer(rec, frame, params=None) -> list[dict]:
+    """Validate one request and answer it with ``rec``: a list of row dicts.
+
+    Rows rather than a DataFrame: MLflow serialises a list as is, and for a typical 10-row
+    answer building and serialising a DataFrame cost more than the recommendation itself.
+    ``pd.DataFrame(answer(...))`` gives the table.
+    """
+    from mfrec.recommender import to_records
+
     task, k, exclude_seen = _params(params or {})
     if not isinstance(frame, pd.DataFrame):
         try:
@@ -75,18 +82,18 @@ def answer(rec, frame, params=None) -> pd.DataFrame:
     if missing:
         raise bad_request(f"task {task!r} needs column(s) {', '.join(needed)}; missing: {', '.join(missing)}")
     if task == "predict":
-        return rec.predict(_ids(frame, "userId"), _ids(frame, "movieId"))
+        return to_records(rec.predict_columns(_ids(frame, "userId"), _ids(frame, "movieId")))
     if task == "recommend":
-        return _typed(rec.recommend(_ids(frame, "userId"), k, exclude_seen), "recommend")
+        return to_records(rec.recommend_columns(_ids(frame, "userId"), k, exclude_seen))
     if task == "similar":
-        return _typed(rec.similar(_ids(frame, "movieId"), k), "similar")
+        return to_records(rec.similar_columns(_ids(frame, "movieId"), k))
     ratings = _ratings(frame, rec.rating_range)
     users = _ids(frame, "userId") if "userId" in frame.columns and frame["userId"].notna().any() else np.zeros(len(frame), np.int64)
     n_customers = len(np.unique(users))
     if n_customers > MAX_FOLD_IN_CUSTOMERS:
         raise bad_request(f"too many fold_in customers: {n_customers} distinct userId values "
                           f"(at most {MAX_FOLD_IN_CUSTOMERS} per request)")
-    return _typed(rec.fold_in(users, _ids(frame, "movieId"), ratings, k, exclude_seen), "recommend")
+    return to_records(rec.fold_in_columns(users, _ids(frame, "movieId"), ratings, k, exclude_seen))
 
 
 def _unwrap_columns(frame: pd.DataFrame) -> pd.DataFrame:
@@ -95,8 +102,8 @@ def _unwrap_columns(frame: pd.DataFrame) -> pd.DataFrame:
     MLflow does that when every column list is empty or holds only strings; the client meant
     a table with those columns, so give it back (an empty one answers 200 with no rows).
     """
-    if len(frame) != 1 or not len(frame.columns):
-        return frame
+    if len(frame) != 1 or not len(frame.columns) or any(dtype != object for dtype in frame.dtypes):
+        return frame  # list cells live in object columns; numeric ones need no look (fast path)
     cells = list(frame.iloc[0])
     if all(isinstance(c, (list, tuple, np.ndarray)) for c in cells) and len({len(c) for c in cells}) == 1:
         return pd.DataFrame({name: list(c) for name, c in zip(frame.columns, cells)})
@@ -131,7 +138,11 @@ def _ratings(frame: pd.DataFrame, rating_range) -> np.ndarray:
 def _checked(frame: pd.DataFrame, column: str, requirement: str, out_of_range) -> np.ndarray:
     """``column`` as float64, or a 400 naming the first value that is not a finite number
     meeting ``requirement`` (``out_of_range`` flags the finite ones that miss it)."""
-    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    series = frame[column]
+    if series.dtype.kind in "iuf":  # already numbers (bools are kind "b"): no parsing needed
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     finite = np.isfinite(values)
     bad = ~finite | _bools(frame[column])
     bad[finite] |= out_of_range(values[finite])
@@ -149,21 +160,6 @@ def _bools(column: pd.Series) -> np.ndarray:
     if column.dtype == object:
         return np.fromiter((isinstance(v, (bool, np.bool_)) for v in column), dtype=bool, count=len(column))
     return np.zeros(len(column), dtype=bool)
-
-
-_EMPTY = {
-    "recommend": {"userId": "int64", "rank": "int64", "movieId": "int64", "title": "str", "genres": "str",
-                  "score": "float64", "source": "str"},
-    "similar": {"movieId": "int64", "rank": "int64", "similar_movieId": "int64", "title": "str", "genres": "str",
-                "score": "float64", "cluster": "int64"},
-}
-
-
-def _typed(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
-    """Give empty answers their columns, so clients can rely on the shape."""
-    if len(frame):
-        return frame
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _EMPTY[kind].items()})
 
 
 # ---------------------------------------------------------------------------- logging helpers
