@@ -417,3 +417,18 @@ def test_readme_curl_example_works(served_model):
         assert run.returncode == 0, (block, run.stderr)
         rows = json.loads(run.stdout)["predictions"]
         assert len(rows) == 5 and {r["source"] for r in rows} == {"personal"}
+
+
+def test_pyfunc_in_process_returns_the_same_rows_as_rest(served_model):
+    """docs/serving.md: ``load_model(...).predict`` gives the REST rows as a list of dicts."""
+    import mlflow
+    from serving_helpers import mlflow_uris
+
+    with mlflow_uris(served_model.tracking_uri):
+        model = mlflow.pyfunc.load_model(served_model.model_uri)
+    params = {"task": "recommend", "k": 3}
+    rows = model.predict(pd.DataFrame({"userId": [1, 10**9]}), params=params)
+    assert isinstance(rows, list) and len(rows) == 6
+    assert [r["source"] for r in rows] == ["personal"] * 3 + ["popular"] * 3
+    over_http = invoke(served_model, {"dataframe_records": [{"userId": 1}, {"userId": 10**9}], "params": params})
+    assert over_http.json()["predictions"] == rows
