@@ -131,3 +131,15 @@ def test_ranking_metrics_by_hand():
     assert out["ndcg_at_3"] == pytest.approx(ndcg0 / 2)
     assert out["precision_at_3"] == pytest.approx((2 / 3) / 2)
     assert out["recall_at_3"] == pytest.approx((2 / 3) / 2)
+
+
+def test_a_model_folder_of_another_format_version_is_refused(trained_small, tmp_path):
+    import json
+
+    trained_small.recommender.save(tmp_path / "m")
+    meta_path = tmp_path / "m" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["format_version"] = 1  # a model saved before users had choice vectors
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="format version 1; this mfrec reads version 2: retrain"):
+        Recommender.load(tmp_path / "m")
