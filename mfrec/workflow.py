@@ -57,6 +57,9 @@ def train_and_evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFram
         "train_seconds": finished - started,
         "select_seconds": selected - started,
         "refit_seconds": finished - selected,
+        # The refit's fit() alone, without indexing the ids (a peer's fit time excludes its
+        # own data preparation too, e.g. Surprise's build_full_trainset).
+        "refit_fit_seconds": result.seconds if result is not first else float("nan"),
         "epochs_run": len(first.history),
         "best_epoch": first.best_epoch,
         "best_val_rmse": first.best_val_rmse,
