@@ -43,7 +43,7 @@ class TrainConfig:
     batch_size: int = 8192
     lr: float = 0.01
     reg: float = 2.5
-    bias_reg: float = 1.0
+    bias_reg: float = 5.0
     # Weight of the "which films" part of the objective; 0 trains a rating-only model.
     implicit_weight: float = 2.0
     # ALS: weight of a rated user-film pair in the choice loss relative to an unrated one.
