@@ -26,7 +26,7 @@ GRIDS = {
     "als-edge": {"reg": [1.5, 2.5], "implicit_weight": [2.0, 4.0], "confidence": [5.0, 8.0]},
     "als-bias": {"bias_reg": [1.0, 2.0, 3.0, 5.0, 8.0, 12.0]},
     "als-bias5": {"bias_reg": [5.0], "reg": [2.5, 5.0], "implicit_weight": [2.0, 4.0], "confidence": [3.0, 5.0, 8.0]},
-    "als-factors": {"n_factors": [8, 16, 32, 64], "reg": [5.0, 10.0, 20.0]},
+    "als-factors": {"n_factors": [16, 32, 64], "reg": [2.5, 10.0, 40.0]},
     # The Adam solver's searches (docs/tuning.md, "Adam solver").
     "quick": {"solver": ["adam"], "reg": [5.0, 10.0, 20.0], "implicit_weight": [0.5, 1.0]},
     "steps": {"solver": ["adam"], "reg": [10.0], "batch_size": [8192, 16384], "lr": [0.01, 0.02]},
