@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from mfrec import baselines, metrics
-from mfrec.recommender import Recommender
+from mfrec import baselines, metrics, scoring
+from mfrec.recommender import Recommender, csr_from_pairs
 
 
 def evaluate(rec: Recommender, train: pd.DataFrame, test: pd.DataFrame, k: int = 10) -> dict:
@@ -31,3 +32,35 @@ def evaluate(rec: Recommender, train: pd.DataFrame, test: pd.DataFrame, k: int =
     out[f"baseline_popularity_ndcg_at_{k}"] = pop[f"ndcg_at_{k}"]
     out["test_ranked_users"] = int(len(users))
     return out
+
+
+def fold_in_ndcg(rec: Recommender, told_from: pd.DataFrame, heldout: pd.DataFrame, n_told: int,
+                 unrated_weight: float | None = None, seed: int = 0, k: int = 10) -> float:
+    """NDCG@k of fold-in for held-out users treated as new customers.
+
+    Every user of ``heldout`` with a relevant rating "tells" ``n_told`` of their ratings in
+    ``told_from`` (a seeded sample); their fold-in recommendations, with every film they
+    rated in training excluded as for a known user, are scored on their ``heldout`` ratings.
+    ``unrated_weight`` overrides the trained ``fold_in_unrated_weight``. Uses the two calls
+    :meth:`Recommender.fold_in` makes.
+    """
+    users, relevant = metrics.relevant_sets(heldout, rec.user_index.index(heldout["userId"].to_numpy()),
+                                            rec.item_index.index(heldout["movieId"].to_numpy()))
+    rng = np.random.default_rng(seed)
+    groups = dict(tuple(told_from.groupby("userId")))
+    customers, movie_ids, ratings, seen_rows, seen_cols = [], [], [], [], []
+    for j, row in enumerate(users):
+        frame = groups[rec.user_index.ids[row]]
+        told = frame.iloc[rng.choice(len(frame), min(n_told, len(frame)), replace=False)]
+        customers.append(np.full(len(told), j))
+        movie_ids.append(told["movieId"].to_numpy())
+        ratings.append(told["rating"].to_numpy(np.float32))
+        films = rec.seen_indices[rec.seen_indptr[row]:rec.seen_indptr[row + 1]]
+        seen_rows.append(np.full(len(films), j))
+        seen_cols.append(films)
+    customers, movie_ids, ratings = map(np.concatenate, (customers, movie_ids, ratings))
+    folded = scoring.fold_in(rec.model, customers, rec.item_index.index(movie_ids), ratings, len(users),
+                             rec.fold_in_config(unrated_weight=unrated_weight))
+    seen = csr_from_pairs(np.concatenate(seen_rows), np.concatenate(seen_cols), len(users))
+    ranked, _ = rec.top_items(np.zeros(len(users), np.int64), k, True, folded, seen)
+    return metrics.ranking_metrics(lambda rows, kk: ranked, users, relevant, k)[f"ndcg_at_{k}"]

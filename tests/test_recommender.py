@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from mfrec.errors import DataError
-from mfrec import scoring
-from mfrec.metrics import ranking_metrics, relevant_sets
-from mfrec.recommender import Recommender, csr_from_pairs
+from mfrec.evaluate import fold_in_ndcg
+from mfrec.metrics import ranking_metrics
+from mfrec.recommender import Recommender
 
 PIXAR = [1, 2355, 3114, 4886, 6377]  # Toy Story, A Bug's Life, Toy Story 2, Monsters Inc., Finding Nemo
 
@@ -60,39 +60,14 @@ def test_fold_in_fits_a_new_customer(trained_small):
     assert (nobody["source"] == "popular").all()
 
 
-def _fold_in_ndcg(rec, train, test, n_told, unrated_weight):
-    """Test users as new customers who told us ``n_told`` of their training ratings: NDCG@10
-    of their fold-in recommendations (every training film excluded) on their test ratings."""
-    users, relevant = relevant_sets(test, rec.user_index.index(test["userId"].to_numpy()),
-                                    rec.item_index.index(test["movieId"].to_numpy()))
-    rng = np.random.default_rng(0)
-    groups = dict(tuple(train.groupby("userId")))
-    customers, movie_ids, ratings, seen_rows, seen_cols = [], [], [], [], []
-    for j, row in enumerate(users):
-        frame = groups[rec.user_index.ids[row]]
-        told = frame.iloc[rng.choice(len(frame), min(n_told, len(frame)), replace=False)]
-        customers.append(np.full(len(told), j))
-        movie_ids.append(told["movieId"].to_numpy())
-        ratings.append(told["rating"].to_numpy(np.float32))
-        films = rec.seen_indices[rec.seen_indptr[row]:rec.seen_indptr[row + 1]]
-        seen_rows.append(np.full(len(films), j))
-        seen_cols.append(films)
-    customers, movie_ids, ratings = map(np.concatenate, (customers, movie_ids, ratings))
-    folded = scoring.fold_in(rec.model, customers, rec.item_index.index(movie_ids), ratings, len(users),
-                             rec.fold_in_config(unrated_weight=unrated_weight))
-    seen = csr_from_pairs(np.concatenate(seen_rows), np.concatenate(seen_cols), len(users))
-    ranked, _ = rec.top_items(np.zeros(len(users), np.int64), 10, True, folded, seen)
-    return ranking_metrics(lambda rows, k: ranked, users, relevant, 10)["ndcg_at_10"]
-
-
 def test_fold_in_of_five_films_ranks_well(trained_small, small_split):
     """A customer who tells us five films gets recommendations well above popularity; the
     validated weight of their unmentioned films (fold_in_unrated_weight) beats the training
     user step's weight (1.0)."""
     rec, metrics = trained_small.recommender, trained_small.metrics
     train = pd.concat(small_split[:2])
-    default = _fold_in_ndcg(rec, train, small_split[2], 5, None)
-    plain = _fold_in_ndcg(rec, train, small_split[2], 5, 1.0)
+    default = fold_in_ndcg(rec, train, small_split[2], 5)
+    plain = fold_in_ndcg(rec, train, small_split[2], 5, unrated_weight=1.0)
     print(f"fold-in NDCG@10, 5 films told: {default:.4f} (unrated weight 1.0: {plain:.4f}); "
           f"popularity {metrics['baseline_popularity_ndcg_at_10']:.4f}")
     assert default >= 1.2 * metrics["baseline_popularity_ndcg_at_10"]
