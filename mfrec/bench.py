@@ -68,15 +68,23 @@ def _total_memory() -> Optional[int]:
         return None
 
 
-def _rss_bytes() -> Optional[int]:
-    """Current resident set size of this process (Linux /proc; psutil elsewhere)."""
+def proc_status_bytes(field: str) -> Optional[int]:
+    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in bytes; None off Linux."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def _rss_bytes() -> Optional[int]:
+    """Current resident set size of this process (Linux /proc; psutil elsewhere)."""
+    rss = proc_status_bytes("VmRSS")
+    if rss is not None:
+        return rss
     try:
         import psutil
 
@@ -93,13 +101,9 @@ def _peak_rss_bytes() -> int:
     (seen here: 1.9 GB reported for a child whose own peak was 0.8 GB). Elsewhere ``ru_maxrss``
     (macOS reports bytes, others KiB).
     """
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 

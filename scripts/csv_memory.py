@@ -23,23 +23,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _vm(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def child(folder: str) -> None:
+    from mfrec.bench import proc_status_bytes
     from mfrec.parse import read_dataset
 
-    baseline = _vm("VmRSS")
+    baseline = proc_status_bytes("VmRSS")
     started = time.perf_counter()
     parsed = read_dataset(folder)
     seconds = time.perf_counter() - started
     n = len(parsed.ratings)
     raw = 12 * n
-    peak = _vm("VmHWM")
+    peak = proc_status_bytes("VmHWM")
     print(json.dumps({"ratings": n, "seconds": seconds, "rss_after_imports": baseline, "peak_rss": peak,
                       "raw_bytes": raw, "peak_over_raw": peak / raw,
                       "peak_above_imports_over_raw": (peak - baseline) / raw,
