@@ -36,7 +36,7 @@ import pandas as pd
 
 from mfrec import bench, tracking
 from mfrec.errors import ConfigError, MfrecError
-from entrypoints.common import parse_number
+from entrypoints.common import parse_number, parser_for
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = {
@@ -63,14 +63,8 @@ mlflow.models.set_model(Identity())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m entrypoints.benchmark", description=__doc__.split("\n\n")[0])
-    for key, default in DEFAULTS.items():
-        flags = [f"--{key.replace('_', '-')}"] + ([f"--{key}"] if "_" in key else [])
-        extra = {"nargs": "?", "const": ""} if key == "data_path" else {}
-        parser.add_argument(*flags, dest=key, default=default, **extra)
-    parser.add_argument("--output-json", "--output_json", dest="output_json", default=None,
-                        help="also write results.json here")
-    return parser
+    return parser_for("python -m entrypoints.benchmark", __doc__.split("\n\n")[0], DEFAULTS,
+                      output_help="also write results.json here")
 
 
 def _flag(name: str, value) -> bool:

@@ -32,14 +32,21 @@ def system_metrics_available() -> bool:
     return importlib.util.find_spec("psutil") is not None
 
 
-def parser_for(prog: str, description: str, defaults: dict) -> argparse.ArgumentParser:
-    """An argparse parser taking ``--some-key`` and ``--some_key`` for each default; values stay strings."""
+# Parameters whose value may be empty: ``--data-path`` with nothing after it means "none".
+OPTIONAL_VALUES = ("data_path",)
+
+
+def parser_for(prog: str, description: str, defaults: dict,
+               output_help: str = "also write the step's result here as JSON") -> argparse.ArgumentParser:
+    """An argparse parser taking ``--some-key`` and ``--some_key`` for each default, plus
+    ``--output-json``. Values stay strings, exactly as received, so logged params match what
+    mlflow logged."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     for key, default in defaults.items():
         flags = [f"--{key.replace('_', '-')}"] + ([f"--{key}"] if "_" in key else [])
-        parser.add_argument(*flags, dest=key, default=default)
-    parser.add_argument("--output-json", "--output_json", dest="output_json", default=None,
-                        help="also write the step's result here as JSON")
+        extra = {"nargs": "?", "const": ""} if key in OPTIONAL_VALUES else {}
+        parser.add_argument(*flags, dest=key, default=default, **extra)
+    parser.add_argument("--output-json", "--output_json", dest="output_json", default=None, help=output_help)
     return parser
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import mlflow
 
-from entrypoints.common import active_or_new_run, fail_on_termination
+from entrypoints.common import active_or_new_run, fail_on_termination, parser_for
 from mfrec import tracking
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -39,15 +39,8 @@ CONTEXTS = {"train.parquet": "training", "val.parquet": "validation", "test.parq
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m entrypoints.prepare",
-                                     description=__doc__.split("\n\n")[0])
-    for key, default in DEFAULTS.items():
-        flags = [f"--{key.replace('_', '-')}"] + ([f"--{key}"] if "_" in key else [])
-        # Values stay strings, exactly as received, so logged params match what mlflow logged.
-        extra = {"nargs": "?", "const": ""} if key == "data_path" else {}
-        parser.add_argument(*flags, dest=key, default=default, **extra)
-    parser.add_argument("--output-json", "--output_json", dest="output_json", default=None,
-                        help="write {run_id, prepared_uri, reused_from, manifest} here")
+    parser = parser_for("python -m entrypoints.prepare", __doc__.split("\n\n")[0], DEFAULTS,
+                        output_help="write {run_id, prepared_uri, reused_from, manifest} here")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no download progress bar")
     return parser
