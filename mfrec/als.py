@@ -130,14 +130,14 @@ def _half_stars(ratings: torch.Tensor, chunk: int) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _pairs(D: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Upper-triangle index pairs (i, j) of a D x D matrix, and for every (i, j) of the full
-    matrix the position of its pair: symmetric sums are stored packed, D(D+1)/2 columns."""
-    i, j = torch.triu_indices(D, D, device=device)  # row-major: the order _packed_outer_into writes
+def _packed_positions(D: int, device: torch.device) -> torch.Tensor:
+    """For every (i, j) of a D x D symmetric matrix, the column of its pair in the packed
+    upper triangle (D(D+1)/2 columns, row-major: the order _packed_outer_into writes)."""
+    i, j = torch.triu_indices(D, D, device=device)
     position = torch.empty(D, D, dtype=torch.long, device=device)
     position[i, j] = torch.arange(len(i), device=device)
     position[j, i] = position[i, j].clone()
-    return i, j, position.flatten()
+    return position.flatten()
 
 
 def _packed_outer_into(out: torch.Tensor, x: torch.Tensor, scale: float = 1.0, add: bool = False) -> None:
@@ -158,7 +158,7 @@ def _packed_outer_into(out: torch.Tensor, x: torch.Tensor, scale: float = 1.0, a
 def _unpack(packed: torch.Tensor, D: int) -> torch.Tensor:
     """Packed symmetric rows (N, D(D+1)/2) -> full matrices (D, D, N), batch last: the layout
     :func:`solve_spd` vectorises over."""
-    return torch.index_select(packed.T.contiguous(), 0, _pairs(D, packed.device)[2]).view(D, D, -1)
+    return torch.index_select(packed.T.contiguous(), 0, _packed_positions(D, packed.device)).view(D, D, -1)
 
 
 def _reduce(*tensors):
@@ -293,6 +293,9 @@ class AlsSolver:
         self.by_item = Csr(items, users, ratings, n_items, n_users, values=self.by_user.values)
         n = torch.tensor(float(len(ratings)), dtype=torch.float64, device=ratings.device)
         self.n_ratings = float(_reduce(n)[0]) if distributed else float(n)
+
+    def divergence_advice(self) -> str:
+        return f"the least-squares sweeps diverged: try a larger reg (now {self.config.reg})"
 
     @torch.no_grad()
     def epoch(self) -> float:

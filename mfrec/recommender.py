@@ -253,8 +253,8 @@ class Recommender:
         defaults = TrainConfig()
         values = {name: float(cfg.get(name, getattr(defaults, name)))
                   for name in ("reg", "bias_reg", "implicit_weight", "confidence", "fold_in_unrated_weight")}
-        beta = values.pop("fold_in_unrated_weight") if unrated_weight is None else float(unrated_weight)
-        values.pop("fold_in_unrated_weight", None)
+        trained = values.pop("fold_in_unrated_weight")
+        beta = trained if unrated_weight is None else float(unrated_weight)
         # Unrated pairs weigh implicit_weight, rated ones implicit_weight * confidence: scale
         # the first and keep the second.
         values["implicit_weight"] *= beta
@@ -315,11 +315,8 @@ def _in_request_order(parts: list, key: str, order: np.ndarray, schema: dict) ->
 
 def to_frame(columns: dict) -> pd.DataFrame:
     """An answer's columns as a DataFrame (strings as pandas' str dtype)."""
-    frame = pd.DataFrame(columns)
-    for name, values in columns.items():
-        if values.dtype == object:
-            frame[name] = frame[name].astype("str")
-    return frame
+    # pandas infers str for non-empty object columns already; this also types empty ones.
+    return pd.DataFrame(columns).astype({name: "str" for name, v in columns.items() if v.dtype == object})
 
 
 def to_records(columns: dict) -> list[dict]:

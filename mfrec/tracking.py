@@ -49,9 +49,9 @@ class MfrecPyfunc(mlflow.pyfunc.PythonModel):
 
         from mfrec.recommender import Recommender
 
-        # A request is one small matrix product; the server runs requests concurrently, and
-        # intra-op threads per request would only fight over the cores (4 clients measured
-        # 125 req/s with torch's default threads against 181 req/s for 1 client).
+        # A request is one small matrix product and the server runs requests in threads, so
+        # per-request intra-op threads would only compete for the cores. (The 4-client REST
+        # benchmark moved within its noise with this: 125 -> 133 req/s.)
         torch.set_num_threads(1)
         self.rec = Recommender.load(context.artifacts["recommender"])
 

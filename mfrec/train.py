@@ -36,8 +36,8 @@ class TrainConfig:
 
     n_factors: int = 8
     # "als": exact alternating least-squares sweeps (an epoch is one sweep); "adam":
-    # minibatch gradient steps with a softmax choice loss (batch_size, lr and implicit_*
-    # apply only to it).
+    # minibatch gradient steps with a softmax choice loss (batch_size, lr, implicit_users
+    # and implicit_items apply only to it).
     solver: str = "als"
     epochs: int = 40
     batch_size: int = 8192
@@ -201,9 +201,7 @@ def _fit(train, config, val, n_epochs, device, on_epoch) -> FitResult:
         train_loss = solver.epoch()
         if not math.isfinite(train_loss):
             raise TrainingError(
-                f"training loss became {train_loss} at epoch {epoch}; "
-                + (f"the optimiser diverged: try a smaller lr (now {config.lr})" if config.solver == "adam"
-                   else f"the least-squares sweeps diverged: try a larger reg (now {config.reg})")
+                f"training loss became {train_loss} at epoch {epoch}; {solver.divergence_advice()}"
             )
         record = {"epoch": epoch, "train_loss": train_loss}
         if val is not None:
@@ -283,6 +281,9 @@ class _AdamSolver:
             )
         self.users, self.items, self.ratings = users, items, ratings
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+
+    def divergence_advice(self) -> str:
+        return f"the optimiser diverged: try a smaller lr (now {self.config.lr})"
 
     def epoch(self) -> float:
         """One pass over the (local) ratings; returns the mean training MSE during it."""
