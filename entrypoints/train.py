@@ -1,7 +1,8 @@
 """MLflow entry point ``train``: fit, evaluate and log the model of a prepared dataset.
 
     python -m entrypoints.train --prepared <folder or runs:/.../prepared> --n-factors 8 \\
-        [--solver als --epochs 40 --reg 2.5 --implicit-weight 2 --confidence 5 --device auto --seed 0]
+        [--solver als --epochs 40 --reg 2.5 --implicit-weight 2 --confidence 5 --genre-weight 0.08
+         --device auto --seed 0]
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ DEFAULTS = {
     "prepared": "", "n_factors": str(_TC.n_factors), "solver": _TC.solver, "epochs": str(_TC.epochs),
     "batch_size": str(_TC.batch_size), "lr": str(_TC.lr), "reg": str(_TC.reg),
     "implicit_weight": str(_TC.implicit_weight), "confidence": str(_TC.confidence),
-    "device": _TC.device, "seed": str(_TC.seed),
+    "genre_weight": str(_TC.genre_weight), "device": _TC.device, "seed": str(_TC.seed),
 }
 NUMBERS = {"n_factors": int, "epochs": int, "batch_size": int, "lr": float, "reg": float,
-           "implicit_weight": float, "confidence": float, "seed": int}
+           "implicit_weight": float, "confidence": float, "genre_weight": float, "seed": int}
 
 
 def config_from(values: dict, progress=None) -> TrainConfig:

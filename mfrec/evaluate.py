@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mfrec import baselines, metrics, scoring
+from mfrec import baselines, metrics
 from mfrec.recommender import Recommender, csr_from_pairs
 
 
@@ -35,14 +35,15 @@ def evaluate(rec: Recommender, train: pd.DataFrame, test: pd.DataFrame, k: int =
 
 
 def fold_in_ndcg(rec: Recommender, told_from: pd.DataFrame, heldout: pd.DataFrame, n_told: int,
-                 unrated_weight: float | None = None, seed: int = 0, k: int = 10) -> float:
+                 unrated_weight: float | None = None, seed: int = 0, k: int = 10,
+                 genre_weight: float | None = None) -> float:
     """NDCG@k of fold-in for held-out users treated as new customers.
 
     Every user of ``heldout`` with a relevant rating "tells" ``n_told`` of their ratings in
     ``told_from`` (a seeded sample); their fold-in recommendations, with every film they
     rated in training excluded as for a known user, are scored on their ``heldout`` ratings.
-    ``unrated_weight`` overrides the trained ``fold_in_unrated_weight``. Uses the two calls
-    :meth:`Recommender.fold_in` makes.
+    ``unrated_weight`` and ``genre_weight`` override the trained ``fold_in_unrated_weight``
+    and ``fold_in_genre_weight``. Uses the two calls :meth:`Recommender.fold_in` makes.
     """
     users, relevant = metrics.relevant_sets(heldout, rec.user_index.index(heldout["userId"].to_numpy()),
                                             rec.item_index.index(heldout["movieId"].to_numpy()))
@@ -59,8 +60,8 @@ def fold_in_ndcg(rec: Recommender, told_from: pd.DataFrame, heldout: pd.DataFram
         seen_rows.append(np.full(len(films), j))
         seen_cols.append(films)
     customers, movie_ids, ratings = map(np.concatenate, (customers, movie_ids, ratings))
-    folded = scoring.fold_in(rec.model, customers, rec.item_index.index(movie_ids), ratings, len(users),
-                             rec.fold_in_config(unrated_weight=unrated_weight))
+    folded = rec.fold_in_users(customers, rec.item_index.index(movie_ids), ratings, len(users),
+                               unrated_weight, genre_weight)
     seen = csr_from_pairs(np.concatenate(seen_rows), np.concatenate(seen_cols), len(users))
     ranked, _ = rec.top_items(np.zeros(len(users), np.int64), k, True, folded, seen)
     return metrics.ranking_metrics(lambda rows, kk: ranked, users, relevant, k)[f"ndcg_at_{k}"]

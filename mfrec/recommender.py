@@ -17,16 +17,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mfrec import scoring
+from mfrec import genres, scoring
 from mfrec.errors import DataError
 from mfrec.interactions import IdIndex
 from mfrec.model import MatrixFactorization
 from mfrec.train import TrainConfig
 
-FORMAT_VERSION = 2  # 2: users have a separate choice vector
+FORMAT_VERSION = 3  # 2: users have a separate choice vector; 3: users' genre votes
 _FILES = ("weights.pt", "meta.json", "items.parquet", "users.npz")
 # Users ranked per matrix product: bounds memory at CHUNK x n_items floats.
 CHUNK = 1024
+_DEFAULTS = TrainConfig()
 
 
 def csr_from_pairs(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,7 +42,8 @@ class Recommender:
     """Fitted model + id maps + movie metadata + per-user seen lists + popularity + clusters."""
 
     def __init__(self, model: MatrixFactorization, user_index: IdIndex, item_index: IdIndex,
-                 items: pd.DataFrame, seen_indptr: np.ndarray, seen_indices: np.ndarray, meta: dict):
+                 items: pd.DataFrame, seen_indptr: np.ndarray, seen_indices: np.ndarray, meta: dict,
+                 genre_votes: np.ndarray, vote_total: np.ndarray):
         self.model = model.eval()
         self.user_index = user_index
         self.item_index = item_index
@@ -49,9 +51,13 @@ class Recommender:
         self.seen_indptr = seen_indptr
         self.seen_indices = seen_indices
         self.meta = meta
+        # Per known user: rating-weighted films per genre and their total (mfrec/genres.py).
+        self.genre_votes = genre_votes
+        self.vote_total = vote_total
         self.rating_range = tuple(meta["rating_range"])
         self.rating_weight = float(meta.get("rating_weight", scoring.DEFAULT_RATING_WEIGHT))
         self._columns = {}
+        self._cache = {}
         self._popular_order = np.lexsort((self.column("movieId"), -self.column("n_ratings")))
 
     # ------------------------------------------------------------------ construction
@@ -69,7 +75,9 @@ class Recommender:
         items["n_ratings"] = np.bincount(i, minlength=len(item_index)).astype(np.int64)
         items["cluster"] = -1
         meta = {"format_version": FORMAT_VERSION, "rating_weight": scoring.DEFAULT_RATING_WEIGHT, **meta}
-        return cls(model.cpu(), user_index, item_index, items, indptr, indices, meta)
+        _, matrix = genres.genre_matrix(items["genres"].to_numpy())
+        votes, total = genres.votes(matrix, u, i, train["rating"].to_numpy(), len(user_index), meta["rating_range"])
+        return cls(model.cpu(), user_index, item_index, items, indptr, indices, meta, votes, total)
 
     def set_clusters(self, assignments: pd.DataFrame) -> None:
         """Attach KMeans cluster ids (movieId, cluster); movies not clustered keep -1."""
@@ -84,7 +92,7 @@ class Recommender:
         torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, path / "weights.pt")
         self.items.to_parquet(path / "items.parquet", index=False)
         np.savez(path / "users.npz", user_ids=self.user_index.ids, seen_indptr=self.seen_indptr,
-                 seen_indices=self.seen_indices)
+                 seen_indices=self.seen_indices, genre_votes=self.genre_votes, vote_total=self.vote_total)
         meta = dict(self.meta)
         meta["checksums"] = {name: _sha256(path / name) for name in _FILES if name != "meta.json"}
         tmp = path / "meta.json.tmp"
@@ -120,7 +128,8 @@ class Recommender:
         model.load_state_dict(state)
         user_index = IdIndex(arrays["user_ids"])
         item_index = IdIndex(items["movieId"].to_numpy())
-        return cls(model, user_index, item_index, items, arrays["seen_indptr"], arrays["seen_indices"], meta)
+        return cls(model, user_index, item_index, items, arrays["seen_indptr"], arrays["seen_indices"], meta,
+                   arrays["genre_votes"], arrays["vote_total"])
 
     # ------------------------------------------------------------------ ranking core
     def top_items(self, user_rows: np.ndarray, k: int, exclude_seen: bool = True,
@@ -134,8 +143,14 @@ class Recommender:
         out_idx, out_val = [], []
         for start in range(0, len(user_rows), CHUNK):
             rows = user_rows[start:start + CHUNK]
-            part = None if folded is None else folded[slice(start, start + CHUNK)]
-            scores = scoring.rank_scores(self.model, torch.as_tensor(rows), self.rating_weight, part)
+            if folded is None:
+                vectors, offsets = self._known_rows()
+                index = torch.as_tensor(rows)
+                scores = scoring.score_rows(vectors[index], offsets[index], self._ranking_table(self._taste_on()))
+            else:
+                part = folded[slice(start, start + CHUNK)]
+                vectors, offsets = scoring.ranking_rows(self.model, None, self.rating_weight, part, part.genre_taste)
+                scores = scoring.score_rows(vectors, offsets, self._ranking_table(part.genre_taste is not None))
             if exclude_seen and folded is None:
                 scores = scoring.mask_seen(scores, self.seen_indptr, self.seen_indices, rows)
             if exclude_seen and extra_seen is not None:
@@ -189,7 +204,7 @@ class Recommender:
 
     def recommend_columns(self, user_ids, k: int = 10, exclude_seen: bool = True) -> dict:
         user_ids = np.asarray(user_ids, dtype=np.int64)
-        distinct = pd.unique(user_ids)
+        distinct = unique_in_order(user_ids)
         rows = self.user_index.index(distinct)
         known = rows >= 0
         parts = []
@@ -201,7 +216,7 @@ class Recommender:
         return _in_request_order(parts, "userId", distinct, RANKED_COLUMNS)
 
     def similar_columns(self, movie_ids, k: int = 10) -> dict:
-        distinct = pd.unique(np.asarray(movie_ids, dtype=np.int64))
+        distinct = unique_in_order(np.asarray(movie_ids, dtype=np.int64))
         rows = self.item_index.index(distinct)
         known = rows >= 0
         if not known.any():
@@ -225,14 +240,13 @@ class Recommender:
         user_ids = np.asarray(user_ids, np.int64)
         movie_rows = self.item_index.index(np.asarray(movie_ids, np.int64))
         ratings = np.asarray(ratings, np.float32)
-        customers = pd.unique(user_ids)
+        customers = unique_in_order(user_ids)
         known = movie_rows >= 0
-        fitted = pd.unique(user_ids[known])
+        fitted = unique_in_order(user_ids[known])
         position = pd.Index(fitted).get_indexer(user_ids[known])
         parts = []
         if len(fitted):
-            folded = scoring.fold_in(self.model, position, movie_rows[known], ratings[known], len(fitted),
-                                     self.fold_in_config())
+            folded = self.fold_in_users(position, movie_rows[known], ratings[known], len(fitted))
             seen = csr_from_pairs(position, movie_rows[known], len(fitted))
             idx, val = self.top_items(np.zeros(len(fitted), np.int64), k, exclude_seen, folded, seen)
             parts.append(self._ranked(np.asarray(fitted), idx, val, "personal"))
@@ -240,6 +254,24 @@ class Recommender:
         if len(cold):
             parts.append(self._popular(cold, k))
         return _in_request_order(parts, "userId", customers, RANKED_COLUMNS)
+
+    def fold_in_users(self, customers: np.ndarray, item_rows: np.ndarray, ratings: np.ndarray, n_customers: int,
+                      unrated_weight: float | None = None, genre_weight: float | None = None) -> scoring.FoldedUsers:
+        """Fit new customers (rows ``0..n_customers-1``) from their ratings of known item rows.
+
+        Their bias and vectors come from the training's user step (:func:`scoring.fold_in`),
+        their genre taste from :mod:`mfrec.genres`. ``unrated_weight`` and ``genre_weight``
+        override the trained ``fold_in_unrated_weight`` and ``fold_in_genre_weight``.
+        """
+        folded = scoring.fold_in(self.model, customers, item_rows, ratings, n_customers,
+                                 self.fold_in_config(unrated_weight))
+        weight = self._trained("fold_in_genre_weight") if genre_weight is None else float(genre_weight)
+        if weight > 0:
+            matrix, rates, _ = self._genres()
+            counts, total = genres.votes(matrix, customers, item_rows, ratings, n_customers, self.rating_range)
+            folded.genre_taste = torch.from_numpy(weight * genres.taste(counts, total, rates,
+                                                                          self._trained("genre_prior")))
+        return folded
 
     def fold_in_config(self, unrated_weight: float | None = None) -> SimpleNamespace:
         """The training objective's weights for a new customer's user step.
@@ -249,9 +281,7 @@ class Recommender:
         seen more than five, so their silence is weaker evidence than a training user's.
         ``1.0`` is exactly the training user step.
         """
-        cfg = self.meta.get("train_config", {})
-        defaults = TrainConfig()
-        values = {name: float(cfg.get(name, getattr(defaults, name)))
+        values = {name: self._trained(name)
                   for name in ("reg", "bias_reg", "implicit_weight", "confidence", "fold_in_unrated_weight")}
         trained = values.pop("fold_in_unrated_weight")
         beta = trained if unrated_weight is None else float(unrated_weight)
@@ -262,6 +292,43 @@ class Recommender:
         return SimpleNamespace(**values)
 
     # ------------------------------------------------------------------ helpers
+    def _trained(self, name: str) -> float:
+        """A training setting from the model's meta; this version's default if it predates it."""
+        return float(self.meta.get("train_config", {}).get(name, getattr(_DEFAULTS, name)))
+
+    def _genres(self) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        """Item x genre matrix, the genres' base rates and the matrix as a tensor, built once."""
+        if "items" not in self._cache:
+            _, matrix = genres.genre_matrix(self.column("genres"))
+            self._cache["items"] = (matrix, genres.base_rates(matrix, self.column("n_ratings")),
+                                          torch.from_numpy(matrix))
+        return self._cache["items"]
+
+    def _ranking_table(self, genres_too: bool) -> torch.Tensor:
+        """:func:`scoring.ranking_table` of this model, built once (per genre setting)."""
+        key = ("table", genres_too)
+        if key not in self._cache:
+            self._cache[key] = scoring.ranking_table(self.model, self.rating_weight,
+                                                           self._genres()[2] if genres_too else None)
+        return self._cache[key]
+
+    def _taste_on(self) -> bool:
+        return self._trained("genre_weight") > 0
+
+    def _known_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`scoring.ranking_rows` of every known user, with their genre taste times
+        ``genre_weight`` (none at weight 0); built once per setting."""
+        key = ("rows", self._trained("genre_weight"), self._trained("genre_prior"))
+        if key not in self._cache:
+            weight, prior = key[1:]
+            taste = None
+            if weight > 0:
+                taste = torch.from_numpy(weight * genres.taste(self.genre_votes, self.vote_total,
+                                                                self._genres()[1], prior))
+            users = torch.arange(len(self.user_index))
+            self._cache[key] = scoring.ranking_rows(self.model, users, self.rating_weight, None, taste)
+        return self._cache[key]
+
     def column(self, name: str) -> np.ndarray:
         """``items[name]`` as a numpy array, converted once: string columns read from parquet
         are Arrow-backed, and converting 10k titles per request was most of a request's time."""
@@ -296,6 +363,16 @@ SIMILAR_COLUMNS = {"movieId": np.int64, "rank": np.int64, "similar_movieId": np.
                    "genres": object, "score": np.float64, "cluster": np.int64}
 
 
+def unique_in_order(values) -> np.ndarray:
+    """Distinct values in order of first appearance (``pd.unique`` without its hash-table
+    set-up, which dominated one-user requests)."""
+    values = np.asarray(values)
+    if len(values) < 2 or (values[0] == values).all():
+        return values[:1].copy()
+    _, first = np.unique(values, return_index=True)
+    return values[np.sort(first)]
+
+
 def _empty(schema: dict) -> dict:
     return {name: np.zeros(0, dtype=dtype) for name, dtype in schema.items()}
 
@@ -305,7 +382,7 @@ def _in_request_order(parts: list, key: str, order: np.ndarray, schema: dict) ->
     parts = [p for p in parts if len(p[key])]
     if not parts:
         return _empty(schema)
-    if len(parts) == 1 and np.array_equal(pd.unique(parts[0][key]), order):
+    if len(parts) == 1 and np.array_equal(unique_in_order(parts[0][key]), order):
         return parts[0]  # already in request order (the common case)
     out = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     position = pd.Index(order).get_indexer(out[key])

@@ -37,20 +37,57 @@ def predict_indices(model, users: torch.Tensor, items: torch.Tensor, rating_rang
 
 
 @torch.no_grad()
-def rank_scores(model, users: torch.Tensor, rating_weight: float = DEFAULT_RATING_WEIGHT,
-                folded: "FoldedUsers | None" = None) -> torch.Tensor:
-    """Ranking scores of users (rows) over all items (columns), from one matrix product.
+def ranking_table(model, rating_weight: float = DEFAULT_RATING_WEIGHT,
+                  item_genres: torch.Tensor | None = None) -> torch.Tensor:
+    """The items' side of :func:`rank_scores`, (k + 1 [+ genres]) x items: factors, the
+    combined item bias, and the genre matrix when users' genre taste is to count. Callers
+    that rank repeatedly build it once."""
+    w = float(rating_weight)
+    parts = [model.item_factors, (model.item_logit_bias + w * model.item_bias)[:, None]]
+    if item_genres is not None:
+        parts.append(item_genres.to(model.item_factors.dtype))
+    return torch.cat(parts, 1).T.contiguous()
 
-    ``choice score + rating_weight * predicted rating``. With ``folded`` (new customers),
-    their fitted bias and vectors replace the learned user rows.
-    """
+
+@torch.no_grad()
+def ranking_rows(model, users: torch.Tensor, rating_weight: float = DEFAULT_RATING_WEIGHT,
+                 folded: "FoldedUsers | None" = None,
+                 genre_taste: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The users' side of :func:`rank_scores`: rows (users x (k + 1 [+ genres])) that multiply
+    :func:`ranking_table`, and a per-user offset. Callers that rank the same users
+    repeatedly build them once."""
     if folded is None:
         folded = FoldedUsers(model.user_bias[users], model.user_factors[users], model.user_choice_factors[users])
-    # (c + w p).q + d + w (mu + b_u + b_i): both heads share q, so one product scores both.
     w = float(rating_weight)
-    scores = (folded.choice + w * folded.factors) @ model.item_factors.T
-    scores += model.item_logit_bias + w * model.item_bias
-    scores += (w * (model.global_mean + folded.bias))[:, None]
+    # (c + w p).q + d + w (mu + b_u + b_i) [+ taste.genres]: both heads share q, so one
+    # product scores everything; the user-constant w (mu + b_u) only shifts the row.
+    ones = torch.ones(len(folded.bias), 1, dtype=folded.factors.dtype, device=folded.factors.device)
+    parts = [folded.choice + w * folded.factors, ones]
+    if genre_taste is not None:
+        parts.append(genre_taste.to(folded.factors.dtype))
+    return torch.cat(parts, 1), w * (model.global_mean + folded.bias)
+
+
+@torch.no_grad()
+def rank_scores(model, users: torch.Tensor, rating_weight: float = DEFAULT_RATING_WEIGHT,
+                folded: "FoldedUsers | None" = None, genre_taste: torch.Tensor | None = None,
+                item_genres: torch.Tensor | None = None) -> torch.Tensor:
+    """Ranking scores of users (rows) over all items (columns), from one matrix product.
+
+    ``choice score + rating_weight * predicted rating``, plus each film's genre score when
+    the users' ``genre_taste`` (users x genres, weight included) and ``item_genres`` (items x
+    genres) are given (:mod:`mfrec.genres`). With ``folded`` (new customers), their fitted
+    bias and vectors replace the learned user rows. The same as :func:`score_rows` of
+    :func:`ranking_rows` and :func:`ranking_table`, which callers that rank repeatedly keep.
+    """
+    table = ranking_table(model, rating_weight, item_genres if genre_taste is not None else None)
+    return score_rows(*ranking_rows(model, users, rating_weight, folded, genre_taste), table)
+
+
+def score_rows(rows: torch.Tensor, offsets: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Scores (users x items) of :func:`ranking_rows` against :func:`ranking_table`."""
+    scores = rows @ table
+    scores += offsets[:, None]
     return scores
 
 
@@ -87,14 +124,17 @@ def similar_items(model, items: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
 
 @dataclass
 class FoldedUsers:
-    """Fitted parameters of users (rows): rating bias, rating vector, choice vector."""
+    """Fitted parameters of users (rows): rating bias, rating vector, choice vector, and
+    optionally a genre taste (users x genres, weight included; see :mod:`mfrec.genres`)."""
 
     bias: torch.Tensor
     factors: torch.Tensor
     choice: torch.Tensor
+    genre_taste: torch.Tensor | None = None
 
     def __getitem__(self, rows) -> "FoldedUsers":
-        return FoldedUsers(self.bias[rows], self.factors[rows], self.choice[rows])
+        taste = None if self.genre_taste is None else self.genre_taste[rows]
+        return FoldedUsers(self.bias[rows], self.factors[rows], self.choice[rows], taste)
 
 
 @torch.no_grad()

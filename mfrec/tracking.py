@@ -74,40 +74,45 @@ def answer(rec, frame, params=None) -> list[dict]:
             frame = pd.DataFrame(frame)
         except Exception as exc:  # noqa: BLE001
             raise bad_request(f"input must be a table with columns userId, movieId, rating: {exc}") from exc
-    frame = _unwrap_columns(frame)
-    if len(frame) > MAX_ROWS:
-        raise bad_request(f"too many input rows: {len(frame)} (at most {MAX_ROWS:,} per request)")
+    # Each column fetched once: a pandas column access (and frame.dtypes) builds a Series,
+    # which costs more than ranking a user's catalogue.
+    columns = _unwrap_columns({name: frame[name] for name in frame.columns}, len(frame))
+    n_rows = len(next(iter(columns.values()))) if columns else len(frame)
+    if n_rows > MAX_ROWS:
+        raise bad_request(f"too many input rows: {n_rows} (at most {MAX_ROWS:,} per request)")
     needed = TASK_COLUMNS[task]
-    missing = [c for c in needed if c not in frame.columns]
+    missing = [c for c in needed if c not in columns]
     if missing:
         raise bad_request(f"task {task!r} needs column(s) {', '.join(needed)}; missing: {', '.join(missing)}")
     if task == "predict":
-        return to_records(rec.predict_columns(_ids(frame, "userId"), _ids(frame, "movieId")))
+        return to_records(rec.predict_columns(_ids(columns, "userId"), _ids(columns, "movieId")))
     if task == "recommend":
-        return to_records(rec.recommend_columns(_ids(frame, "userId"), k, exclude_seen))
+        return to_records(rec.recommend_columns(_ids(columns, "userId"), k, exclude_seen))
     if task == "similar":
-        return to_records(rec.similar_columns(_ids(frame, "movieId"), k))
-    ratings = _ratings(frame, rec.rating_range)
-    users = _ids(frame, "userId") if "userId" in frame.columns and frame["userId"].notna().any() else np.zeros(len(frame), np.int64)
+        return to_records(rec.similar_columns(_ids(columns, "movieId"), k))
+    ratings = _ratings(columns, rec.rating_range)
+    named = "userId" in columns and columns["userId"].notna().any()
+    users = _ids(columns, "userId") if named else np.zeros(n_rows, np.int64)
     n_customers = len(np.unique(users))
     if n_customers > MAX_FOLD_IN_CUSTOMERS:
         raise bad_request(f"too many fold_in customers: {n_customers} distinct userId values "
                           f"(at most {MAX_FOLD_IN_CUSTOMERS} per request)")
-    return to_records(rec.fold_in_columns(users, _ids(frame, "movieId"), ratings, k, exclude_seen))
+    return to_records(rec.fold_in_columns(users, _ids(columns, "movieId"), ratings, k, exclude_seen))
 
 
-def _unwrap_columns(frame: pd.DataFrame) -> pd.DataFrame:
+def _unwrap_columns(columns: dict, n_rows: int) -> dict:
     """Undo MLflow wrapping ``{"inputs": {"userId": []}}`` into ONE row whose cells are lists.
 
     MLflow does that when every column list is empty or holds only strings; the client meant
     a table with those columns, so give it back (an empty one answers 200 with no rows).
+    ``columns`` maps names to the frame's Series.
     """
-    if len(frame) != 1 or not len(frame.columns) or any(dtype != object for dtype in frame.dtypes):
-        return frame  # list cells live in object columns; numeric ones need no look (fast path)
-    cells = list(frame.iloc[0])
+    if n_rows != 1 or not columns or any(series.dtype != object for series in columns.values()):
+        return columns  # list cells live in object columns; numeric ones need no look (fast path)
+    cells = [series.iloc[0] for series in columns.values()]
     if all(isinstance(c, (list, tuple, np.ndarray)) for c in cells) and len({len(c) for c in cells}) == 1:
-        return pd.DataFrame({name: list(c) for name, c in zip(frame.columns, cells)})
-    return frame
+        return {name: pd.Series(list(c), dtype=object) for name, c in zip(columns, cells)}
+    return columns
 
 
 def _params(params: dict) -> tuple[str, int, bool]:
@@ -123,42 +128,45 @@ def _params(params: dict) -> tuple[str, int, bool]:
     return task, int(k), bool(exclude_seen)
 
 
-def _ids(frame: pd.DataFrame, column: str) -> np.ndarray:
-    values = _checked(frame, column, "non-negative integer ids below 2**53",
+def _ids(columns: dict, column: str) -> np.ndarray:
+    values = _checked(columns[column], column, "non-negative integer ids below 2**53",
                       lambda v: (v != np.round(v)) | (v < 0) | (v >= MAX_ID))
     return values.astype(np.int64)
 
 
-def _ratings(frame: pd.DataFrame, rating_range) -> np.ndarray:
+def _ratings(columns: dict, rating_range) -> np.ndarray:
     low, high = rating_range
-    values = _checked(frame, "rating", f"ratings between {low} and {high}", lambda v: (v < low) | (v > high))
+    values = _checked(columns["rating"], "rating", f"ratings between {low} and {high}",
+                      lambda v: (v < low) | (v > high))
     return values.astype(np.float32)
 
 
-def _checked(frame: pd.DataFrame, column: str, requirement: str, out_of_range) -> np.ndarray:
-    """``column`` as float64, or a 400 naming the first value that is not a finite number
+def _checked(series: pd.Series, column: str, requirement: str, out_of_range) -> np.ndarray:
+    """``series`` as float64, or a 400 naming the first value that is not a finite number
     meeting ``requirement`` (``out_of_range`` flags the finite ones that miss it)."""
-    series = frame[column]
-    if series.dtype.kind in "iuf":  # already numbers (bools are kind "b"): no parsing needed
+    dtype = series.dtype
+    if isinstance(dtype, np.dtype) and dtype.kind in "iuf":  # plain numpy numbers: no NaN mask to build
+        values = series.to_numpy().astype(np.float64, copy=False)
+    elif dtype.kind in "iuf":  # nullable extension numbers (Int64, Float64)
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
         values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     finite = np.isfinite(values)
-    bad = ~finite | _bools(frame[column])
+    bad = ~finite | _bools(series)
     bad[finite] |= out_of_range(values[finite])
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise bad_request(f"column {column!r} must hold {requirement}; row {row} has "
-                          f"{_show(frame[column].iloc[row])} ({int(bad.sum())} bad value(s))")
+                          f"{_show(series.iloc[row])} ({int(bad.sum())} bad value(s))")
     return values
 
 
 def _bools(column: pd.Series) -> np.ndarray:
     """Where ``column`` holds JSON true/false, which pandas would otherwise read as 1/0."""
-    if pd.api.types.is_bool_dtype(column):
-        return np.ones(len(column), dtype=bool)
     if column.dtype == object:
         return np.fromiter((isinstance(v, (bool, np.bool_)) for v in column), dtype=bool, count=len(column))
+    if pd.api.types.is_bool_dtype(column.dtype):
+        return np.ones(len(column), dtype=bool)
     return np.zeros(len(column), dtype=bool)
 
 

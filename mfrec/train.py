@@ -51,6 +51,13 @@ class TrainConfig:
     # Fold-in (serving): weight of the films a new customer did not mention, relative to a
     # training user's unrated films; chosen on validation (docs/tuning.md).
     fold_in_unrated_weight: float = 0.03
+    # Ranking: weight of a user's genre taste in the ranking score (known users, and new
+    # customers in fold-in), and how many pseudo-films of the average genre mix a taste is
+    # shrunk towards (mfrec/genres.py); chosen on validation (docs/tuning.md). Weight 0
+    # ranks by the factor model alone.
+    genre_weight: float = 0.08
+    fold_in_genre_weight: float = 0.15
+    genre_prior: float = 20.0
     # Softmax of the implicit head over at most this many users x items per batch (0 = all).
     # Exact on small catalogues; sampled (uniform negatives, importance-corrected) at scale.
     implicit_users: int = 1024
@@ -82,6 +89,12 @@ class TrainConfig:
              f"unique least-squares solution otherwise), got {self.reg}"),
             (math.isfinite(self.fold_in_unrated_weight) and 0 < self.fold_in_unrated_weight <= 1,
              f"fold_in_unrated_weight must be in (0, 1], got {self.fold_in_unrated_weight}"),
+            (math.isfinite(self.genre_weight) and self.genre_weight >= 0,
+             f"genre_weight must be >= 0, got {self.genre_weight}"),
+            (math.isfinite(self.fold_in_genre_weight) and self.fold_in_genre_weight >= 0,
+             f"fold_in_genre_weight must be >= 0, got {self.fold_in_genre_weight}"),
+            (math.isfinite(self.genre_prior) and self.genre_prior > 0,
+             f"genre_prior must be > 0, got {self.genre_prior}"),
             (math.isfinite(self.confidence) and self.confidence >= 1,
              f"confidence must be >= 1 (a rated film weighs at least as much as an unrated one), got {self.confidence}"),
             (math.isfinite(self.bias_reg) and self.bias_reg >= 0, f"bias_reg must be >= 0, got {self.bias_reg}"),

@@ -187,8 +187,6 @@ def test_fold_in_new_customer(served_model, fmt):
     assert not set(out["movieId"]) & set(PIXAR)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 5): at 8 factors the fitted customer vector of five "
-                   "Pixar films ranks popular live-action films first; see docs/results.md")
 def test_fold_in_pixar_fan_gets_animation(served_model):
     body = payload("dataframe_split", {"movieId": PIXAR, "rating": [5.0] * 5}, {"task": "fold_in", "k": 10})
     out = ok(served_model, body, "fold_in")

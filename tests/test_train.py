@@ -21,8 +21,9 @@ def test_default_model_beats_baselines_and_peers_on_ml_latest_small(trained_smal
     assert m["test_rmse"] < m["baseline_bias_rmse"] - 0.01
     assert m["test_rmse"] <= 0.850
     assert m["test_mae"] < 0.67
-    # NDCG@10 >= 0.20 and >= 1.2x popularity (implicit's ALS at 8 factors: 0.179).
-    assert m["test_ndcg_at_10"] >= 0.20
+    # NDCG@10 >= 0.20 and >= 1.2x popularity (implicit's ALS at 8 factors: 0.179); the
+    # stretch target 0.25 too (0.265 measured, with the genre taste).
+    assert m["test_ndcg_at_10"] >= 0.25
     assert m["test_ndcg_at_10"] >= 1.2 * m["baseline_popularity_ndcg_at_10"]
     assert 0 < m["test_precision_at_10"] < 1 and 0 < m["test_recall_at_10"] < 1
     assert m["baseline_global_mean_rmse"] > m["baseline_bias_rmse"]
@@ -193,3 +194,9 @@ def test_fold_in_unrated_weight_is_checked():
     for bad in (0.0, 1.5, float("nan")):
         with pytest.raises(ConfigError, match="fold_in_unrated_weight must be in"):
             TrainConfig(fold_in_unrated_weight=bad).validate()
+    for bad in (-0.1, float("inf")):
+        with pytest.raises(ConfigError, match="fold_in_genre_weight must be >= 0"):
+            TrainConfig(fold_in_genre_weight=bad).validate()
+    for bad in (0.0, float("nan")):
+        with pytest.raises(ConfigError, match="genre_prior must be > 0"):
+            TrainConfig(genre_prior=bad).validate()
