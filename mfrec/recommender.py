@@ -144,13 +144,11 @@ class Recommender:
         for start in range(0, len(user_rows), CHUNK):
             rows = user_rows[start:start + CHUNK]
             if folded is None:
-                vectors, offsets = self._known_rows()
-                index = torch.as_tensor(rows)
-                scores = scoring.score_rows(vectors[index], offsets[index], self._ranking_table(self._taste_on()))
+                scores = self._known_rows()[torch.as_tensor(rows)] @ self._ranking_table(self._taste_on())
             else:
                 part = folded[slice(start, start + CHUNK)]
-                vectors, offsets = scoring.ranking_rows(self.model, None, self.rating_weight, part, part.genre_taste)
-                scores = scoring.score_rows(vectors, offsets, self._ranking_table(part.genre_taste is not None))
+                vectors = scoring.ranking_rows(self.model, None, self.rating_weight, part, part.genre_taste)
+                scores = vectors @ self._ranking_table(part.genre_taste is not None)
             if exclude_seen and folded is None:
                 scores = scoring.mask_seen(scores, self.seen_indptr, self.seen_indices, rows)
             if exclude_seen and extra_seen is not None:
@@ -315,7 +313,7 @@ class Recommender:
     def _taste_on(self) -> bool:
         return self._trained("genre_weight") > 0
 
-    def _known_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _known_rows(self) -> torch.Tensor:
         """:func:`scoring.ranking_rows` of every known user, with their genre taste times
         ``genre_weight`` (none at weight 0); built once per setting."""
         key = ("rows", self._trained("genre_weight"), self._trained("genre_prior"))

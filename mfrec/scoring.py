@@ -39,33 +39,34 @@ def predict_indices(model, users: torch.Tensor, items: torch.Tensor, rating_rang
 @torch.no_grad()
 def ranking_table(model, rating_weight: float = DEFAULT_RATING_WEIGHT,
                   item_genres: torch.Tensor | None = None) -> torch.Tensor:
-    """The items' side of :func:`rank_scores`, (k + 1 [+ genres]) x items: factors, the
-    combined item bias, and the genre matrix when users' genre taste is to count. Callers
-    that rank repeatedly build it once."""
+    """The items' side of :func:`rank_scores`, (k + 2 [+ genres]) x items: factors, the
+    combined item bias, the genre matrix when users' genre taste is to count, and ones (for
+    each user's constant). Callers that rank repeatedly build it once."""
     w = float(rating_weight)
-    parts = [model.item_factors, (model.item_logit_bias + w * model.item_bias)[:, None]]
+    q = model.item_factors
+    ones = torch.ones(len(q), 1, dtype=q.dtype, device=q.device)
+    parts = [q, (model.item_logit_bias + w * model.item_bias)[:, None]]
     if item_genres is not None:
-        parts.append(item_genres.to(model.item_factors.dtype))
-    return torch.cat(parts, 1).T.contiguous()
+        parts.append(item_genres.to(q.dtype))
+    return torch.cat(parts + [ones], 1).T.contiguous()
 
 
 @torch.no_grad()
-def ranking_rows(model, users: torch.Tensor, rating_weight: float = DEFAULT_RATING_WEIGHT,
-                 folded: "FoldedUsers | None" = None,
-                 genre_taste: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The users' side of :func:`rank_scores`: rows (users x (k + 1 [+ genres])) that multiply
-    :func:`ranking_table`, and a per-user offset. Callers that rank the same users
-    repeatedly build them once."""
+def ranking_rows(model, users: torch.Tensor | None, rating_weight: float = DEFAULT_RATING_WEIGHT,
+                 folded: "FoldedUsers | None" = None, genre_taste: torch.Tensor | None = None) -> torch.Tensor:
+    """The users' side of :func:`rank_scores`, users x (k + 2 [+ genres]), matching
+    :func:`ranking_table`'s rows. Callers that rank the same users repeatedly build it once."""
     if folded is None:
         folded = FoldedUsers(model.user_bias[users], model.user_factors[users], model.user_choice_factors[users])
     w = float(rating_weight)
     # (c + w p).q + d + w (mu + b_u + b_i) [+ taste.genres]: both heads share q, so one
     # product scores everything; the user-constant w (mu + b_u) only shifts the row.
-    ones = torch.ones(len(folded.bias), 1, dtype=folded.factors.dtype, device=folded.factors.device)
-    parts = [folded.choice + w * folded.factors, ones]
+    p = folded.factors
+    parts = [folded.choice + w * p, torch.ones(len(p), 1, dtype=p.dtype, device=p.device)]
     if genre_taste is not None:
-        parts.append(genre_taste.to(folded.factors.dtype))
-    return torch.cat(parts, 1), w * (model.global_mean + folded.bias)
+        parts.append(genre_taste.to(p.dtype))
+    parts.append((w * (model.global_mean + folded.bias))[:, None])
+    return torch.cat(parts, 1)
 
 
 @torch.no_grad()
@@ -77,18 +78,11 @@ def rank_scores(model, users: torch.Tensor, rating_weight: float = DEFAULT_RATIN
     ``choice score + rating_weight * predicted rating``, plus each film's genre score when
     the users' ``genre_taste`` (users x genres, weight included) and ``item_genres`` (items x
     genres) are given (:mod:`mfrec.genres`). With ``folded`` (new customers), their fitted
-    bias and vectors replace the learned user rows. The same as :func:`score_rows` of
-    :func:`ranking_rows` and :func:`ranking_table`, which callers that rank repeatedly keep.
+    bias and vectors replace the learned user rows. The same as :func:`ranking_rows` times
+    :func:`ranking_table`, which callers that rank repeatedly keep.
     """
     table = ranking_table(model, rating_weight, item_genres if genre_taste is not None else None)
-    return score_rows(*ranking_rows(model, users, rating_weight, folded, genre_taste), table)
-
-
-def score_rows(rows: torch.Tensor, offsets: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Scores (users x items) of :func:`ranking_rows` against :func:`ranking_table`."""
-    scores = rows @ table
-    scores += offsets[:, None]
-    return scores
+    return ranking_rows(model, users, rating_weight, folded, genre_taste) @ table
 
 
 def mask_seen(scores: torch.Tensor, seen_indptr: np.ndarray, seen_indices: np.ndarray, users: np.ndarray) -> torch.Tensor:
