@@ -404,17 +404,23 @@ def test_csv_body_is_refused_by_mlflow(served_model):
     assert resp.status_code == 400 and "CSV" in resp.json()["message"]
 
 
-def test_readme_curl_example_works(served_model):
+def test_readme_curl_examples_work(served_model):
+    """README.md shows one curl request per task; each answers with that task's columns."""
     blocks = curl_blocks((REPO_ROOT / "README.md").read_text())
-    assert blocks, "README.md lost its curl example"
     port = served_model.url.rsplit(":", 1)[1]
+    tasks_seen = set()
     for block in blocks:
-        command = block[re.search(r"^\s*curl\b", block, flags=re.M).start():]  # skip the serve line
+        command = block[re.search(r"^\s*curl\b", block, flags=re.M).start():]  # skip a serve line
         command = command.replace("127.0.0.1:5001", f"127.0.0.1:{port}")
         run = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, (block, run.stderr)
         rows = json.loads(run.stdout)["predictions"]
-        assert len(rows) == 5 and {r["source"] for r in rows} == {"personal"}
+        task = re.search(r'"task"\s*:\s*"(\w+)"', block).group(1)
+        assert rows and set(rows[0]) == COLUMNS[task], block
+        if task in ("recommend", "fold_in"):
+            assert len(rows) == 5 and {r["source"] for r in rows} == {"personal"}, block
+        tasks_seen.add(task)
+    assert tasks_seen == set(COLUMNS), f"README.md lacks a curl example of {set(COLUMNS) - tasks_seen}"
 
 
 def test_pyfunc_in_process_returns_the_same_rows_as_rest(served_model):
