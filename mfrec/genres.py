@@ -41,6 +41,10 @@ def base_rates(matrix: np.ndarray, n_ratings: np.ndarray) -> np.ndarray:
     return np.clip(rates, _EPS, 1 - _EPS)
 
 
+# Ratings per pass when summing votes: bounds the temporaries at a few tens of MB at any scale.
+_CHUNK = 1 << 22
+
+
 def votes(matrix: np.ndarray, users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int,
           rating_range) -> tuple[np.ndarray, np.ndarray]:
     """Per user (rows), the rating-weighted count of their films in each genre, and their
@@ -50,11 +54,18 @@ def votes(matrix: np.ndarray, users: np.ndarray, items: np.ndarray, ratings: np.
     the film's genres, the lowest none.
     """
     low, high = float(rating_range[0]), float(rating_range[1])
-    weight = np.clip((np.asarray(ratings, np.float64) - low) / (high - low), 0.0, 1.0)
-    counts = np.zeros((n_users, matrix.shape[1]))
-    np.add.at(counts, users, weight[:, None] * matrix[items])
-    total = np.bincount(users, weights=weight, minlength=n_users)
-    return counts.astype(np.float32), total.astype(np.float32)
+    has_genre = matrix.T > 0  # genres x items
+    counts = np.zeros((matrix.shape[1], n_users))
+    total = np.zeros(n_users)
+    for start in range(0, len(users), _CHUNK):
+        u = np.asarray(users[start:start + _CHUNK])
+        i = np.asarray(items[start:start + _CHUNK])
+        weight = np.clip((np.asarray(ratings[start:start + _CHUNK], np.float64) - low) / (high - low), 0.0, 1.0)
+        total += np.bincount(u, weights=weight, minlength=n_users)
+        for g, films in enumerate(has_genre):
+            hit = films[i]
+            counts[g] += np.bincount(u[hit], weights=weight[hit], minlength=n_users)
+    return counts.T.astype(np.float32), total.astype(np.float32)
 
 
 def taste(counts: np.ndarray, total: np.ndarray, rates: np.ndarray, prior: float) -> np.ndarray:
