@@ -175,11 +175,15 @@ def _weights(config) -> tuple[float, float]:
 
 
 def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user: Csr, config,
-                distributed: bool = False):
+                distributed: bool = False, catalogue: tuple | None = None):
     """The user step: exact (bias, rating vector, choice vector) of every row of ``by_user``.
 
     Returns ``(bias (N,), p (N, k), c (N, k), squared rating error at the solution)``.
     Used by training (all users) and by fold-in (new customers, ratings in ``by_user``).
+    ``catalogue`` is (factors, choice bias) of *every* item when the ``item_*`` arguments
+    and ``by_user``'s columns cover only the rated ones (fold-in of a few customers: the
+    per-item tables then cost a handful of rows, not the catalogue); the choice term's
+    Gramian still sums over the whole catalogue.
     """
     q = item_factors
     n, k = by_user.shape[0], q.shape[1]
@@ -192,8 +196,9 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
     _packed_outer_into(table[:, :P], f)
     if w0 > 0:
         torch.mul(q, (w1 - (w1 - w0) * item_choice_bias)[:, None], out=table[:, P:])
-        shared_c = w0 * (q.T @ q) + config.reg * torch.eye(k, dtype=dtype, device=device)
-        offset_c = w0 * (q * item_choice_bias[:, None]).sum(0)
+        all_q, all_d = catalogue if catalogue is not None else (q, item_choice_bias)
+        shared_c = w0 * (all_q.T @ all_q) + config.reg * torch.eye(k, dtype=dtype, device=device)
+        offset_c = w0 * (all_q * all_d[:, None]).sum(0)
     prior = torch.full((D,), float(config.reg), dtype=dtype, device=device)
     prior[k] = config.bias_reg
     bias = torch.empty(n, dtype=dtype, device=device)

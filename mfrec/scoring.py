@@ -150,8 +150,13 @@ def fold_in(model, customers: np.ndarray, items: np.ndarray, ratings: np.ndarray
     ``bias_reg``, ``implicit_weight`` and ``confidence``.
     """
     q = model.item_factors
-    by_user = als.Csr(torch.tensor(customers), torch.tensor(items), torch.tensor(ratings, dtype=q.dtype),
-                      n_customers, len(q))
-    bias, factors, choice, _ = als.solve_users(q, model.item_bias, model.item_logit_bias, model.global_mean,
-                                               by_user, config)
+    # Only the rated films enter the per-rating tables (their own column numbers here); the
+    # whole catalogue enters through the choice term's Gramian.
+    rated, columns = np.unique(np.asarray(items, dtype=np.int64), return_inverse=True)
+    by_user = als.Csr(torch.as_tensor(np.asarray(customers, dtype=np.int64)), torch.from_numpy(columns.reshape(-1)),
+                      torch.tensor(ratings, dtype=q.dtype), n_customers, len(rated))
+    rated = torch.from_numpy(rated)
+    bias, factors, choice, _ = als.solve_users(q[rated], model.item_bias[rated], model.item_logit_bias[rated],
+                                               model.global_mean, by_user, config,
+                                               catalogue=(q, model.item_logit_bias))
     return FoldedUsers(bias, factors, choice)
