@@ -144,7 +144,7 @@ class Recommender:
         for start in range(0, len(user_rows), CHUNK):
             rows = user_rows[start:start + CHUNK]
             if folded is None:
-                # The rows gathered through numpy: cheaper than a torch gather for one user.
+                # Rows gathered through numpy: cheaper than a torch gather for one user.
                 vectors = torch.from_numpy(self._known_rows().numpy()[rows])
                 scores = vectors @ self._ranking_table(self._taste_on())
             else:
@@ -303,7 +303,7 @@ class Recommender:
         if "items" not in self._cache:
             _, matrix = genres.genre_matrix(self.column("genres"))
             self._cache["items"] = (matrix, genres.base_rates(matrix, self.column("n_ratings")),
-                                          torch.from_numpy(matrix))
+                                    torch.from_numpy(matrix))
         return self._cache["items"]
 
     def _ranking_table(self, genres_too: bool) -> torch.Tensor:
@@ -311,10 +311,11 @@ class Recommender:
         key = ("table", genres_too)
         if key not in self._cache:
             self._cache[key] = scoring.ranking_table(self.model, self.rating_weight,
-                                                           self._genres()[2] if genres_too else None)
+                                                     self._genres()[2] if genres_too else None)
         return self._cache[key]
 
     def _taste_on(self) -> bool:
+        """Whether known users' genre taste counts (``genre_weight`` > 0)."""
         return self._trained("genre_weight") > 0
 
     def _known_rows(self) -> torch.Tensor:
