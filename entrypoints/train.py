@@ -1,7 +1,7 @@
 """MLflow entry point ``train``: fit, evaluate and log the model of a prepared dataset.
 
     python -m entrypoints.train --prepared <folder or runs:/.../prepared> --n-factors 8 \\
-        [--solver als --epochs 40 --reg 2.5 --implicit-weight 2 --confidence 5 --genre-weight 0.08
+        [--solver als --epochs 40 --reg 2.5 --implicit-weight 2 --confidence 5 --genre-weight 0.1
          --device auto --seed 0]
 """
 

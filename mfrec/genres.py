@@ -1,9 +1,10 @@
 """Genre taste: a naive-Bayes score from the genres of the films a user rated.
 
 At 8 factors a user's vectors miss much of what their genres say: five 5-star Pixar films
-fold in next to the 2000s family blockbusters. Each genre is a coin: a training rating
-lands on a film of genre ``g`` with the base rate ``b_g``; a user's films (weighted by
-rating) give their own rate, shrunk towards ``b_g`` by ``prior`` pseudo-films. A film's
+fold in next to the 2000s family blockbusters. Each genre is a coin: a rated film counts
+``(r - low) / (high - low)`` of a vote for each of its genres; all training votes give
+everyone's rate ``b_g``, a user's own votes their rate, shrunk towards ``b_g`` by ``prior``
+pseudo-films. A film's
 genre score is the Bernoulli log-likelihood ratio of its genre set under the user's rates
 against the base rates: the genres it has count, and so do the ones it lacks. The
 user-constant part of that ratio is dropped, as it cannot change a ranking. Ranking adds
@@ -34,10 +35,11 @@ def genre_matrix(genres: Sequence[str]) -> tuple[list[str], np.ndarray]:
     return names, matrix
 
 
-def base_rates(matrix: np.ndarray, n_ratings: np.ndarray) -> np.ndarray:
-    """Share of training ratings that fall on a film of each genre."""
-    counts = np.asarray(n_ratings, np.float64)
-    rates = counts @ matrix / max(counts.sum(), 1.0)
+def base_rates(counts: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """Everyone's rates: the share of all training votes (as :func:`votes` counts them) that
+    fall on films of each genre. Measured like a user's own rates, so a user whose films
+    mix genres like everyone's has no taste."""
+    rates = np.asarray(counts, np.float64).sum(0) / max(float(np.asarray(total, np.float64).sum()), 1e-12)
     return np.clip(rates, _EPS, 1 - _EPS)
 
 
@@ -54,6 +56,8 @@ def votes(matrix: np.ndarray, users: np.ndarray, items: np.ndarray, ratings: np.
     the film's genres, the lowest none.
     """
     low, high = float(rating_range[0]), float(rating_range[1])
+    if not low < high:
+        raise ValueError(f"rating_range must be (low, high) with low < high, got {rating_range}")
     has_genre = matrix.T > 0  # genres x items
     counts = np.zeros((matrix.shape[1], n_users))
     total = np.zeros(n_users)

@@ -55,10 +55,20 @@ class Recommender:
         self.genre_votes = genre_votes
         self.vote_total = vote_total
         self.rating_range = tuple(meta["rating_range"])
-        self.rating_weight = float(meta.get("rating_weight", scoring.DEFAULT_RATING_WEIGHT))
         self._columns = {}
         self._cache = {}
+        self.rating_weight = float(meta.get("rating_weight", scoring.DEFAULT_RATING_WEIGHT))
         self._popular_order = np.lexsort((self.column("movieId"), -self.column("n_ratings")))
+
+    @property
+    def rating_weight(self) -> float:
+        """Weight of the predicted rating in the ranking score (:mod:`mfrec.scoring`)."""
+        return self._rating_weight
+
+    @rating_weight.setter
+    def rating_weight(self, value: float) -> None:
+        self._rating_weight = float(value)
+        self._cache.clear()  # the ranking table and users' rows bake the weight in
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -302,7 +312,7 @@ class Recommender:
         """Item x genre matrix, the genres' base rates and the matrix as a tensor, built once."""
         if "items" not in self._cache:
             _, matrix = genres.genre_matrix(self.column("genres"))
-            self._cache["items"] = (matrix, genres.base_rates(matrix, self.column("n_ratings")),
+            self._cache["items"] = (matrix, genres.base_rates(self.genre_votes, self.vote_total),
                                     torch.from_numpy(matrix))
         return self._cache["items"]
 

@@ -81,6 +81,8 @@ def rank_scores(model, users: torch.Tensor, rating_weight: float = DEFAULT_RATIN
     bias and vectors replace the learned user rows. The same as :func:`ranking_rows` times
     :func:`ranking_table`, which callers that rank repeatedly keep.
     """
+    if genre_taste is not None and item_genres is None:
+        raise ValueError("rank_scores: genre_taste needs item_genres (items x genres)")
     table = ranking_table(model, rating_weight, item_genres if genre_taste is not None else None)
     return ranking_rows(model, users, rating_weight, folded, genre_taste) @ table
 

@@ -57,7 +57,8 @@ class MfrecPyfunc(mlflow.pyfunc.PythonModel):
         self.rec = Recommender.load(context.artifacts["recommender"])
         # Move everything loaded so far (MLflow, pandas, torch, the model: ~500k objects) out
         # of the cyclic garbage collector's reach: its full collections otherwise walk them
-        # all, a ~10 ms stall every few thousand requests.
+        # all, a ~10 ms stall every few thousand requests. (Process-wide: cycles among those
+        # objects are never collected, fine for a server that loads one model.)
         gc.collect()
         gc.freeze()
 
@@ -83,7 +84,12 @@ def answer(rec, frame, params=None) -> list[dict]:
     # Each column fetched once and by position: a lookup by name first builds the column
     # index's hash table, and frame.dtypes builds a Series, each costing more than ranking
     # a user's catalogue (MLflow hands every request a new frame).
-    columns = _unwrap_columns(dict(frame.items()), len(frame))
+    columns = dict(frame.items())
+    if len(columns) != frame.shape[1]:  # a name given twice: which value was meant is unknown
+        names = [str(c) for c in frame.columns]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise bad_request(f"input has repeated column name(s): {', '.join(repeated)}")
+    columns = _unwrap_columns(columns, len(frame))
     n_rows = len(next(iter(columns.values()))) if columns else len(frame)
     if n_rows > MAX_ROWS:
         raise bad_request(f"too many input rows: {n_rows} (at most {MAX_ROWS:,} per request)")

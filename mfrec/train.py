@@ -55,7 +55,7 @@ class TrainConfig:
     # customers in fold-in), and how many pseudo-films of the average genre mix a taste is
     # shrunk towards (mfrec/genres.py); chosen on validation (docs/tuning.md). Weight 0
     # ranks by the factor model alone.
-    genre_weight: float = 0.08
+    genre_weight: float = 0.1
     fold_in_genre_weight: float = 0.15
     genre_prior: float = 20.0
     # Softmax of the implicit head over at most this many users x items per batch (0 = all).
@@ -80,6 +80,9 @@ class TrainConfig:
         checks = [
             (self.solver in SOLVERS, f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}"),
             (self.n_factors >= 1, f"n_factors must be >= 1, got {self.n_factors}"),
+            (len(self.rating_range) == 2 and all(math.isfinite(float(v)) for v in self.rating_range)
+             and float(self.rating_range[0]) < float(self.rating_range[1]),
+             f"rating_range must be (low, high) with low < high, got {self.rating_range}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}"),

@@ -304,6 +304,9 @@ BAD_REQUESTS = {
     "rating 'five'": ({"inputs": {"movieId": [1], "rating": ["five"]}, "params": {"task": "fold_in"}},
                       ["ratings between 0.5 and 5.0", "'five'"]),
     "ragged inputs": ({"inputs": {"userId": [1, 2], "movieId": [1]}}, ["same length"]),
+    # MLflow's schema enforcement refuses it before the model runs (answer() refuses it too).
+    "repeated column": ({"dataframe_split": {"columns": ["userId", "userId"], "data": [[-5, 1]]},
+                         "params": {"task": "recommend"}}, ["Length of values"]),
     "scalar inputs": ({"inputs": 5}, []),
     "two input formats": ({"inputs": {"userId": [1]}, "dataframe_records": [{"userId": 1}]}, []),
 }
@@ -436,3 +439,15 @@ def test_pyfunc_in_process_returns_the_same_rows_as_rest(served_model):
     assert [r["source"] for r in rows] == ["personal"] * 3 + ["popular"] * 3
     over_http = invoke(served_model, {"dataframe_records": [{"userId": 1}, {"userId": 10**9}], "params": params})
     assert over_http.json()["predictions"] == rows
+
+
+def test_answer_refuses_a_repeated_column_name(trained_small):
+    """Called directly (not through MLflow's schema enforcement), the model still refuses a
+    column given twice instead of silently using one of them."""
+    from mlflow.exceptions import MlflowException
+
+    from mfrec.tracking import answer
+
+    frame = pd.DataFrame([[-5, 1]], columns=["userId", "userId"])
+    with pytest.raises(MlflowException, match=r"repeated column name\(s\): userId"):
+        answer(trained_small.recommender, frame, {"task": "recommend"})
