@@ -44,7 +44,7 @@ def base_rates(counts: np.ndarray, total: np.ndarray) -> np.ndarray:
 
 
 # Ratings per pass when summing votes: bounds the temporaries at a few tens of MB at any scale.
-_CHUNK = 1 << 22
+_CHUNK = 1 << 19
 
 
 def votes(matrix: np.ndarray, users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int,
@@ -58,21 +58,17 @@ def votes(matrix: np.ndarray, users: np.ndarray, items: np.ndarray, ratings: np.
     low, high = float(rating_range[0]), float(rating_range[1])
     if not low < high:
         raise ValueError(f"rating_range must be (low, high) with low < high, got {rating_range}")
-    has_genre = matrix.T > 0  # genres x items
-    counts = np.zeros((matrix.shape[1], n_users))
+    n_genres = matrix.shape[1]
+    counts = np.zeros(n_users * n_genres)
     total = np.zeros(n_users)
     for start in range(0, len(users), _CHUNK):
-        u = np.asarray(users[start:start + _CHUNK])
-        i = np.asarray(items[start:start + _CHUNK])
+        u = np.asarray(users[start:start + _CHUNK], dtype=np.int64)
         weight = np.clip((np.asarray(ratings[start:start + _CHUNK], np.float64) - low) / (high - low), 0.0, 1.0)
         total += np.bincount(u, weights=weight, minlength=n_users)
-        if len(u) <= 4096:  # a request's few ratings: one scatter-add beats a pass per genre
-            np.add.at(counts.T, u, weight[:, None] * matrix[i])
-            continue
-        for g, films in enumerate(has_genre):
-            hit = films[i]
-            counts[g] += np.bincount(u[hit], weights=weight[hit], minlength=n_users)
-    return counts.T.astype(np.float32), total.astype(np.float32)
+        # One (rating, genre) pair per genre of each rated film, summed into user x genre cells.
+        hit, genre = np.nonzero(matrix[np.asarray(items[start:start + _CHUNK])])
+        counts += np.bincount(u[hit] * n_genres + genre, weights=weight[hit], minlength=n_users * n_genres)
+    return counts.reshape(n_users, n_genres).astype(np.float32), total.astype(np.float32)
 
 
 def taste(counts: np.ndarray, total: np.ndarray, rates: np.ndarray, prior: float) -> np.ndarray:

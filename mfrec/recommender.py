@@ -156,11 +156,12 @@ class Recommender:
             if folded is None:
                 # Rows gathered through numpy: cheaper than a torch gather for one user.
                 vectors = torch.from_numpy(self._known_rows().numpy()[rows])
-                scores = vectors @ self._ranking_table(self._taste_on())
+                with_genres = self._taste_on()
             else:
                 part = folded[slice(start, start + CHUNK)]
                 vectors = scoring.ranking_rows(self.model, None, self.rating_weight, part, part.genre_taste)
-                scores = vectors @ self._ranking_table(part.genre_taste is not None)
+                with_genres = part.genre_taste is not None
+            scores = vectors @ self._ranking_table(with_genres)
             if exclude_seen and folded is None:
                 scores = scoring.mask_seen(scores, self.seen_indptr, self.seen_indices, rows)
             if exclude_seen and extra_seen is not None:
@@ -279,10 +280,9 @@ class Recommender:
                                  self.fold_in_config(unrated_weight))
         weight = self._trained("fold_in_genre_weight") if genre_weight is None else float(genre_weight)
         if weight > 0:
-            matrix, rates, _ = self._genres()
-            counts, total = genres.votes(matrix, customers, item_rows, ratings, n_customers, self.rating_range)
-            folded.genre_taste = torch.from_numpy(weight * genres.taste(counts, total, rates,
-                                                                          self._trained("genre_prior")))
+            counts, total = genres.votes(self._genres()[0], customers, item_rows, ratings, n_customers,
+                                         self.rating_range)
+            folded.genre_taste = self._weighted_taste(counts, total, weight)
         return folded
 
     def fold_in_config(self, unrated_weight: float | None = None) -> SimpleNamespace:
@@ -308,20 +308,24 @@ class Recommender:
         """A training setting from the model's meta; this version's default if it predates it."""
         return float(self.meta.get("train_config", {}).get(name, getattr(_DEFAULTS, name)))
 
-    def _genres(self) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-        """Item x genre matrix, the genres' base rates and the matrix as a tensor, built once."""
-        if "items" not in self._cache:
+    def _genres(self) -> tuple[np.ndarray, np.ndarray]:
+        """Item x genre matrix and everyone's genre rates, built once."""
+        if "genres" not in self._cache:
             _, matrix = genres.genre_matrix(self.column("genres"))
-            self._cache["items"] = (matrix, genres.base_rates(self.genre_votes, self.vote_total),
-                                    torch.from_numpy(matrix))
-        return self._cache["items"]
+            self._cache["genres"] = (matrix, genres.base_rates(self.genre_votes, self.vote_total))
+        return self._cache["genres"]
 
-    def _ranking_table(self, genres_too: bool) -> torch.Tensor:
-        """:func:`scoring.ranking_table` of this model, built once (per genre setting)."""
-        key = ("table", genres_too)
+    def _weighted_taste(self, counts: np.ndarray, total: np.ndarray, weight: float) -> torch.Tensor:
+        """Genre taste of users with these votes, times ``weight`` (the trained prior)."""
+        taste = genres.taste(counts, total, self._genres()[1], self._trained("genre_prior"))
+        return torch.from_numpy(weight * taste)
+
+    def _ranking_table(self, with_genres: bool) -> torch.Tensor:
+        """:func:`scoring.ranking_table` of this model, built once (with or without genres)."""
+        key = ("table", with_genres)
         if key not in self._cache:
-            self._cache[key] = scoring.ranking_table(self.model, self.rating_weight,
-                                                     self._genres()[2] if genres_too else None)
+            item_genres = torch.from_numpy(self._genres()[0]) if with_genres else None
+            self._cache[key] = scoring.ranking_table(self.model, self.rating_weight, item_genres)
         return self._cache[key]
 
     def _taste_on(self) -> bool:
@@ -333,11 +337,8 @@ class Recommender:
         ``genre_weight`` (none at weight 0); built once per setting."""
         key = ("rows", self._trained("genre_weight"), self._trained("genre_prior"))
         if key not in self._cache:
-            weight, prior = key[1:]
-            taste = None
-            if weight > 0:
-                taste = torch.from_numpy(weight * genres.taste(self.genre_votes, self.vote_total,
-                                                                self._genres()[1], prior))
+            weight = key[1]
+            taste = self._weighted_taste(self.genre_votes, self.vote_total, weight) if weight > 0 else None
             users = torch.arange(len(self.user_index))
             self._cache[key] = scoring.ranking_rows(self.model, users, self.rating_weight, None, taste)
         return self._cache[key]

@@ -39,9 +39,10 @@ def predict_indices(model, users: torch.Tensor, items: torch.Tensor, rating_rang
 @torch.no_grad()
 def ranking_table(model, rating_weight: float = DEFAULT_RATING_WEIGHT,
                   item_genres: torch.Tensor | None = None) -> torch.Tensor:
-    """The items' side of :func:`rank_scores`, (k + 2 [+ genres]) x items: factors, the
-    combined item bias, the genre matrix when users' genre taste is to count, and ones (for
-    each user's constant). Callers that rank repeatedly build it once."""
+    """The items' side of a ranking score, (k + 2 [+ genres]) x items: factors, the combined
+    item bias, the genre matrix when users' genre taste is to count, and ones (for each
+    user's constant). :func:`ranking_rows` times this table is every user's score for every
+    item: ``choice score + rating_weight * predicted rating`` [+ genre score]."""
     w = float(rating_weight)
     q = model.item_factors
     ones = torch.ones(len(q), 1, dtype=q.dtype, device=q.device)
@@ -54,8 +55,9 @@ def ranking_table(model, rating_weight: float = DEFAULT_RATING_WEIGHT,
 @torch.no_grad()
 def ranking_rows(model, users: torch.Tensor | None, rating_weight: float = DEFAULT_RATING_WEIGHT,
                  folded: "FoldedUsers | None" = None, genre_taste: torch.Tensor | None = None) -> torch.Tensor:
-    """The users' side of :func:`rank_scores`, users x (k + 2 [+ genres]), matching
-    :func:`ranking_table`'s rows. Callers that rank the same users repeatedly build it once."""
+    """The users' side of a ranking score, users x (k + 2 [+ genres]), matching
+    :func:`ranking_table`'s rows: learned users, or ``folded`` new customers (their fitted
+    bias and vectors), with ``genre_taste`` (users x genres, weight included) if it counts."""
     if folded is None:
         folded = FoldedUsers(model.user_bias[users], model.user_factors[users], model.user_choice_factors[users])
     w = float(rating_weight)
@@ -67,24 +69,6 @@ def ranking_rows(model, users: torch.Tensor | None, rating_weight: float = DEFAU
         parts.append(genre_taste.to(p.dtype))
     parts.append((w * (model.global_mean + folded.bias))[:, None])
     return torch.cat(parts, 1)
-
-
-@torch.no_grad()
-def rank_scores(model, users: torch.Tensor, rating_weight: float = DEFAULT_RATING_WEIGHT,
-                folded: "FoldedUsers | None" = None, genre_taste: torch.Tensor | None = None,
-                item_genres: torch.Tensor | None = None) -> torch.Tensor:
-    """Ranking scores of users (rows) over all items (columns), from one matrix product.
-
-    ``choice score + rating_weight * predicted rating``, plus each film's genre score when
-    the users' ``genre_taste`` (users x genres, weight included) and ``item_genres`` (items x
-    genres) are given (:mod:`mfrec.genres`). With ``folded`` (new customers), their fitted
-    bias and vectors replace the learned user rows. The same as :func:`ranking_rows` times
-    :func:`ranking_table`, which callers that rank repeatedly keep.
-    """
-    if genre_taste is not None and item_genres is None:
-        raise ValueError("rank_scores: genre_taste needs item_genres (items x genres)")
-    table = ranking_table(model, rating_weight, item_genres if genre_taste is not None else None)
-    return ranking_rows(model, users, rating_weight, folded, genre_taste) @ table
 
 
 def mask_seen(scores: torch.Tensor, seen_indptr: np.ndarray, seen_indices: np.ndarray, users: np.ndarray) -> torch.Tensor:
