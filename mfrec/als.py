@@ -36,23 +36,44 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 def solve_spd(A: torch.Tensor, b: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
     """Solve many small symmetric positive-definite systems, batch dimension **last**.
 
-    ``A`` is (D, D, N), ``b`` is (D, N); returns x (D, N). Gaussian elimination without
-    pivoting (safe for SPD matrices) vectorised over N: D^2 elementwise operations on
-    length-N rows, several times faster on CPU than ``torch.linalg.solve`` on (N, D, D)
-    for D around 10, and it runs unchanged on any device. ``overwrite=True`` eliminates in
-    ``A`` and ``b`` themselves (no copies: at 160k users they are tens of MB each).
+    ``A`` is (D, D, N), ``b`` is (D, N); returns x (D, N). Only the upper triangle of ``A``
+    is read (the lower one may hold anything), so callers fill half of it. Gaussian
+    elimination without pivoting (safe for SPD matrices) vectorised over N: a few
+    operations per pivot on length-N rows, several times faster on CPU than
+    ``torch.linalg.solve`` on (N, D, D) for D around 10, and it runs unchanged on any
+    device. ``overwrite=True`` eliminates in ``A`` and ``b`` themselves and returns ``b``
+    holding x (no copies: at 160k users they are tens of MB each).
     """
     if not overwrite:
         A, b = A.clone(), b.clone()
     D = A.shape[0]
-    for j in range(D):
-        factor = A[j + 1:, j] / A[j, j]
+    # Eliminating with row j (not column j: by symmetry they agree) keeps every value that
+    # is read later in the upper triangle; the square update also writes the lower one,
+    # which is never read, because one rectangular operation is cheaper than D row slices.
+    for j in range(D - 1):
+        factor = A[j, j + 1:] / A[j, j]
         A[j + 1:, j + 1:].addcmul_(factor[:, None], A[j, None, j + 1:], value=-1.0)
         b[j + 1:].addcmul_(factor, b[j], value=-1.0)
-    x = torch.empty_like(b)
-    for j in range(D - 1, -1, -1):
-        x[j] = (b[j] - (A[j, j + 1:] * x[j + 1:]).sum(0)) / A[j, j]
-    return x
+    # Back substitution a column at a time: two operations per pivot.
+    for j in range(D - 1, 0, -1):
+        b[j].div_(A[j, j])
+        b[:j].addcmul_(A[:j, j], b[j], value=-1.0)
+    b[0].div_(A[0, 0])
+    return b
+
+
+class Scratch:
+    """A float32 buffer that grows to the largest size asked of it; views of its front serve
+    as the ``values`` of sparse products that never overlap in time."""
+
+    def __init__(self, device):
+        self.buffer = torch.empty(0, dtype=torch.float32, device=device)
+
+    def take(self, n: int) -> torch.Tensor:
+        if len(self.buffer) < n:
+            self.buffer = torch.empty(0, dtype=torch.float32, device=self.buffer.device)  # free first
+            self.buffer = torch.empty(n, dtype=torch.float32, device=self.buffer.device)
+        return self.buffer[:n]
 
 
 class Csr:
@@ -60,47 +81,77 @@ class Csr:
 
     Built for 25M+ ratings on a small machine: a chunked counting sort (no n-sized int64
     permutation), int32 column indices when they fit, half-star ratings stored as one-byte
-    codes, and one float32 ``values`` buffer per matrix that the solver refills (ones,
-    residuals) instead of allocating per product; two matrices over the same ratings can
-    share it.
+    codes, and products taken block by block (at most ``BLOCK_ROWS`` rows and, beyond one
+    row, ``BLOCK_RATINGS`` ratings each) through one float32 ``values`` scratch buffer the
+    size of the largest block, refilled (ones, residuals) instead of allocated per product;
+    two matrices over the same ratings can share it.
     """
 
     CHUNK = 1 << 20
 
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, ratings: torch.Tensor, n_rows: int, n_cols: int,
-                 values: torch.Tensor | None = None):
+                 scratch: "Scratch | None" = None):
         n, device = len(ratings), ratings.device
         index_dtype = torch.int32 if max(n, n_rows, n_cols) < 2**31 else torch.long
         counts = torch.bincount(rows, minlength=n_rows)
         self.crow = torch.zeros(n_rows + 1, dtype=torch.long, device=device)
         torch.cumsum(counts, 0, out=self.crow[1:])
         self.scale = 0.5 if _half_stars(ratings, self.CHUNK) else 1.0
-        self.cols = torch.empty(n, dtype=index_dtype, device=device)
-        self.ratings = torch.empty(n, dtype=torch.uint8 if self.scale == 0.5 else torch.float32, device=device)
-        fill = self.crow[:-1].clone()  # next free slot of each row
-        for start in range(0, n, self.CHUNK):
-            chunk_rows = rows[start:start + self.CHUNK].to(torch.long)
-            order = torch.argsort(chunk_rows, stable=True)
-            sorted_rows = chunk_rows[order]
-            rank = torch.arange(len(order), device=device) - torch.searchsorted(sorted_rows, sorted_rows)
-            dest = fill[sorted_rows] + rank
-            self.cols[dest] = cols[start:start + self.CHUNK][order].to(index_dtype)
-            self.ratings[dest] = (ratings[start:start + self.CHUNK][order] / self.scale).to(self.ratings.dtype)
-            fill += torch.bincount(chunk_rows, minlength=n_rows)
+        code_dtype = torch.uint8 if self.scale == 0.5 else torch.float32
+        if n <= self.CHUNK:
+            # One chunk: its stable sort order is the CSR order (the merge below would
+            # compute dest = arange(n)).
+            order = torch.argsort(rows.to(torch.long), stable=True)
+            self.cols = cols[order].to(index_dtype)
+            self.ratings = (ratings[order] / self.scale).to(code_dtype)
+        else:
+            self.cols = torch.empty(n, dtype=index_dtype, device=device)
+            self.ratings = torch.empty(n, dtype=code_dtype, device=device)
+            fill = self.crow[:-1].clone()  # next free slot of each row
+            for start in range(0, n, self.CHUNK):
+                chunk_rows = rows[start:start + self.CHUNK].to(torch.long)
+                order = torch.argsort(chunk_rows, stable=True)
+                sorted_rows = chunk_rows[order]
+                rank = torch.arange(len(order), device=device) - torch.searchsorted(sorted_rows, sorted_rows)
+                dest = fill[sorted_rows] + rank
+                self.cols[dest] = cols[start:start + self.CHUNK][order].to(index_dtype)
+                self.ratings[dest] = (ratings[start:start + self.CHUNK][order] / self.scale).to(code_dtype)
+                fill += torch.bincount(chunk_rows, minlength=n_rows)
         self.crow = self.crow.to(index_dtype)
         self.shape = (n_rows, n_cols)
-        self.values = values if values is not None else torch.empty(n, dtype=torch.float32, device=device)
+        self.scratch = scratch if scratch is not None else Scratch(device)
+        self.block_starts = None  # row where each block starts; planned on first use
 
-    def blocks(self, rows_per_block: int):
-        """(first row, view of rows [first, first + rows_per_block)) pairs sharing this storage;
-        they bound the solver's per-row temporaries at any scale."""
-        n_rows = self.shape[0]
-        for first in range(0, n_rows, rows_per_block):
-            last = min(first + rows_per_block, n_rows)
+    @property
+    def values(self) -> torch.Tensor:
+        """This matrix's view of the scratch buffer (one float per rating)."""
+        return self.scratch.take(len(self.cols))
+
+    def plan_blocks(self, row_counts: torch.Tensor | None = None) -> None:
+        """Split the rows into blocks of at most ``BLOCK_ROWS`` rows and ``BLOCK_RATINGS``
+        ratings (a row with more ratings is a block of its own). ``row_counts`` overrides
+        this matrix's own ratings per row: ranks holding shards of one matrix plan with the
+        all-reduced counts, so every rank cuts its shard at the same rows."""
+        counts = row_counts if row_counts is not None else self.crow[1:].long() - self.crow[:-1].long()
+        ends = torch.cumsum(counts.cpu().long(), 0)
+        starts, first, n_rows = [], 0, self.shape[0]
+        while first < n_rows:
+            before = int(ends[first - 1]) if first else 0
+            fits = int(torch.searchsorted(ends, before + BLOCK_RATINGS, right=True))
+            starts.append(first)
+            first = min(first + BLOCK_ROWS, max(fits, first + 1))
+        self.block_starts = starts + [n_rows]
+
+    def blocks(self):
+        """(first row, view of the block's rows) pairs sharing this storage; they bound the
+        solver's per-row temporaries and the scratch buffer at any scale."""
+        if self.block_starts is None:
+            self.plan_blocks()
+        for first, last in zip(self.block_starts[:-1], self.block_starts[1:]):
             lo, hi = int(self.crow[first]), int(self.crow[last])
             part = object.__new__(Csr)
             part.crow = self.crow[first:last + 1] - lo
-            part.cols, part.ratings, part.values = self.cols[lo:hi], self.ratings[lo:hi], self.values[lo:hi]
+            part.cols, part.ratings, part.scratch = self.cols[lo:hi], self.ratings[lo:hi], self.scratch
             part.scale, part.shape = self.scale, (last - first, self.shape[1])
             yield first, part
 
@@ -130,14 +181,11 @@ def _half_stars(ratings: torch.Tensor, chunk: int) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _packed_positions(D: int, device: torch.device) -> torch.Tensor:
-    """For every (i, j) of a D x D symmetric matrix, the column of its pair in the packed
-    upper triangle (D(D+1)/2 columns, row-major: the order _packed_outer_into writes)."""
+def _upper_positions(D: int, device: torch.device) -> torch.Tensor:
+    """Flat positions in a D x D matrix of the packed upper triangle's entries (row-major:
+    the order :func:`_packed_outer_into` writes)."""
     i, j = torch.triu_indices(D, D, device=device)
-    position = torch.empty(D, D, dtype=torch.long, device=device)
-    position[i, j] = torch.arange(len(i), device=device)
-    position[j, i] = position[i, j].clone()
-    return position.flatten()
+    return i * D + j
 
 
 def _packed_outer_into(out: torch.Tensor, x: torch.Tensor, scale: float = 1.0, add: bool = False) -> None:
@@ -155,10 +203,16 @@ def _packed_outer_into(out: torch.Tensor, x: torch.Tensor, scale: float = 1.0, a
         start += D - a
 
 
-def _unpack(packed: torch.Tensor, D: int) -> torch.Tensor:
-    """Packed symmetric rows (N, D(D+1)/2) -> full matrices (D, D, N), batch last: the layout
-    :func:`solve_spd` vectorises over."""
-    return torch.index_select(packed.T.contiguous(), 0, _packed_positions(D, packed.device)).view(D, D, -1)
+def _unpack_into(A: torch.Tensor, packed_t: torch.Tensor) -> None:
+    """Packed upper triangles, one column per system (D(D+1)/2, N), into the upper triangles
+    of ``A`` (D, D, N), batch last: the layout :func:`solve_spd` vectorises over."""
+    A.flatten(0, 1).index_copy_(0, _upper_positions(A.shape[0], A.device), packed_t)
+
+
+def _packed(matrix: torch.Tensor) -> torch.Tensor:
+    """The upper triangle of a D x D matrix in packed order, as a (D(D+1)/2, 1) column."""
+    D = matrix.shape[0]
+    return matrix.flatten()[_upper_positions(D, matrix.device)][:, None]
 
 
 def _reduce(*tensors):
@@ -205,30 +259,38 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
     p = torch.empty(n, k, dtype=dtype, device=device)
     c = torch.zeros(n, k, dtype=dtype, device=device)
     sq_error = torch.zeros((), dtype=torch.float64, device=device)
-    for first, part in by_user.blocks(BLOCK_ROWS):
+    prior_packed = _packed(torch.diag(prior))
+    if w0 > 0:
+        # The choice system is (w1 - w0) * gram + shared_c, made from the rating system's
+        # (gram + prior) in place: subtract what the prior contributes there.
+        choice_const = shared_c - (w1 - w0) * torch.diag(prior[:k])
+    for first, part in by_user.blocks():
         rows = slice(first, first + part.shape[0])
         summed = part.pattern_product(table)
         rhs, sq = part.residual_product(float(global_mean), item_bias, f)
         if distributed:
             _reduce(summed, rhs, sq)
         m = part.shape[0]
-        gram = _unpack(summed[:, :P], D)  # sum over rated items of f f^T
-        b = rhs.T.contiguous()
         # One batched solve for both systems of every user: the rating system (D x D) and,
         # padded to D x D with a unit pivot, the choice system (w1 - w0) * sum over rated
         # q q^T + w0 * Q^T Q + reg I. Half the per-operation overhead of two solves.
         A = torch.zeros(D, D, 2 * m if w0 > 0 else m, dtype=dtype, device=device)
-        A[:, :, :m] = gram
-        A[:, :, :m] += torch.diag(prior)[:, :, None]
-        rhs_all = torch.zeros(D, A.shape[2], dtype=dtype, device=device)
-        rhs_all[:, :m] = b
+        packed_t = summed[:, :P].T.contiguous()  # sum over rated items of f f^T, packed
+        packed_t += prior_packed
+        _unpack_into(A[:, :, :m], packed_t)
+        del packed_t
+        x_all = torch.empty(D, A.shape[2], dtype=dtype, device=device)
+        b = rhs.T.contiguous()
+        x_all[:, :m] = b
         if w0 > 0:
-            torch.mul(gram[:k, :k], w1 - w0, out=A[:k, :k, m:])
-            A[:k, :k, m:] += shared_c[:, :, None]
+            torch.mul(A[:k, :k, :m], w1 - w0, out=A[:k, :k, m:])
+            A[:k, :k, m:] += choice_const[:, :, None]
+            A[:k, k, m:] = 0.0
             A[k, k, m:] = 1.0
-            rhs_all[:k, m:] = summed[:, P:].T - offset_c[:, None]
-        del summed, rhs, gram
-        x_all = solve_spd(A, rhs_all, overwrite=True)
+            torch.sub(summed[:, P:].T, offset_c[:, None], out=x_all[:k, m:])
+            x_all[k, m:] = 0.0
+        del summed, rhs
+        solve_spd(A, x_all, overwrite=True)
         del A
         x = x_all[:, :m]
         # Squared rating error at the solution without another pass over the ratings: with
@@ -261,20 +323,25 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
         shared = w0 * (g.T @ g)
     prior = torch.full((D,), float(config.reg), dtype=dtype, device=device)
     prior[k:] = config.bias_reg
+    constant = torch.diag(prior) + (shared if implicit else 0.0)
+    constant_packed = _packed(constant)
     out = torch.zeros(D + (0 if implicit else 1), n, dtype=dtype, device=device)
-    for first, part in by_item.blocks(BLOCK_ROWS):
+    for first, part in by_item.blocks():
         summed = part.pattern_product(table)
         rhs, _ = part.residual_product(float(global_mean), user_bias, f)
         if distributed:
             _reduce(summed, rhs)
-        A = _unpack(summed[:, :P], D)
-        A += torch.diag(prior)[:, :, None]
-        b = rhs.T.contiguous()
+        A = torch.zeros(D, D, part.shape[0], dtype=dtype, device=device)
+        packed_t = summed[:, :P].T.contiguous()
+        packed_t += constant_packed
+        _unpack_into(A, packed_t)
+        del packed_t
+        x = out[:D, first:first + part.shape[0]]
+        x.copy_(rhs.T)
         if implicit:
-            A += shared[:, :, None]
-            b += summed[:, P:].T
+            x += summed[:, P:].T
         del summed, rhs
-        out[:D, first:first + part.shape[0]] = solve_spd(A, b, overwrite=True)
+        solve_spd(A, x, overwrite=True)
     # Rows k and k+1: rating bias and choice bias (zero without the choice loss).
     return out[:k].T.contiguous(), out[k], out[k + 1]
 
@@ -282,6 +349,9 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
 # Rows solved together: large enough to keep the vectorised solves efficient, small enough
 # that per-row temporaries (a few hundred bytes each) stay far below the ratings' size.
 BLOCK_ROWS = 32768
+# Ratings per block, which sizes the scratch buffer (4 bytes each): 16 MB instead of 4 bytes
+# for every rating (100 MB at 25M ratings).
+BLOCK_RATINGS = 1 << 22
 
 
 class AlsSolver:
@@ -294,10 +364,15 @@ class AlsSolver:
         self.distributed = distributed
         n_users, n_items = model.user_factors.shape[0], model.item_factors.shape[0]
         self.by_user = Csr(users, items, ratings, n_users, n_items)
-        # Both matrices hold the same number of ratings: one scratch buffer serves both.
-        self.by_item = Csr(items, users, ratings, n_items, n_users, values=self.by_user.values)
+        # The two steps never run at once: one scratch buffer serves both matrices.
+        self.by_item = Csr(items, users, ratings, n_items, n_users, scratch=self.by_user.scratch)
         n = torch.tensor(float(len(ratings)), dtype=torch.float64, device=ratings.device)
         self.n_ratings = float(_reduce(n)[0]) if distributed else float(n)
+        if distributed:
+            # Ranks must cut their shards at the same rows: their block results are all-reduced.
+            for csr in (self.by_user, self.by_item):
+                counts = csr.crow[1:].long() - csr.crow[:-1].long()
+                csr.plan_blocks(_reduce(counts)[0])
 
     def divergence_advice(self) -> str:
         return f"the least-squares sweeps diverged: try a larger reg (now {self.config.reg})"

@@ -4,6 +4,7 @@ import json
 import subprocess
 
 import pytest
+import torch
 from helpers import REPO_ROOT, VENV_BIN, venv_env
 
 pytestmark = pytest.mark.slow
@@ -38,3 +39,40 @@ def test_two_gloo_ranks_adam_ddp_trains_a_good_model(prepared_small, tmp_path):
     assert metrics["test_rmse"] < 0.86
     assert metrics["test_rmse"] < metrics["baseline_bias_rmse"]
     assert metrics["test_ndcg_at_10"] > 1.15 * metrics["baseline_popularity_ndcg_at_10"]
+
+
+_BLOCKED_FIT = """
+import sys
+import numpy as np, torch, torch.distributed as dist
+from mfrec import als
+from mfrec.interactions import Interactions
+from mfrec.train import TrainConfig, fit
+als.BLOCK_ROWS, als.BLOCK_RATINGS = 7, 40  # many small blocks, cut differently by each shard
+rng = np.random.default_rng(5)
+users = rng.integers(0, 60, 900).astype(np.int32)
+items = (rng.zipf(1.6, 900) % 45).astype(np.int32)  # skewed: shards differ in ratings per row
+ratings = (rng.integers(1, 11, 900) * 0.5).astype(np.float32)
+data = Interactions(users, items, ratings, 60, 45)
+if len(sys.argv) > 2:
+    dist.init_process_group("gloo")
+model = fit(data, TrainConfig(epochs=3, progress=False, device="cpu")).model
+if len(sys.argv) == 2 or dist.get_rank() == 0:
+    torch.save(model.state_dict(), sys.argv[1])
+"""
+
+
+def test_ranks_cut_their_shards_into_the_same_blocks(tmp_path):
+    """With many blocks (a 25M-rating set has dozens) the ranks' shards hold different
+    ratings per row, yet their block results are all-reduced pairwise: they must cut at the
+    same rows, and the result must equal one process's."""
+    script = tmp_path / "blocked_fit.py"
+    script.write_text(_BLOCKED_FIT)
+    env = venv_env(PYTHONPATH=str(REPO_ROOT))
+    single, ranks = tmp_path / "single.pt", tmp_path / "ranks.pt"
+    subprocess.run([str(VENV_BIN / "python"), str(script), str(single)], check=True, env=env, timeout=300)
+    proc = subprocess.run([str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(script), str(ranks),
+                           "distributed"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    one, two = torch.load(single, weights_only=True), torch.load(ranks, weights_only=True)
+    for name, value in one.items():
+        assert torch.allclose(value, two[name], atol=1e-4), name

@@ -161,11 +161,13 @@ def test_bad_config_is_named(field, value, message):
         TrainConfig(**{field: value}).validate()
 
 
+@pytest.mark.parametrize("chunk", [7, 40])
 @pytest.mark.parametrize("half_stars", [True, False])
-def test_sparse_ratings_match_a_dense_reference(half_stars, monkeypatch):
-    """The chunked counting sort (small chunks force several) gives the stable row order, and
-    pattern / residual products equal their dense definitions, block by block too."""
-    monkeypatch.setattr(als.Csr, "CHUNK", 7)
+def test_sparse_ratings_match_a_dense_reference(half_stars, chunk, monkeypatch):
+    """The chunked counting sort (small chunks force several; 40 = all ratings in one) gives
+    the stable row order, and pattern / residual products equal their dense definitions,
+    block by block too."""
+    monkeypatch.setattr(als.Csr, "CHUNK", chunk)
     gen = torch.Generator().manual_seed(3)
     rows = torch.randint(0, 6, (40,), generator=gen, dtype=torch.int32)
     cols = torch.randint(0, 5, (40,), generator=gen, dtype=torch.int32)
@@ -186,8 +188,17 @@ def test_sparse_ratings_match_a_dense_reference(half_stars, monkeypatch):
     product, sq = csr.residual_product(1.0, col_bias, table)
     assert torch.allclose(product, resid @ table, atol=1e-5)
     assert torch.allclose(sq, ((ratings - 1.0 - col_bias[cols.long()]) ** 2).sum(), atol=1e-4)
-    parts = [part.pattern_product(table) for _, part in csr.blocks(4)]
-    assert torch.allclose(torch.cat(parts), dense_count @ table, atol=1e-5)
+    # Blocks of at most 4 rows and, beyond one row, 9 ratings: the products are the same.
+    monkeypatch.setattr(als, "BLOCK_ROWS", 4)
+    monkeypatch.setattr(als, "BLOCK_RATINGS", 9)
+    csr = als.Csr(rows, cols, ratings, 6, 5)
+    parts = list(csr.blocks())
+    sizes = [(part.shape[0], len(part.cols)) for _, part in parts]
+    assert len(parts) > 6 // 4 + 1 and all(rows <= 4 and (rows == 1 or n <= 9) for rows, n in sizes)
+    assert [first for first, _ in parts] == csr.block_starts[:-1]
+    assert torch.allclose(torch.cat([part.pattern_product(table) for _, part in parts]), dense_count @ table,
+                          atol=1e-5)
+    assert len(csr.scratch.buffer) == max(n for _, n in sizes)  # not one float per rating
 
 
 def test_fold_in_unrated_weight_is_checked():
