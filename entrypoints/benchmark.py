@@ -36,9 +36,9 @@ import pandas as pd
 
 from mfrec import bench, tracking
 from mfrec.errors import ConfigError, MfrecError
+from entrypoints import model_server
 from entrypoints.common import parse_number, parser_for
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = {
     "data_path": "", "scale": "synthetic-25m", "notebook_epochs": "3", "serve_requests": "2000",
     "seed": "0", "dataset": "ml-latest-small", "throughput_epochs": "2", "rating_only_variant": "true",
@@ -192,16 +192,6 @@ def run_benchmark(values: dict, workdir: Path, progress_json: Path | None = None
 
 # ---------------------------------------------------------------------------- REST
 
-def _serving_helpers():
-    """tests/serving_helpers.py: the same register/serve/stop code the serving tests use."""
-    tests_dir = str(REPO_ROOT / "tests")
-    if tests_dir not in sys.path:
-        sys.path.insert(0, tests_dir)
-    import serving_helpers
-
-    return serving_helpers
-
-
 def _worker_counts(text: str) -> tuple[int, ...]:
     """``serve_workers``: comma-separated uvicorn worker counts, each 1-16."""
     counts = []
@@ -239,7 +229,6 @@ def _outside_any_run():
 
 def _rest_benchmark(recommender, root: Path, n_requests: int, concurrency, seed: int, n_users: int,
                     workers) -> dict:
-    helpers = _serving_helpers()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -251,13 +240,13 @@ def _rest_benchmark(recommender, root: Path, n_requests: int, concurrency, seed:
            "client": "same machine, one http.client keep-alive connection per client thread"}
 
     (root / "mfrec").mkdir(exist_ok=True)
-    uri = helpers.register_recommender(recommender, root / "mfrec")
-    identity_uri, identity_model = _log_identity(helpers, root / "identity")
-    for name, store, model_uri in (("mfrec", uri, helpers.CHAMPION_URI), ("identity", identity_uri, identity_model)):
+    uri = model_server.register_recommender(recommender, root / "mfrec")
+    identity_uri, identity_model = _log_identity(root / "identity")
+    for name, store, model_uri in (("mfrec", uri, model_server.CHAMPION_URI), ("identity", identity_uri, identity_model)):
         folder = root / name
         runs = []
         for n_workers in workers:
-            served = helpers.start_model_server(folder, store, model_uri=model_uri, workers=n_workers)
+            served = model_server.start_model_server(folder, store, model_uri=model_uri, workers=n_workers)
             try:
                 for c in concurrency:
                     before = bench.load_average()
@@ -267,18 +256,18 @@ def _rest_benchmark(recommender, root: Path, n_requests: int, concurrency, seed:
                     run.update(load_average_before=before, workers=int(n_workers))
                     runs.append(run)
             finally:
-                helpers.stop_model_server(served)
+                model_server.stop_model_server(served)
         out[name] = runs
     return out
 
 
-def _log_identity(helpers, root: Path) -> tuple[str, str]:
+def _log_identity(root: Path) -> tuple[str, str]:
     """Log the identity pyfunc (models-from-code, mfrec's signature) in its own sqlite store."""
     root.mkdir(parents=True, exist_ok=True)
     code = root / "identity_model.py"
     code.write_text(IDENTITY_MODEL)
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    with helpers.mlflow_uris(uri):
+    with model_server.mlflow_uris(uri):
         client = mlflow.MlflowClient()
         experiment_id = client.create_experiment("mfrec-bench-identity", artifact_location=(root / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=experiment_id, run_name="identity"), warnings.catch_warnings():

@@ -192,9 +192,9 @@ def served_model(trained_small, tmp_path_factory):
     """``trained_small`` logged, registered as ``models:/mfrec@champion`` in a sqlite store and
     served by a real ``mlflow models serve --env-manager local`` on a free loopback port.
 
-    Yields a :class:`serving_helpers.ServedModel` (``.url``, ``.invocations``, ``.proc``).
+    Yields a :class:`entrypoints.model_server.ServedModel` (``.url``, ``.invocations``, ``.proc``).
     """
-    from serving_helpers import register_recommender, start_model_server, stop_model_server
+    from entrypoints.model_server import register_recommender, start_model_server, stop_model_server
 
     root = tmp_path_factory.mktemp("served-model")
     uri = register_recommender(trained_small.recommender, root, test_rmse=trained_small.metrics["test_rmse"])

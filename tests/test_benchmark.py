@@ -155,7 +155,7 @@ def test_load_test_counts_error_answers(echo_server):
 def test_entry_point_logs_table_and_json(tmp_path, monkeypatch):
     """The whole entry point on tiny data with the REST part skipped."""
     import mlflow
-    from serving_helpers import mlflow_uris
+    from entrypoints.model_server import mlflow_uris
 
     from entrypoints import benchmark
 
@@ -196,7 +196,7 @@ def test_entry_point_rejects_bad_parameters(tmp_path, monkeypatch):
 
 def test_a_failing_section_is_reported_and_the_rest_still_logged(tmp_path, monkeypatch):
     import mlflow
-    from serving_helpers import mlflow_uris
+    from entrypoints.model_server import mlflow_uris
 
     from entrypoints import benchmark
 

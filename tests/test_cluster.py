@@ -251,7 +251,7 @@ def test_entrypoint_logs_metrics_and_artifacts(tmp_path, embeddings_dir):
 def test_run_cluster_reads_a_runs_uri_and_keeps_params_mlflow_logged(tmp_path, embeddings_dir):
     """Like ``mlflow run``: the run exists with string params; embeddings come from another run."""
     import mlflow
-    from serving_helpers import mlflow_uris
+    from entrypoints.model_server import mlflow_uris
 
     from entrypoints.cluster import run_cluster
 

@@ -94,7 +94,7 @@ def test_ping_health_version(served_model):
 def test_server_serves_the_registered_champion(served_model):
     import mlflow
 
-    from serving_helpers import mlflow_uris
+    from entrypoints.model_server import mlflow_uris
 
     with mlflow_uris(served_model.tracking_uri):
         version = mlflow.MlflowClient().get_model_version_by_alias("mfrec", "champion")
@@ -429,7 +429,7 @@ def test_readme_curl_examples_work(served_model):
 def test_pyfunc_in_process_returns_the_same_rows_as_rest(served_model):
     """docs/serving.md: ``load_model(...).predict`` gives the REST rows as a list of dicts."""
     import mlflow
-    from serving_helpers import mlflow_uris
+    from entrypoints.model_server import mlflow_uris
 
     with mlflow_uris(served_model.tracking_uri):
         model = mlflow.pyfunc.load_model(served_model.model_uri)

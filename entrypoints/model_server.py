@@ -1,11 +1,13 @@
-"""Serve a fitted recommender the way users do: log it, register it, ``mlflow models serve`` it.
+"""Serve a registered model the way users do: ``mlflow models serve`` as a child process.
 
-Used by the session fixture ``served_model`` (conftest.py), the serving/fuzz tests and, via
-its command line, to build the model that ``scripts/load_test.py`` was measured against::
+The benchmark entry point and the serving tests share this code: log and register a fitted
+recommender in a sqlite store, start ``mlflow models serve`` on loopback, wait until it
+answers, stop it and its workers. As a command it builds the model that
+``scripts/load_test.py`` was measured against::
 
-    .venv/bin/python tests/serving_helpers.py --zip ../shared/data/ml-latest-small.zip --out /tmp/mfrec-served
+    python -m entrypoints.model_server --zip ../shared/data/ml-latest-small.zip --out /tmp/mfrec-served
 
-prints the tracking URI to export before ``mlflow models serve -m models:/mfrec@champion``.
+and prints the tracking URI to export before ``mlflow models serve -m models:/mfrec@champion``.
 """
 
 from __future__ import annotations
@@ -13,19 +15,68 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import REPO_ROOT, VENV_BIN, free_port, stop_process, venv_env, wait_http  # noqa: E402
-
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
 MODEL_NAME = "mfrec"
 CHAMPION_URI = f"models:/{MODEL_NAME}@champion"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0, proc=None) -> None:
+    """Poll ``url`` until it answers 200, ``proc`` exits, or ``timeout`` seconds pass.
+
+    Raises:
+        RuntimeError: the process died or the service never answered.
+    """
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            last = exc
+        time.sleep(0.25)
+    raise RuntimeError(f"{url} not ready after {timeout:.0f} s (last error: {last})")
+
+
+def stop_process(proc, timeout: float = 10.0) -> None:
+    """Terminate ``proc`` by its PID, killing it if it does not exit within ``timeout``."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
+def _bin_dir() -> Path:
+    """The folder of this interpreter's scripts (the venv's ``bin``), where ``mlflow`` lives."""
+    return Path(sys.executable).parent
+
+
+def _mlflow_cli() -> str:
+    local = _bin_dir() / "mlflow"
+    return str(local) if local.exists() else (shutil.which("mlflow") or "mlflow")
 
 
 @dataclass
@@ -55,7 +106,7 @@ def mlflow_uris(uri: str):
     """Point this process's MLflow tracking and registry at ``uri``; restore both afterwards.
 
     ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into ``os.environ``, so the
-    environment variables are restored too (other tests may rely on their own settings).
+    environment variables are restored too (callers may rely on their own settings).
     """
     import mlflow
     from mlflow.tracking._model_registry import utils as registry_utils
@@ -97,7 +148,7 @@ def register_recommender(rec, root: Path, name: str = MODEL_NAME, clusters: bool
         from mfrec.cluster import cluster_movies
         from mfrec.embeddings import item_frame
 
-        copy = Recommender.load(folder)  # never mutate the caller's (session-shared) object
+        copy = Recommender.load(folder)  # never mutate the caller's (possibly shared) object
         meta = item_frame(copy)
         vectors = copy.model.item_factors.detach().cpu().numpy()
         result = cluster_movies(meta, vectors, n_clusters=10, seed=0, n_init=2, n_shuffles=1)
@@ -119,11 +170,14 @@ def start_model_server(root: Path, tracking_uri: str, model_uri: str = CHAMPION_
     """``mlflow models serve -m MODEL --env-manager local -w WORKERS`` on 127.0.0.1, ready on ``/ping``."""
     root = Path(root)
     port = port or free_port()
-    cmd = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+    cmd = [_mlflow_cli(), "models", "serve", "-m", model_uri, "--env-manager", "local",
            "-p", str(port), "--host", "127.0.0.1", "-w", str(int(workers))]
     log_path = root / f"serve-{port}.log"
     log = open(log_path, "wb")
-    env = venv_env(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri, **(extra_env or {}))
+    env = dict(os.environ)
+    # --env-manager local runs the model in whatever python PATH finds first: make it ours.
+    env["PATH"] = f"{_bin_dir()}{os.pathsep}{env.get('PATH', '')}"
+    env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri, **(extra_env or {}))
     proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()  # the child holds its own descriptor
     served = ServedModel(f"http://127.0.0.1:{port}", proc, root, tracking_uri, model_uri, log_path)
@@ -161,8 +215,9 @@ def served_recommender(rec, root: Path, **kwargs):
         stop_model_server(served)
 
 
-def _main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Train the default model on ml-latest-small and register it "
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m entrypoints.model_server",
+                                     description="Train the default model on ml-latest-small and register it "
                                                  "as models:/mfrec@champion in a sqlite store under --out.")
     parser.add_argument("--zip", required=True, help="ml-latest-small.zip (or extracted folder)")
     parser.add_argument("--out", required=True, help="empty folder for the store, artifacts and the prepared data")
@@ -183,4 +238,4 @@ def _main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(main())
