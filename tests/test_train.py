@@ -10,6 +10,7 @@ import torch
 from mfrec.device import resolve_device
 from mfrec.errors import ConfigError, TrainingError
 from mfrec.interactions import IdIndex, Interactions
+from mfrec.model import MatrixFactorization
 from mfrec import als, scoring
 from mfrec.train import TrainConfig, fit
 from mfrec.workflow import train_and_evaluate
@@ -198,7 +199,7 @@ def test_sparse_ratings_match_a_dense_reference(half_stars, chunk, monkeypatch):
     assert [first for first, _ in parts] == csr.block_starts[:-1]
     assert torch.allclose(torch.cat([part.pattern_product(table) for _, part in parts]), dense_count @ table,
                           atol=1e-5)
-    assert len(csr.scratch.buffer) == max(n for _, n in sizes)  # not one float per rating
+    assert len(csr.scratch.values) == max(n for _, n in sizes)  # not one float per rating
 
 
 def test_fold_in_unrated_weight_is_checked():
@@ -211,3 +212,29 @@ def test_fold_in_unrated_weight_is_checked():
     for bad in (0.0, float("nan")):
         with pytest.raises(ConfigError, match="genre_prior must be > 0"):
             TrainConfig(genre_prior=bad).validate()
+
+
+@pytest.mark.parametrize("implicit_weight", [2.0, 0.0])
+def test_sweep_temporaries_come_from_one_reserved_arena(implicit_weight, monkeypatch):
+    """Each step reserves its temporaries up front (several blocks here) and every one of
+    them fits: no fresh allocation beside the arena."""
+    monkeypatch.setattr(als, "BLOCK_ROWS", 16)
+    gen = torch.Generator().manual_seed(4)
+    users = torch.randint(0, 50, (600,), generator=gen, dtype=torch.int32)
+    items = torch.randint(0, 40, (600,), generator=gen, dtype=torch.int32)
+    ratings = torch.randint(1, 11, (600,), generator=gen).float() * 0.5
+    config = TrainConfig(n_factors=4, implicit_weight=implicit_weight)
+    model = MatrixFactorization(50, 40, 4, float(ratings.mean()))
+    m = model
+    with torch.no_grad():
+        for step in ("items", "users"):
+            if step == "items":
+                csr = als.Csr(items, users, ratings, 40, 50)
+                als.solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean, csr, config)
+            else:
+                csr = als.Csr(users, items, ratings, 50, 40)
+                als.solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean, csr, config)
+            assert len(csr.block_starts) > 3
+            assert csr.scratch.needed == len(csr.scratch.arena) > 0, step  # every get() fitted
+    solver = als.AlsSolver(model, users, items, ratings, config)
+    assert solver.by_user.scratch is solver.by_item.scratch  # one arena, the larger step's
