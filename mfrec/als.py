@@ -74,10 +74,11 @@ class Scratch:
       ``rewind(mark)`` takes back everything handed out since ``mark`` (``mark()``), so every
       block reuses the same memory, and ``rewind()`` at the start of a step everything.
 
-    Until the arena has seen a step, ``get`` returns fresh tensors and only records the size
-    needed; the next ``rewind()`` sizes the arena to the largest step so far. The item and
-    user steps never run at once, so at peak the arena is no bigger than the temporaries
-    the larger step would allocate anyway.
+    Each step reserves, when it rewinds, what it is about to take, so the arena is sized
+    before anything is allocated; a ``get`` beyond the arena still works (a fresh tensor)
+    and the next ``rewind()`` grows the arena to the largest total seen. The item and user
+    steps never run at once, so the arena is no bigger than the temporaries the larger step
+    would allocate anyway.
     """
 
     def __init__(self, device):
