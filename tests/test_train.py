@@ -1,5 +1,6 @@
 """Training and evaluation on real data: accuracy targets, determinism, failure modes."""
 
+import itertools
 import math
 
 import numpy as np
@@ -84,7 +85,13 @@ def test_batched_spd_solver_matches_lapack():
     m = torch.randn(500, 10, 10, generator=gen, dtype=torch.float64)
     a = m @ m.transpose(1, 2) + 0.1 * torch.eye(10, dtype=torch.float64)
     b = torch.randn(500, 10, generator=gen, dtype=torch.float64)
-    x = als.solve_spd(a.permute(1, 2, 0).contiguous(), b.T.contiguous()).T
+    batch_last = a.permute(1, 2, 0).contiguous()
+    x = als.solve_spd(batch_last, b.T.contiguous()).T
+    assert torch.allclose(x, torch.linalg.solve(a, b), atol=1e-8)
+    # Only the upper triangles are read: junk below the diagonal changes nothing.
+    lower = torch.tril(torch.ones(10, 10, dtype=torch.bool), -1)
+    batch_last[lower] = torch.randn(int(lower.sum()), 500, generator=gen, dtype=torch.float64) * 1e6
+    x = als.solve_spd(batch_last, b.T.contiguous()).T
     assert torch.allclose(x, torch.linalg.solve(a, b), atol=1e-8)
 
 
@@ -196,7 +203,7 @@ def test_sparse_ratings_match_a_dense_reference(half_stars, chunk, monkeypatch):
     parts = list(csr.blocks())
     sizes = [(part.shape[0], len(part.cols)) for _, part in parts]
     assert len(parts) > 6 // 4 + 1 and all(rows <= 4 and (rows == 1 or n <= 9) for rows, n in sizes)
-    assert [first for first, _ in parts] == csr.block_starts[:-1]
+    assert [first for first, _ in parts] == [0] + list(itertools.accumulate(rows for rows, _ in sizes))[:-1]
     assert torch.allclose(torch.cat([part.pattern_product(table) for _, part in parts]), dense_count @ table,
                           atol=1e-5)
     assert len(csr.scratch.values) == max(n for _, n in sizes)  # not one float per rating
@@ -226,6 +233,7 @@ def test_sweep_temporaries_come_from_one_reserved_arena(implicit_weight, monkeyp
     config = TrainConfig(n_factors=4, implicit_weight=implicit_weight)
     model = MatrixFactorization(50, 40, 4, float(ratings.mean()))
     m = model
+    reserved = {}
     with torch.no_grad():
         for step in ("items", "users"):
             if step == "items":
@@ -236,5 +244,9 @@ def test_sweep_temporaries_come_from_one_reserved_arena(implicit_weight, monkeyp
                 als.solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean, csr, config)
             assert len(csr.block_starts) > 3
             assert csr.scratch.needed == len(csr.scratch.arena) > 0, step  # every get() fitted
+            reserved[step] = csr.scratch.needed
+    # In training both steps share one arena: it ends the size of the larger step's reserve.
     solver = als.AlsSolver(model, users, items, ratings, config)
-    assert solver.by_user.scratch is solver.by_item.scratch  # one arena, the larger step's
+    solver.epoch()
+    solver.epoch()
+    assert len(solver.by_user.scratch.arena) == solver.by_user.scratch.needed == max(reserved.values())
