@@ -50,9 +50,11 @@ class MatrixFactorization(nn.Module):
         dot = (self.user_factors[users] * self.item_factors[items]).sum(1)
         return self.global_mean + self.user_bias[users] + self.item_bias[items] + dot
 
-    def choice_logits(self, users: torch.Tensor) -> torch.Tensor:
-        """Implicit-head logits of ``users`` (rows) over every item (columns)."""
-        return self.user_choice_factors[users] @ self.item_factors.T + self.item_logit_bias
+    def choice_logits(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Implicit-head logits of ``users`` (rows) over ``items`` (columns; default every item)."""
+        if items is None:
+            return self.user_choice_factors[users] @ self.item_factors.T + self.item_logit_bias
+        return self.user_choice_factors[users] @ self.item_factors[items].T + self.item_logit_bias[items]
 
     def l2(self) -> torch.Tensor:
         """Squared L2 norm of the factors (the prior on them)."""

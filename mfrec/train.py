@@ -364,8 +364,7 @@ def _choice_loss(model, users, items, config, generator):
     n_items = model.item_factors.shape[0]
     if 0 < config.implicit_items < n_items:
         sample = torch.randint(0, n_items, (config.implicit_items,), generator=generator, device=users.device)
-        logits = model.user_choice_factors[distinct] @ model.item_factors[sample].T + model.item_logit_bias[sample]
-        log_norm = torch.logsumexp(logits, dim=1) + math.log(n_items / config.implicit_items)
+        log_norm = torch.logsumexp(model.choice_logits(distinct, sample), dim=1) + math.log(n_items / config.implicit_items)
     else:
         log_norm = torch.logsumexp(model.choice_logits(distinct), dim=1)
     chosen = (model.user_choice_factors[users] * model.item_factors[items]).sum(1) + model.item_logit_bias[items]

@@ -250,3 +250,26 @@ def test_sweep_temporaries_come_from_one_reserved_arena(implicit_weight, monkeyp
     solver.epoch()
     solver.epoch()
     assert len(solver.by_user.scratch.arena) == solver.by_user.scratch.needed == max(reserved.values())
+
+
+def test_sampled_choice_normaliser_is_importance_corrected():
+    """With a sample of the catalogue the softmax normaliser is scaled by n_items / sample:
+    when every film has the same logit the estimate is exact, whatever the sample."""
+    from mfrec.train import _choice_loss
+
+    model = MatrixFactorization(5, 40, 3)
+    with torch.no_grad():
+        model.item_factors.zero_()
+        model.item_logit_bias.fill_(0.7)
+    users, items = torch.tensor([0, 1, 1, 4]), torch.tensor([3, 7, 9, 39])
+    gen = torch.Generator().manual_seed(0)
+    exact = _choice_loss(model, users, items, TrainConfig(implicit_items=0), gen)
+    sampled = _choice_loss(model, users, items, TrainConfig(implicit_items=6), gen)
+    assert torch.allclose(exact, torch.tensor(math.log(40.0))) and torch.allclose(sampled, exact)
+    # With distinct logits a 6-film sample is only an estimate; the full catalogue is exact.
+    torch.nn.init.normal_(model.item_factors, generator=gen)
+    torch.nn.init.normal_(model.user_choice_factors, generator=gen)
+    full = _choice_loss(model, users, items, TrainConfig(implicit_items=40), gen)
+    reference = torch.mean(torch.logsumexp(model.choice_logits(users), 1)
+                           - model.choice_logits(users).gather(1, items[:, None])[:, 0])
+    assert torch.allclose(full, reference, atol=1e-6)
