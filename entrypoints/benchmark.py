@@ -37,7 +37,7 @@ import pandas as pd
 from mfrec import bench, tracking
 from mfrec.errors import ConfigError, MfrecError
 from entrypoints import model_server
-from entrypoints.common import parse_number, parser_for
+from entrypoints.common import parse_number, parser_for, top_level_run
 
 DEFAULTS = {
     "data_path": "", "scale": "synthetic-25m", "notebook_epochs": "3", "serve_requests": "2000",
@@ -301,7 +301,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="mfrec-benchmark-") as tmp:
             results = run_benchmark(values, Path(tmp), progress)
         table = bench.markdown_table(results)
-        with mlflow.start_run() as run:
+        with top_level_run() as run:
             log_results(results, values, table)
             results["run_id"] = run.info.run_id
     except MfrecError as exc:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import mlflow
 
-from entrypoints.common import active_or_new_run, finish, parse_number, parser_for, fail_on_termination
+from entrypoints.common import active_or_new_run, finish, parse_number, parser_for, fail_on_termination, top_level_run
 from mfrec import cluster as clustering
 from mfrec import tracking
 from mfrec.embeddings import read_item_embeddings
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     values = {k: getattr(args, k) for k in DEFAULTS}
     try:
         # The local copies are only needed until they are logged.
-        with tempfile.TemporaryDirectory(prefix="mfrec-cluster-") as tmp, mlflow.start_run():
+        with tempfile.TemporaryDirectory(prefix="mfrec-cluster-") as tmp, top_level_run():
             result = run_cluster(**values, out_dir=tmp)
     except MfrecError as exc:
         print(f"cluster failed: {exc}", file=sys.stderr)

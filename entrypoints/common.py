@@ -51,6 +51,44 @@ def parser_for(prog: str, description: str, defaults: dict,
 
 
 @contextlib.contextmanager
+def top_level_run(**kwargs):
+    """``mlflow.start_run(**kwargs)`` for an entry point's own run; if the block ends early
+    (an error, SIGTERM), every run of its tree still RUNNING afterwards ends FAILED.
+
+    MLflow's own unwinding is not enough: ``end_run`` pops a run off the active stack before
+    it marks it terminated, so a SIGTERM landing in between leaves that run RUNNING while its
+    parent ends FAILED (seen here with fast training: the signal met the ``train`` step's end).
+    """
+    run = mlflow.start_run(**kwargs)
+    root = run.info.run_id
+    try:
+        with run:
+            yield run
+    except BaseException:
+        # The run is failing already: finish its bookkeeping without being interrupted again.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _fail_running_tree(root)
+        raise
+
+
+def _fail_running_tree(root: str) -> None:
+    """Mark ``root`` and its descendants FAILED where they are still RUNNING (best effort:
+    the original error is what the caller reports)."""
+    try:
+        client = mlflow.MlflowClient()
+        experiment = client.get_run(root).info.experiment_id
+        pending = [root]
+        while pending:
+            run_id = pending.pop()
+            pending += [child.info.run_id for child in
+                        client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")]
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_terminated(run_id, "FAILED")
+    except Exception as exc:  # noqa: BLE001 - never mask the error being raised
+        print(f"warning: could not mark unfinished runs of {root} FAILED: {exc}", file=sys.stderr)
+
+
+@contextlib.contextmanager
 def active_or_new_run(**kwargs):
     """The active run (``mlflow run`` made one, or a pipeline opened a nested one), else a new one."""
     active = mlflow.active_run()

@@ -16,7 +16,7 @@ import mlflow
 from entrypoints import cluster as cluster_step
 from entrypoints import prepare as prepare_step
 from entrypoints import train as train_step
-from entrypoints.common import finish, parser_for, system_metrics_available, fail_on_termination
+from entrypoints.common import finish, parser_for, system_metrics_available, fail_on_termination, top_level_run
 from mfrec import tracking
 from mfrec.errors import MfrecError
 from mfrec.recommender import Recommender
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     args = parser_for("python -m entrypoints.main", __doc__.split("\n\n")[0], DEFAULTS).parse_args(argv)
     values = {k: getattr(args, k) for k in DEFAULTS}
     try:
-        with mlflow.start_run(log_system_metrics=system_metrics_available()):
+        with top_level_run(log_system_metrics=system_metrics_available()):
             result = run_pipeline(values)
     except MfrecError as exc:
         print(f"pipeline failed: {exc}", file=sys.stderr)

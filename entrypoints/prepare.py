@@ -20,7 +20,7 @@ from pathlib import Path
 
 import mlflow
 
-from entrypoints.common import active_or_new_run, fail_on_termination, parser_for
+from entrypoints.common import active_or_new_run, fail_on_termination, parser_for, top_level_run
 from mfrec import tracking
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     values = {k: getattr(args, k) for k in DEFAULTS}
     try:
-        with mlflow.start_run():
+        with top_level_run():
             result = run_prepare(values, progress=args.progress)
     except MfrecError as exc:
         print(f"prepare failed: {exc}", file=sys.stderr)

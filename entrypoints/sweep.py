@@ -14,7 +14,7 @@ import sys
 import mlflow
 
 from entrypoints import main as pipeline
-from entrypoints.common import finish, parser_for, fail_on_termination
+from entrypoints.common import finish, parser_for, fail_on_termination, top_level_run
 from mfrec import tracking
 from mfrec.errors import ConfigError, MfrecError
 
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     args = parser_for("python -m entrypoints.sweep", __doc__.split("\n\n")[0], DEFAULTS).parse_args(argv)
     values = {k: getattr(args, k) for k in DEFAULTS}
     try:
-        with mlflow.start_run():
+        with top_level_run():
             result = run_sweep(values)
     except MfrecError as exc:
         print(f"sweep failed: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import mlflow
 
-from entrypoints.common import active_or_new_run, finish, parse_number, parser_for, fail_on_termination
+from entrypoints.common import active_or_new_run, finish, parse_number, parser_for, fail_on_termination, top_level_run
 from mfrec import tracking
 from mfrec.embeddings import write_embeddings
 from mfrec.errors import MfrecError
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     args = parser_for("python -m entrypoints.train", __doc__.split("\n\n")[0], DEFAULTS).parse_args(argv)
     values = {k: getattr(args, k) for k in DEFAULTS}
     try:
-        with mlflow.start_run():
+        with top_level_run():
             result = run_train(values)
     except MfrecError as exc:
         print(f"train failed: {exc}", file=sys.stderr)

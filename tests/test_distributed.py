@@ -58,6 +58,9 @@ if len(sys.argv) > 2:
 model = fit(data, TrainConfig(epochs=3, progress=False, device="cpu")).model
 if len(sys.argv) == 2 or dist.get_rank() == 0:
     torch.save(model.state_dict(), sys.argv[1])
+if len(sys.argv) > 2:  # exiting with gloo's threads still up aborts the process
+    dist.barrier()
+    dist.destroy_process_group()
 """
 
 
