@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mfrec import genres, scoring
+from mfrec import als, genres, scoring
 from mfrec.errors import DataError
 from mfrec.interactions import IdIndex
 from mfrec.model import MatrixFactorization
@@ -276,8 +276,11 @@ class Recommender:
         their genre taste from :mod:`mfrec.genres`. ``unrated_weight`` and ``genre_weight``
         override the trained ``fold_in_unrated_weight`` and ``fold_in_genre_weight``.
         """
+        if "catalogue" not in self._cache:
+            with torch.no_grad():
+                self._cache["catalogue"] = als.catalogue_terms(self.model.item_factors, self.model.item_logit_bias)
         folded = scoring.fold_in(self.model, customers, item_rows, ratings, n_customers,
-                                 self.fold_in_config(unrated_weight))
+                                 self.fold_in_config(unrated_weight), self._cache["catalogue"])
         weight = self._trained("fold_in_genre_weight") if genre_weight is None else float(genre_weight)
         if weight > 0:
             counts, total = genres.votes(self._genres()[0], customers, item_rows, ratings, n_customers,

@@ -125,7 +125,7 @@ class FoldedUsers:
 
 @torch.no_grad()
 def fold_in(model, customers: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_customers: int,
-            config) -> FoldedUsers:
+            config, catalogue: tuple | None = None) -> FoldedUsers:
     """Fit new customers' bias and vectors against the fixed item parameters (no retraining).
 
     This is exactly the user step of training (:func:`mfrec.als.solve_users`): a
@@ -133,7 +133,8 @@ def fold_in(model, customers: np.ndarray, items: np.ndarray, ratings: np.ndarray
     *which* films were rated (against the whole catalogue) for the choice vector. The
     choice part matters: five ratings barely move a rating-only ridge fit off the biases.
     ``customers`` are row numbers ``0..n_customers-1``; ``config`` carries ``reg``,
-    ``bias_reg``, ``implicit_weight`` and ``confidence``.
+    ``bias_reg``, ``implicit_weight`` and ``confidence``; ``catalogue`` is
+    :func:`mfrec.als.catalogue_terms` of the model, if the caller keeps it (else computed).
     """
     q = model.item_factors
     # Only the rated films enter the per-rating tables (their own column numbers here); the
@@ -144,5 +145,5 @@ def fold_in(model, customers: np.ndarray, items: np.ndarray, ratings: np.ndarray
     rated = torch.from_numpy(rated)
     bias, factors, choice, _ = als.solve_users(q[rated], model.item_bias[rated], model.item_logit_bias[rated],
                                                model.global_mean, by_user, config,
-                                               catalogue=(q, model.item_logit_bias))
+                                               catalogue=catalogue or als.catalogue_terms(q, model.item_logit_bias))
     return FoldedUsers(bias, factors, choice)

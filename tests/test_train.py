@@ -80,19 +80,24 @@ def test_recovers_planted_low_rank_ratings(solver, settings):
     assert err < 0.1 * truth.std()
 
 
-def test_batched_spd_solver_matches_lapack():
+@pytest.mark.parametrize("n", [3, 500])  # a few systems (factorised one by one) and many (eliminated together)
+def test_batched_spd_solver_matches_lapack(n):
     gen = torch.Generator().manual_seed(0)
-    m = torch.randn(500, 10, 10, generator=gen, dtype=torch.float64)
+    m = torch.randn(n, 10, 10, generator=gen, dtype=torch.float64)
     a = m @ m.transpose(1, 2) + 0.1 * torch.eye(10, dtype=torch.float64)
-    b = torch.randn(500, 10, generator=gen, dtype=torch.float64)
+    b = torch.randn(n, 10, generator=gen, dtype=torch.float64)
     batch_last = a.permute(1, 2, 0).contiguous()
     x = als.solve_spd(batch_last, b.T.contiguous()).T
     assert torch.allclose(x, torch.linalg.solve(a, b), atol=1e-8)
     # Only the upper triangles are read: junk below the diagonal changes nothing.
     lower = torch.tril(torch.ones(10, 10, dtype=torch.bool), -1)
-    batch_last[lower] = torch.randn(int(lower.sum()), 500, generator=gen, dtype=torch.float64) * 1e6
+    batch_last[lower] = torch.randn(int(lower.sum()), n, generator=gen, dtype=torch.float64) * 1e6
     x = als.solve_spd(batch_last, b.T.contiguous()).T
     assert torch.allclose(x, torch.linalg.solve(a, b), atol=1e-8)
+    # In place: the right-hand side comes back holding the solution.
+    rhs = b.T.contiguous()
+    assert als.solve_spd(batch_last.clone(), rhs, overwrite=True) is rhs
+    assert torch.allclose(rhs.T, torch.linalg.solve(a, b), atol=1e-8)
 
 
 def test_als_sweep_ends_in_the_fold_in_solution(trained_small, small_split):
