@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from mfrec.errors import ConfigError
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
+def resolve_device(spec: str = "auto", needs_sparse: bool = False) -> torch.device:
     """Turn a user's device string into an available ``torch.device``.
 
     ``auto`` prefers CUDA, then Apple's MPS, then the CPU. ``cpu``, ``cuda``, ``cuda:N``
     and ``mps`` are honoured exactly; asking for one that is not there is an error rather
     than a silent fallback, so a run never reports GPU numbers it did not produce.
+    ``needs_sparse`` (the ALS solver: sparse CSR products) passes over MPS under ``auto``
+    and refuses it when asked for, while torch's MPS backend cannot multiply CSR matrices.
     """
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if _mps_available():
+        if _mps_available() and (not needs_sparse or sparse_products_work(torch.device("mps"))):
             return torch.device("mps")
         return torch.device("cpu")
     if spec == "cpu":
@@ -26,6 +30,9 @@ def resolve_device(spec: str = "auto") -> torch.device:
     if spec == "mps":
         if not _mps_available():
             raise ConfigError("device 'mps' was requested but Apple MPS is not available here; use device=auto or cpu")
+        if needs_sparse and not sparse_products_work(torch.device("mps")):
+            raise ConfigError(f"solver 'als' needs sparse CSR matrix products, which torch {torch.__version__} "
+                              f"does not support on MPS; use device=cpu (or auto), or solver=adam on MPS")
         return torch.device("mps")
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
@@ -48,3 +55,16 @@ def resolve_device(spec: str = "auto") -> torch.device:
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend and backend.is_available())
+
+
+@functools.lru_cache(maxsize=None)
+def sparse_products_work(device: torch.device) -> bool:
+    """Whether a CSR matrix can be built on ``device`` and multiplied by a dense one there
+    (tried once per device: support differs by backend and torch version)."""
+    try:
+        one = torch.ones(1, device=device)
+        index = torch.tensor([0, 1], device=device)
+        matrix = torch.sparse_csr_tensor(index, index[:1], one, (1, 1), check_invariants=True)
+        return bool((matrix @ one[:, None]).item() == 1.0)
+    except (NotImplementedError, RuntimeError, TypeError):
+        return False

@@ -164,7 +164,7 @@ def fit(
     if (train.users < 0).any() or (train.items < 0).any():
         raise TrainingError("training interactions contain unknown user or item indices")
     n_epochs = epochs or config.epochs
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, needs_sparse=config.solver == "als")
     # ALS on a CPU uses only deterministic kernels (row-parallel sparse products, fixed-order
     # reductions); leaving the global switch alone also skips its ~1 s import of torch's
     # compiler stack.

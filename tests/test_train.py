@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from mfrec import device
 from mfrec.device import resolve_device
 from mfrec.errors import ConfigError, TrainingError
 from mfrec.interactions import IdIndex, Interactions
@@ -130,6 +131,22 @@ def test_device_selection():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda:0")
+    assert device.sparse_products_work(torch.device("cpu"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="auto picks CUDA first")
+def test_als_passes_over_an_mps_device_without_sparse_products(monkeypatch):
+    """torch's MPS backend cannot multiply CSR matrices (pytorch/pytorch#196192, open in
+    2026-09), and no Mac runs these tests: the two probes are replaced to act one out."""
+    monkeypatch.setattr(device, "_mps_available", lambda: True)
+    monkeypatch.setattr(device, "sparse_products_work", lambda dev: dev.type != "mps")
+    assert resolve_device("auto").type == "mps"  # the Adam solver has no sparse products
+    assert resolve_device("auto", needs_sparse=True).type == "cpu"
+    with pytest.raises(ConfigError, match="sparse CSR matrix products.*MPS; use device=cpu"):
+        resolve_device("mps", needs_sparse=True)
+    with pytest.raises(ConfigError, match="does not support on MPS"):
+        fit(Interactions(np.zeros(3, np.int64), np.arange(3), np.ones(3, np.float32), 1, 3),
+            TrainConfig(device="mps", progress=False, epochs=1))
 
 
 @pytest.mark.gpu
