@@ -300,7 +300,7 @@ def catalogue_terms(item_factors: torch.Tensor, item_choice_bias: torch.Tensor) 
 
 
 def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user: Csr, config,
-                distributed: bool = False, catalogue: tuple | None = None):
+                distributed: bool = False, catalogue: tuple | None = None, out: tuple | None = None):
     """The user step: exact (bias, rating vector, choice vector) of every row of ``by_user``.
 
     Returns ``(bias (N,), p (N, k), c (N, k), squared rating error at the solution)``.
@@ -308,7 +308,8 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
     ``catalogue`` is :func:`catalogue_terms` of *every* item when the ``item_*`` arguments
     and ``by_user``'s columns cover only the rated ones (fold-in of a few customers: the
     per-item tables then cost a handful of rows, not the catalogue); the choice term's
-    Gramian still sums over the whole catalogue.
+    Gramian still sums over the whole catalogue. ``out`` is (bias, p, c) to write into
+    (training passes the model's own parameters), else they are new tensors.
     """
     q = item_factors
     n, k = by_user.shape[0], q.shape[1]
@@ -331,9 +332,12 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
         offset_c = w0 * offset
     prior = torch.full((D,), float(config.reg), dtype=dtype, device=device)
     prior[k] = config.bias_reg
-    bias = torch.empty(n, dtype=dtype, device=device)
-    p = torch.empty(n, k, dtype=dtype, device=device)
-    c = torch.zeros(n, k, dtype=dtype, device=device)
+    if out is None:
+        out = (torch.empty(n, dtype=dtype, device=device), torch.empty(n, k, dtype=dtype, device=device),
+               torch.empty(n, k, dtype=dtype, device=device))
+    bias, p, c = out
+    if w0 == 0:
+        c.zero_()  # no choice loss, no choice vectors
     sq_error = torch.zeros((), dtype=torch.float64, device=device)
     prior_packed = _packed(torch.diag(prior))
     if w0 > 0:
@@ -378,8 +382,18 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
     return bias, p, c, sq_error
 
 
-def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr, config, distributed: bool = False):
-    """The item step: exact (factors, rating bias, choice bias) of every item given the users."""
+def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr, config, distributed: bool = False,
+                out: tuple | None = None):
+    """The item step: exact (factors, rating bias, choice bias) of every item given the users,
+    written into ``out`` (training passes the model's own parameters) or new tensors.
+
+    An item's system sums, over the users who rated it, f f^T + (w1 - w0) g g^T with the
+    users' rating features f = (p, 1, 0) and choice features g = (c, 0, 1). Most of those
+    entries are copies of each other, constants or zero, so the per-user table that the
+    sparse product gathers (one row per rating: the step's dominant cost at scale) holds only
+    the distinct ones: the factor block p p^T + (w1 - w0) c c^T (packed), p, c and a one;
+    the systems are assembled from those sums (``_item_layout``).
+    """
     p, c = user_factors, user_choice
     n, k = by_item.shape[0], p.shape[1]
     dtype, device = p.dtype, p.device
@@ -387,46 +401,90 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
     implicit = w0 > 0
     D = k + 2 if implicit else k + 1  # without the choice loss there is no choice bias to fit
     P = D * (D + 1) // 2
+    kk = k * (k + 1) // 2
+    width = kk + (2 * k if implicit else k) + 1  # table columns: factor block, p, [c,] one
+    source, scale = _item_layout(k, implicit, w1 - w0, device)
     ws = by_item.scratch
-    width = P + (D if implicit else 0)
     block = by_item.max_block_rows()
-    ws.rewind(reserve=len(p) * (D * (2 if implicit else 1) + width) + block * (width + D + D * D + P))
-    f = ws.get(len(p), D)  # rating features of each user: (p, 1, 0)
-    f[:, :k], f[:, k:] = p, 0.0
-    f[:, k] = 1.0
+    ws.rewind(reserve=len(p) * (k + 1 + width) + block * (width + k + 1 + 2 * P + D * D + D))
+    f = ws.get(len(p), k + 1)  # (p, 1): the rating features without their zero
+    f[:, :k], f[:, k] = p, 1.0
     table = ws.get(len(p), width)
-    _packed_outer_into(table[:, :P], f)
+    _packed_outer_into(table[:, :kk], p)
+    table[:, kk:kk + k] = p
     if implicit:
-        g = ws.get(len(p), D)  # choice features of each user: (c, 0, 1)
-        g[:, :k], g[:, k] = c, 0.0
-        g[:, k + 1] = 1.0
-        _packed_outer_into(table[:, :P], g, scale=w1 - w0, add=True)
-        torch.mul(g, w1, out=table[:, P:])
-        shared = w0 * (g.T @ g)
+        _packed_outer_into(table[:, :kk], c, scale=w1 - w0, add=True)
+        table[:, kk + k:kk + 2 * k] = c
+    table[:, -1] = 1.0
     prior = torch.full((D,), float(config.reg), dtype=dtype, device=device)
     prior[k:] = config.bias_reg
-    constant = torch.diag(prior) + (shared if implicit else 0.0)
+    constant = torch.diag(prior)
+    if implicit:
+        # w0 * sum over every user of g g^T, without building g.
+        choice_sum = c.sum(0)
+        constant[:k, :k] += w0 * (c.T @ c)
+        constant[:k, k + 1] += w0 * choice_sum
+        constant[k + 1, :k] += w0 * choice_sum
+        constant[k + 1, k + 1] += w0 * len(c)
     constant_packed = _packed(constant)
-    out = torch.zeros(D + (0 if implicit else 1), n, dtype=dtype, device=device)
+    if out is None:
+        out = (torch.empty(n, k, dtype=dtype, device=device), torch.empty(n, dtype=dtype, device=device),
+               torch.empty(n, dtype=dtype, device=device))
+    factors, bias, choice_bias = out
+    if not implicit:
+        choice_bias.zero_()  # no choice loss, no choice bias
     per_step = ws.mark()
     for first, part in by_item.blocks():
         ws.rewind(per_step)
         m = part.shape[0]
         summed = part.pattern_product(table, out=ws.get(m, width))
-        rhs, _ = part.residual_product(float(global_mean), user_bias, f, out=ws.get(m, D))
+        rhs, _ = part.residual_product(float(global_mean), user_bias, f, out=ws.get(m, k + 1))
         if distributed:
             _reduce(summed, rhs)
-        A = ws.get(D, D, m).zero_()
+        gathered = torch.index_select(summed, 1, source, out=ws.get(m, P))
         packed_t = ws.get(P, m)
-        torch.add(summed[:, :P].T, constant_packed, out=packed_t)
+        torch.addcmul(constant_packed, gathered.T, scale, out=packed_t)
+        A = ws.get(D, D, m).zero_()
         _unpack_into(A, packed_t)
-        x = out[:D, first:first + m]
-        x.copy_(rhs.T)
-        if implicit:
-            x += summed[:, P:].T
+        x = ws.get(D, m)
+        x[:k + 1] = rhs.T  # rating part: (sum r~ p, sum r~, 0)
+        if implicit:  # choice part: w1 * sum of g = (w1 sum c, 0, w1 count)
+            x[:k].add_(summed[:, kk + k:kk + 2 * k].T, alpha=w1)
+            torch.mul(summed[:, -1], w1, out=x[k + 1])
         solve_spd(A, x, overwrite=True)
-    # Rows k and k+1: rating bias and choice bias (zero without the choice loss).
-    return out[:k].T.contiguous(), out[k], out[k + 1]
+        rows = slice(first, first + m)
+        factors[rows], bias[rows] = x[:k].T, x[k]
+        if implicit:
+            choice_bias[rows] = x[k + 1]
+    return factors, bias, choice_bias
+
+
+@functools.lru_cache(maxsize=None)
+def _item_layout(k: int, implicit: bool, choice_scale: float, device: torch.device) -> tuple:
+    """Where each packed upper entry of an item's system (row-major, as :func:`_unpack_into`
+    reads) comes from in the item step's table sums, and its factor: ``(source columns (P,),
+    scales (P, 1))``. Table columns: packed p p^T + s c c^T (kk), p (k), c (k, implicit only),
+    one; ``s = choice_scale = w1 - w0``."""
+    kk = k * (k + 1) // 2
+    one = kk + (2 * k if implicit else k)
+    D = k + 2 if implicit else k + 1
+    source, scale = [], []
+    pair = 0
+    for a in range(D):
+        for b in range(a, D):
+            if b < k:
+                entry = (pair, 1.0)  # a <= b < k: the factor block, in its packed order
+                pair += 1
+            elif b == k:
+                entry = (kk + a, 1.0) if a < k else (one, 1.0)  # sum of p_a; the count
+            elif a < k:
+                entry = (kk + k + a, choice_scale)  # (a, k+1): s * sum of c_a
+            else:
+                entry = (one, 0.0 if a == k else choice_scale)  # (k, k+1) is 0; (k+1, k+1): s * count
+            source.append(entry[0])
+            scale.append(entry[1])
+    return (torch.tensor(source, dtype=torch.long, device=device),
+            torch.tensor(scale, dtype=torch.float32, device=device)[:, None])
 
 
 # Rows solved together: large enough to keep the vectorised solves efficient (25M ratings:
@@ -467,14 +525,9 @@ class AlsSolver:
     def epoch(self) -> float:
         """One sweep; returns the training MSE of the ratings after it."""
         m, cfg, dist = self.model, self.config, self.distributed
-        q, b_i, d = solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean,
-                                self.by_item, cfg, dist)
-        m.item_factors.copy_(q)
-        m.item_bias.copy_(b_i)
-        m.item_logit_bias.copy_(d)
-        b_u, p, c, sq_error = solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean,
-                                          self.by_user, cfg, dist)
-        m.user_bias.copy_(b_u)
-        m.user_factors.copy_(p)
-        m.user_choice_factors.copy_(c)
+        # Each step writes its solutions straight into the parameters it solves for.
+        solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean, self.by_item, cfg, dist,
+                    out=(m.item_factors, m.item_bias, m.item_logit_bias))
+        *_, sq_error = solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean, self.by_user,
+                                   cfg, dist, out=(m.user_bias, m.user_factors, m.user_choice_factors))
         return float(sq_error) / self.n_ratings

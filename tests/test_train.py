@@ -295,3 +295,45 @@ def test_sampled_choice_normaliser_is_importance_corrected():
     reference = torch.mean(torch.logsumexp(model.choice_logits(users), 1)
                            - model.choice_logits(users).gather(1, items[:, None])[:, 0])
     assert torch.allclose(full, reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("implicit_weight, confidence", [(2.0, 5.0), (1.0, 1.0), (0.0, 5.0)])
+def test_item_step_solves_the_normal_equations_written_out(implicit_weight, confidence, monkeypatch):
+    """The item step's compact table (distinct entries only) gives the systems of the
+    objective written out densely: sum over raters of f f^T + (w1 - w0) g g^T, plus w0 g g^T
+    over every user and the prior, with f = (p, 1, 0) and g = (c, 0, 1)."""
+    monkeypatch.setattr(als, "BLOCK_ROWS", 6)
+    gen = torch.Generator().manual_seed(7)
+    n_users, n_items, k = 30, 20, 3
+    users = torch.randint(0, n_users, (200,), generator=gen, dtype=torch.int32)
+    items = torch.randint(0, n_items, (200,), generator=gen, dtype=torch.int32)
+    pairs = torch.unique(users.long() * n_items + items.long())  # one rating per pair
+    users, items = (pairs // n_items).int(), (pairs % n_items).int()
+    ratings = torch.randint(1, 11, (len(pairs),), generator=gen).float() * 0.5
+    p = torch.randn(n_users, k, generator=gen, dtype=torch.float64)
+    c = torch.randn(n_users, k, generator=gen, dtype=torch.float64)
+    b_u = torch.randn(n_users, generator=gen, dtype=torch.float64)
+    config = TrainConfig(n_factors=k, implicit_weight=implicit_weight, confidence=confidence, reg=1.5, bias_reg=4.0)
+    w0, w1 = implicit_weight, implicit_weight * confidence
+    implicit = w0 > 0
+    D = k + 2 if implicit else k + 1
+    ones, zeros = torch.ones(n_users, 1, dtype=torch.float64), torch.zeros(n_users, 1, dtype=torch.float64)
+    f = torch.cat([p, ones, zeros] if implicit else [p, ones], 1)
+    g = torch.cat([c, zeros, ones], 1)
+    prior = torch.diag(torch.tensor([1.5] * k + [4.0] * (D - k), dtype=torch.float64))
+    expected = []
+    for i in range(n_items):
+        raters = users[items == i].long()
+        resid = ratings[items == i].double() - 3.0 - b_u[raters]
+        A = prior + f[raters].T @ f[raters]
+        b = f[raters].T @ resid
+        if implicit:
+            A = A + (w1 - w0) * g[raters].T @ g[raters] + w0 * g.T @ g
+            b = b + w1 * g[raters].sum(0)
+        expected.append(torch.linalg.solve(A, b))
+    expected = torch.stack(expected)
+    csr = als.Csr(items, users, ratings, n_items, n_users)
+    factors, bias, choice_bias = als.solve_items(p.float(), c.float(), b_u.float(), 3.0, csr, config)
+    assert torch.allclose(factors.double(), expected[:, :k], atol=1e-4)
+    assert torch.allclose(bias.double(), expected[:, k], atol=1e-4)
+    assert torch.allclose(choice_bias.double(), expected[:, k + 1] if implicit else torch.zeros(n_items, dtype=torch.float64), atol=1e-4)
