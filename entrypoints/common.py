@@ -65,23 +65,44 @@ def top_level_run(**kwargs):
         with run:
             yield run
     except BaseException:
-        # The run is failing already: finish its bookkeeping without being interrupted again.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _fail_running_tree(root)
+        # The run is failing already: finish its bookkeeping, briefly and uninterrupted (a
+        # tracking server that is down gets one short try, not MLflow's minutes of retries).
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        saved = {key: os.environ.get(key) for key in _QUICK_HTTP}
+        os.environ.update(_QUICK_HTTP)
+        try:
+            _fail_running_tree(root)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            signal.signal(signal.SIGTERM, previous)
         raise
+
+
+_QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 def _fail_running_tree(root: str) -> None:
     """Mark ``root`` and its descendants FAILED where they are still RUNNING (best effort:
-    the original error is what the caller reports)."""
+    the original error is what the caller reports). Children are looked for in every
+    experiment: a nested run goes to the current experiment, which need not be its parent's."""
     try:
         client = mlflow.MlflowClient()
-        experiment = client.get_run(root).info.experiment_id
+        experiments = [e.experiment_id for e in client.search_experiments()]
         pending = [root]
         while pending:
             run_id = pending.pop()
-            pending += [child.info.run_id for child in
-                        client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")]
+            token = None
+            while True:
+                page = client.search_runs(experiments, filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
+                                          page_token=token)
+                pending += [child.info.run_id for child in page]
+                token = page.token
+                if not token:
+                    break
             if client.get_run(run_id).info.status == "RUNNING":
                 client.set_terminated(run_id, "FAILED")
     except Exception as exc:  # noqa: BLE001 - never mask the error being raised

@@ -42,7 +42,8 @@ def solve_spd(A: torch.Tensor, b: torch.Tensor, overwrite: bool = False) -> torc
     operations per pivot on length-N rows, several times faster on CPU than
     ``torch.linalg.solve`` on (N, D, D) for D around 10, and it runs unchanged on any
     device. ``overwrite=True`` eliminates in ``A`` and ``b`` themselves and returns ``b``
-    holding x (no copies: at 160k users they are tens of MB each).
+    holding x (no copies: at 160k users they are tens of MB each). A system that is not
+    positive definite gets NaN.
     """
     if not overwrite:
         A, b = A.clone(), b.clone()
@@ -50,8 +51,11 @@ def solve_spd(A: torch.Tensor, b: torch.Tensor, overwrite: bool = False) -> torc
         # A handful of systems (a fold-in request): one batched LAPACK Cholesky, which also
         # reads only the upper triangles, beats the elimination's fixed ~50 operations
         # (measured D=9, N=2: 18 us against 190 us; equal near N=200).
-        factor, _ = torch.linalg.cholesky_ex(A.permute(2, 0, 1), upper=True)
+        factor, info = torch.linalg.cholesky_ex(A.permute(2, 0, 1), upper=True)
         b.copy_(torch.cholesky_solve(b.T.unsqueeze(-1), factor, upper=True).squeeze(-1).T)
+        # A system that is not positive definite has no valid factor: NaN, not a finite
+        # wrong answer, so training's divergence check sees it (both paths).
+        b[:, info > 0] = float("nan")
         return b
     D = A.shape[0]
     # Eliminating with row j (not column j: by symmetry they agree) keeps every value that
@@ -61,11 +65,14 @@ def solve_spd(A: torch.Tensor, b: torch.Tensor, overwrite: bool = False) -> torc
         factor = A[j, j + 1:] / A[j, j]
         A[j + 1:, j + 1:].addcmul_(factor[:, None], A[j, None, j + 1:], value=-1.0)
         b[j + 1:].addcmul_(factor, b[j], value=-1.0)
+    # A symmetric matrix is positive definite exactly when every pivot is positive.
+    indefinite = (torch.diagonal(A) <= 0).any(1)
     # Back substitution a column at a time: two operations per pivot.
     for j in range(D - 1, 0, -1):
         b[j].div_(A[j, j])
         b[:j].addcmul_(A[:j, j], b[j], value=-1.0)
     b[0].div_(A[0, 0])
+    b[:, indefinite] = float("nan")
     return b
 
 

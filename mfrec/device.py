@@ -61,10 +61,12 @@ def _mps_available() -> bool:
 def sparse_products_work(device: torch.device) -> bool:
     """Whether a CSR matrix can be built on ``device`` and multiplied by a dense one there
     (tried once per device: support differs by backend and torch version)."""
-    try:
-        one = torch.ones(1, device=device)
-        index = torch.tensor([0, 1], device=device)
-        matrix = torch.sparse_csr_tensor(index, index[:1], one, (1, 1), check_invariants=True)
-        return bool((matrix @ one[:, None]).item() == 1.0)
+    try:  # built and multiplied the way mfrec.als.Csr does: int32 indices, a product into out=
+        index = torch.tensor([0, 1], dtype=torch.int32, device=device)
+        matrix = torch.sparse_csr_tensor(index, index[:1], torch.ones(1, device=device), (1, 1),
+                                         check_invariants=True)
+        out = torch.zeros(1, 2, device=device)
+        torch.mm(matrix, torch.ones(1, 2, device=device), out=out)
+        return bool((out == 1.0).all().item())
     except (NotImplementedError, RuntimeError, TypeError):
         return False

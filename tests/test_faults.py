@@ -79,25 +79,29 @@ def test_sweep_runs_one_child_pipeline_per_factor_count(shared_zip, tmp_path):
 
 def test_a_failing_entry_point_run_fails_its_whole_tree(tmp_path):
     """SIGTERM can land between MLflow popping a nested run and marking it terminated; the
-    entry point's run then cleans up: every run of its tree still RUNNING ends FAILED."""
+    entry point's run then cleans up: every run of its tree still RUNNING ends FAILED, in
+    whichever experiment it was created (a nested run goes to the current experiment, not
+    necessarily its parent's), and the SIGTERM handler is put back."""
     import mlflow
 
     from entrypoints.common import top_level_run
     from entrypoints.model_server import mlflow_uris
 
-    saved = signal.getsignal(signal.SIGTERM)  # the clean-up ignores further SIGTERMs
+    saved = signal.getsignal(signal.SIGTERM)
     with mlflow_uris(f"sqlite:///{tmp_path / 'mlflow.db'}"), contextlib.ExitStack() as restore:
         restore.callback(signal.signal, signal.SIGTERM, saved)
         client = mlflow.MlflowClient()
+        elsewhere = client.create_experiment("elsewhere")
         with pytest.raises(SystemExit):
             with top_level_run(run_name="pipeline") as top:
                 with mlflow.start_run(run_name="done", nested=True):
                     pass
                 # As left by the race: a child (and its own child) never marked terminated.
                 orphan = client.create_run(top.info.experiment_id, tags={"mlflow.parentRunId": top.info.run_id})
-                client.create_run(top.info.experiment_id, tags={"mlflow.parentRunId": orphan.info.run_id})
+                client.create_run(elsewhere, tags={"mlflow.parentRunId": orphan.info.run_id})
                 raise SystemExit(143)
-        runs = client.search_runs([top.info.experiment_id])
+        assert signal.getsignal(signal.SIGTERM) is saved
+        runs = client.search_runs([top.info.experiment_id, elsewhere])
         status = {r.info.run_name if r.info.run_name in ("pipeline", "done") else r.info.run_id: r.info.status
                   for r in runs}
         assert status.pop("pipeline") == "FAILED" and status.pop("done") == "FINISHED"

@@ -99,6 +99,13 @@ def test_batched_spd_solver_matches_lapack(n):
     rhs = b.T.contiguous()
     assert als.solve_spd(batch_last.clone(), rhs, overwrite=True) is rhs
     assert torch.allclose(rhs.T, torch.linalg.solve(a, b), atol=1e-8)
+    # A system that is not positive definite gives NaN (training then stops with an error),
+    # never a finite wrong answer; the others are unaffected.
+    indefinite = batch_last.clone()
+    indefinite[1, 1, 0] = -1e3
+    x = als.solve_spd(indefinite, b.T.contiguous()).T
+    assert torch.isnan(x[0]).all()
+    assert torch.allclose(x[1:], torch.linalg.solve(a, b)[1:], atol=1e-8)
 
 
 def test_als_sweep_ends_in_the_fold_in_solution(trained_small, small_split):
