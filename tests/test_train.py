@@ -81,18 +81,24 @@ def test_recovers_planted_low_rank_ratings(solver, settings):
     assert err < 0.1 * truth.std()
 
 
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                        reason="needs CUDA")])
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("n", [3, 500])  # a few systems (factorised one by one) and many (eliminated together)
-def test_batched_spd_solver_matches_lapack(n):
+def test_batched_spd_solver_matches_lapack(n, device):
     gen = torch.Generator().manual_seed(0)
     m = torch.randn(n, 10, 10, generator=gen, dtype=torch.float64)
-    a = m @ m.transpose(1, 2) + 0.1 * torch.eye(10, dtype=torch.float64)
-    b = torch.randn(n, 10, generator=gen, dtype=torch.float64)
+    a = (m @ m.transpose(1, 2) + 0.1 * torch.eye(10, dtype=torch.float64)).to(device)
+    b = torch.randn(n, 10, generator=gen, dtype=torch.float64).to(device)
     batch_last = a.permute(1, 2, 0).contiguous()
     x = als.solve_spd(batch_last, b.T.contiguous()).T
     assert torch.allclose(x, torch.linalg.solve(a, b), atol=1e-8)
     # Only the upper triangles are read: junk below the diagonal changes nothing.
     lower = torch.tril(torch.ones(10, 10, dtype=torch.bool), -1)
-    batch_last[lower] = torch.randn(int(lower.sum()), n, generator=gen, dtype=torch.float64) * 1e6
+    junk = torch.randn(int(lower.sum()), n, generator=gen, dtype=torch.float64) * 1e6
+    batch_last[lower.to(device)] = junk.to(device)
     x = als.solve_spd(batch_last, b.T.contiguous()).T
     assert torch.allclose(x, torch.linalg.solve(a, b), atol=1e-8)
     # In place: the right-hand side comes back holding the solution.
@@ -343,4 +349,5 @@ def test_item_step_solves_the_normal_equations_written_out(implicit_weight, conf
     factors, bias, choice_bias = als.solve_items(p.float(), c.float(), b_u.float(), 3.0, csr, config)
     assert torch.allclose(factors.double(), expected[:, :k], atol=1e-4)
     assert torch.allclose(bias.double(), expected[:, k], atol=1e-4)
-    assert torch.allclose(choice_bias.double(), expected[:, k + 1] if implicit else torch.zeros(n_items, dtype=torch.float64), atol=1e-4)
+    expected_choice = expected[:, k + 1] if implicit else torch.zeros(n_items, dtype=torch.float64)
+    assert torch.allclose(choice_bias.double(), expected_choice, atol=1e-4)
