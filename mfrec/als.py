@@ -191,14 +191,21 @@ class Csr:
         """This matrix's view of the scratch buffer (one float per rating)."""
         return self.scratch.take(len(self.cols))
 
+    def row_counts(self) -> torch.Tensor:
+        """Ratings per row."""
+        return self.crow[1:].long() - self.crow[:-1].long()
+
     def plan_blocks(self, row_counts: torch.Tensor | None = None) -> None:
         """Split the rows into blocks of at most ``BLOCK_ROWS`` rows and ``BLOCK_RATINGS``
         ratings (a row with more ratings is a block of its own). ``row_counts`` overrides
         this matrix's own ratings per row: ranks holding shards of one matrix plan with the
         all-reduced counts, so every rank cuts its shard at the same rows."""
-        counts = row_counts if row_counts is not None else self.crow[1:].long() - self.crow[:-1].long()
-        ends = torch.cumsum(counts.cpu().long(), 0)
-        starts, first, n_rows = [], 0, self.shape[0]
+        n_rows = self.shape[0]
+        if row_counts is None and n_rows <= BLOCK_ROWS and len(self.cols) <= BLOCK_RATINGS:
+            self.block_starts = [0, n_rows]  # one block (every fold-in request): nothing to count
+            return
+        ends = torch.cumsum((row_counts if row_counts is not None else self.row_counts()).cpu().long(), 0)
+        starts, first = [], 0
         while first < n_rows:
             before = int(ends[first - 1]) if first else 0
             fits = int(torch.searchsorted(ends, before + BLOCK_RATINGS, right=True))
@@ -206,17 +213,20 @@ class Csr:
             first = min(first + BLOCK_ROWS, max(fits, first + 1))
         self.block_starts = starts + [n_rows]
 
-    def max_block_rows(self) -> int:
+    def _starts(self) -> list:
         if self.block_starts is None:
             self.plan_blocks()
-        return max((b - a for a, b in zip(self.block_starts[:-1], self.block_starts[1:])), default=0)
+        return self.block_starts
+
+    def max_block_rows(self) -> int:
+        starts = self._starts()
+        return max((b - a for a, b in zip(starts[:-1], starts[1:])), default=0)
 
     def blocks(self):
         """(first row, view of the block's rows) pairs sharing this storage; they bound the
         solver's per-row temporaries and the scratch buffer at any scale."""
-        if self.block_starts is None:
-            self.plan_blocks()
-        for first, last in zip(self.block_starts[:-1], self.block_starts[1:]):
+        starts = self._starts()
+        for first, last in zip(starts[:-1], starts[1:]):
             lo, hi = int(self.crow[first]), int(self.crow[last])
             part = object.__new__(Csr)
             part.crow = self.crow[first:last + 1] - lo
@@ -260,18 +270,16 @@ def _upper_positions(D: int, device: torch.device) -> torch.Tensor:
     return i * D + j
 
 
-def _packed_outer_into(out: torch.Tensor, x: torch.Tensor, scale: float = 1.0, add: bool = False) -> None:
-    """Row-wise outer products of ``x`` (N, D), upper triangle only, written (or added, times
-    ``scale``) into ``out`` (N, D(D+1)/2), in place; row a of the triangle is x_a * x[a:]."""
+def _packed_outer_into(out: torch.Tensor, x: torch.Tensor, add_scaled: float | None = None) -> None:
+    """Row-wise outer products of ``x`` (N, D), upper triangle only, written into ``out``
+    (N, D(D+1)/2) in place, or added times ``add_scaled``; row a of the triangle is x_a * x[a:]."""
     D, start = x.shape[1], 0
     for a in range(D):
         block = out[:, start:start + D - a]
-        if add:
-            block.addcmul_(x[:, a:a + 1], x[:, a:], value=scale)
-        else:
+        if add_scaled is None:
             torch.mul(x[:, a:a + 1], x[:, a:], out=block)
-            if scale != 1.0:
-                block.mul_(scale)
+        else:
+            block.addcmul_(x[:, a:a + 1], x[:, a:], value=add_scaled)
         start += D - a
 
 
@@ -354,8 +362,8 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
     per_step = ws.mark()
     for first, part in by_user.blocks():
         ws.rewind(per_step)
-        rows = slice(first, first + part.shape[0])
         m = part.shape[0]
+        rows = slice(first, first + m)
         summed = part.pattern_product(table, out=ws.get(m, width))
         rhs, sq = part.residual_product(float(global_mean), item_bias, f, out=ws.get(m, D))
         if distributed:
@@ -420,7 +428,7 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
     _packed_outer_into(table[:, :kk], p)
     table[:, kk:kk + k] = p
     if implicit:
-        _packed_outer_into(table[:, :kk], c, scale=w1 - w0, add=True)
+        _packed_outer_into(table[:, :kk], c, add_scaled=w1 - w0)
         table[:, kk + k:kk + 2 * k] = c
     table[:, -1] = 1.0
     prior = torch.full((D,), float(config.reg), dtype=dtype, device=device)
@@ -520,8 +528,7 @@ class AlsSolver:
         if distributed:
             # Ranks must cut their shards at the same rows: their block results are all-reduced.
             for csr in (self.by_user, self.by_item):
-                counts = csr.crow[1:].long() - csr.crow[:-1].long()
-                csr.plan_blocks(_reduce(counts)[0])
+                csr.plan_blocks(_reduce(csr.row_counts())[0])
 
     def divergence_advice(self) -> str:
         return f"the least-squares sweeps diverged: try a larger reg (now {self.config.reg})"

@@ -276,11 +276,10 @@ class Recommender:
         their genre taste from :mod:`mfrec.genres`. ``unrated_weight`` and ``genre_weight``
         override the trained ``fold_in_unrated_weight`` and ``fold_in_genre_weight``.
         """
-        if "catalogue" not in self._cache:
-            with torch.no_grad():
-                self._cache["catalogue"] = als.catalogue_terms(self.model.item_factors, self.model.item_logit_bias)
+        catalogue = self._cached("catalogue", lambda: als.catalogue_terms(self.model.item_factors,
+                                                                           self.model.item_logit_bias))
         folded = scoring.fold_in(self.model, customers, item_rows, ratings, n_customers,
-                                 self.fold_in_config(unrated_weight), self._cache["catalogue"])
+                                 self.fold_in_config(unrated_weight), catalogue)
         weight = self._trained("fold_in_genre_weight") if genre_weight is None else float(genre_weight)
         if weight > 0:
             counts, total = genres.votes(self._genres()[0], customers, item_rows, ratings, n_customers,
@@ -311,12 +310,17 @@ class Recommender:
         """A training setting from the model's meta; this version's default if it predates it."""
         return float(self.meta.get("train_config", {}).get(name, getattr(_DEFAULTS, name)))
 
+    def _cached(self, key, make):
+        """``make()``, computed once per key (until ``rating_weight`` changes), without autograd."""
+        if key not in self._cache:
+            with torch.no_grad():
+                self._cache[key] = make()
+        return self._cache[key]
+
     def _genres(self) -> tuple[np.ndarray, np.ndarray]:
         """Item x genre matrix and everyone's genre rates, built once."""
-        if "genres" not in self._cache:
-            _, matrix = genres.genre_matrix(self.column("genres"))
-            self._cache["genres"] = (matrix, genres.base_rates(self.genre_votes, self.vote_total))
-        return self._cache["genres"]
+        return self._cached("genres", lambda: (genres.genre_matrix(self.column("genres"))[1],
+                                               genres.base_rates(self.genre_votes, self.vote_total)))
 
     def _weighted_taste(self, counts: np.ndarray, total: np.ndarray, weight: float) -> torch.Tensor:
         """Genre taste of users with these votes, times ``weight`` (the trained prior)."""
@@ -325,11 +329,11 @@ class Recommender:
 
     def _ranking_table(self, with_genres: bool) -> torch.Tensor:
         """:func:`scoring.ranking_table` of this model, built once (with or without genres)."""
-        key = ("table", with_genres)
-        if key not in self._cache:
+        def make():
             item_genres = torch.from_numpy(self._genres()[0]) if with_genres else None
-            self._cache[key] = scoring.ranking_table(self.model, self.rating_weight, item_genres)
-        return self._cache[key]
+            return scoring.ranking_table(self.model, self.rating_weight, item_genres)
+
+        return self._cached(("table", with_genres), make)
 
     def _taste_on(self) -> bool:
         """Whether known users' genre taste counts (``genre_weight`` > 0)."""
@@ -338,13 +342,13 @@ class Recommender:
     def _known_rows(self) -> torch.Tensor:
         """:func:`scoring.ranking_rows` of every known user, with their genre taste times
         ``genre_weight`` (none at weight 0); built once per setting."""
-        key = ("rows", self._trained("genre_weight"), self._trained("genre_prior"))
-        if key not in self._cache:
-            weight = key[1]
+        weight = self._trained("genre_weight")
+
+        def make():
             taste = self._weighted_taste(self.genre_votes, self.vote_total, weight) if weight > 0 else None
-            users = torch.arange(len(self.user_index))
-            self._cache[key] = scoring.ranking_rows(self.model, users, self.rating_weight, None, taste)
-        return self._cache[key]
+            return scoring.ranking_rows(self.model, torch.arange(len(self.user_index)), self.rating_weight, None, taste)
+
+        return self._cached(("rows", weight, self._trained("genre_prior")), make)
 
     def column(self, name: str) -> np.ndarray:
         """``items[name]`` as a numpy array, converted once: string columns read from parquet
