@@ -68,21 +68,30 @@ def top_level_run(**kwargs):
         # The run is failing already: finish its bookkeeping, briefly and uninterrupted (a
         # tracking server that is down gets one short try, not MLflow's minutes of retries).
         previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        saved = {key: os.environ.get(key) for key in _QUICK_HTTP}
-        os.environ.update(_QUICK_HTTP)
         try:
-            _fail_running_tree(root)
+            with restored_environ(_QUICK_HTTP):
+                os.environ.update(_QUICK_HTTP)
+                _fail_running_tree(root)
         finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
             signal.signal(signal.SIGTERM, previous)
         raise
 
 
 _QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+@contextlib.contextmanager
+def restored_environ(keys):
+    """Put environment variables ``keys`` back as they were (set or unset) after the block."""
+    saved = {key: os.environ.get(key) for key in keys}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _fail_running_tree(root: str) -> None:

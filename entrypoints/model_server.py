@@ -112,21 +112,18 @@ def mlflow_uris(uri: str):
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    from entrypoints.common import restored_environ
+
     saved_tracking = getattr(tracking_utils, "_tracking_uri", None)
     saved_registry = getattr(registry_utils, "_registry_uri", None)
-    try:
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-        yield
-    finally:
-        tracking_utils._tracking_uri = saved_tracking
-        registry_utils._registry_uri = saved_registry
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with restored_environ(("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")):
+        try:
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+            yield
+        finally:
+            tracking_utils._tracking_uri = saved_tracking
+            registry_utils._registry_uri = saved_registry
 
 
 def register_recommender(rec, root: Path, name: str = MODEL_NAME, clusters: bool = True,
