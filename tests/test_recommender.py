@@ -7,7 +7,8 @@ import pytest
 from mfrec.errors import DataError
 from mfrec.evaluate import fold_in_ndcg
 from mfrec.metrics import ranking_metrics, relevant_sets
-from mfrec.recommender import Recommender
+from mfrec import recommender as recommender_module
+from mfrec.recommender import LIST_LENGTH, Recommender
 
 PIXAR = [1, 2355, 3114, 4886, 6377]  # Toy Story, A Bug's Life, Toy Story 2, Monsters Inc., Finding Nemo
 
@@ -25,6 +26,37 @@ def test_recommend_excludes_seen_and_is_batched(trained_small, small_split):
         assert not seen & set(out.loc[out.userId == user, "movieId"])
     with_seen = rec.recommend([1], k=50, exclude_seen=False)
     assert set(with_seen["movieId"]) & set(train.loc[train.userId == 1, "movieId"])
+
+
+def test_known_users_lists_are_the_ranking_computed_on_request(trained_small, monkeypatch):
+    """Known users' lists, ranked once for everyone, answer exactly what ranking on request
+    answers (both exclude_seen settings, k up to the list length); a longer k, or a model
+    over the size limit, ranks on request."""
+    rec = trained_small.recommender
+    rows = np.arange(len(rec.user_index))
+    computed = []
+    real_rank = rec._rank
+    monkeypatch.setattr(rec, "_rank", lambda *a, **kw: computed.append(a[1]) or real_rank(*a, **kw))
+    for exclude_seen in (True, False):
+        lists = rec.known_lists(exclude_seen)
+        assert lists is not None and lists[0].shape == (len(rows), LIST_LENGTH)
+        for k in (1, 10, LIST_LENGTH, LIST_LENGTH + 5):
+            computed.clear()
+            idx, val = rec.top_items(rows, k, exclude_seen)
+            assert computed == ([k] if k > LIST_LENGTH else [])  # the lists answered up to their length
+            ref_idx, ref_val = real_rank(rows, k, exclude_seen)
+            assert idx.shape == ref_idx.shape == (len(rows), k)
+            np.testing.assert_array_equal(val, ref_val)
+            # Items may swap places only where their scores tie exactly.
+            tied = (ref_val[:, :, None] == ref_val[:, None, :]).sum(2) > 1
+            assert ((idx == ref_idx) | tied).all()
+    seen = set(rec.seen_indices[rec.seen_indptr[0]:rec.seen_indptr[1]])
+    assert not seen & set(rec.top_items(rows[:1], 50, True)[0][0]) and seen & set(rec.top_items(rows[:1], 100, False)[0][0])
+    monkeypatch.setattr(recommender_module, "LIST_SCORES", len(rows) * len(rec.item_index) - 1)
+    assert rec.known_lists(True) is None
+    computed.clear()
+    rec.top_items(rows[:3], 10)
+    assert computed == [10]
 
 
 def test_unknown_user_gets_popular(trained_small):
