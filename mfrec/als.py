@@ -415,13 +415,12 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
     w0, w1 = _weights(config)
     implicit = w0 > 0
     D = k + 2 if implicit else k + 1  # without the choice loss there is no choice bias to fit
-    P = D * (D + 1) // 2
     kk = k * (k + 1) // 2
     width = kk + (2 * k if implicit else k) + 1  # table columns: factor block, p, [c,] one
     source, scale = _item_layout(k, implicit, w1 - w0, device)
     ws = by_item.scratch
     block = by_item.max_block_rows()
-    ws.rewind(reserve=len(p) * (k + 1 + width) + block * (width + k + 1 + 2 * P + D * D + D))
+    ws.rewind(reserve=len(p) * (k + 1 + width) + block * (2 * width + k + 1 + D * D + D))
     f = ws.get(len(p), k + 1)  # (p, 1): the rating features without their zero
     f[:, :k], f[:, k] = p, 1.0
     table = ws.get(len(p), width)
@@ -441,7 +440,7 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
         constant[:k, k + 1] += w0 * choice_sum
         constant[k + 1, :k] += w0 * choice_sum
         constant[k + 1, k + 1] += w0 * len(c)
-    constant_packed = _packed(constant)
+    constant = constant.view(D * D, 1)
     if out is None:
         out = (torch.empty(n, k, dtype=dtype, device=device), torch.empty(n, dtype=dtype, device=device),
                torch.empty(n, dtype=dtype, device=device))
@@ -456,16 +455,21 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
         rhs, _ = part.residual_product(float(global_mean), user_bias, f, out=ws.get(m, k + 1))
         if distributed:
             _reduce(summed, rhs)
-        gathered = torch.index_select(summed, 1, source, out=ws.get(m, P))
-        packed_t = ws.get(P, m)
-        torch.addcmul(constant_packed, gathered.T, scale, out=packed_t)
-        A = ws.get(D, D, m).zero_()
-        _unpack_into(A, packed_t)
+        # The sums transposed once (batch last, as solve_spd wants): every entry of every
+        # system is then a gather of whole contiguous rows, scaled, plus the constant.
+        # (Gathering and scaling the row-major sums through a transposed view cost twice
+        # as much: 0.74 against 0.51 ms for ml-latest-small's 9k items.)
+        sums = ws.get(width, m)
+        sums.copy_(summed.T)
+        A = ws.get(D, D, m)
+        entries = A.view(D * D, m)
+        torch.index_select(sums, 0, source, out=entries)
+        entries.mul_(scale).add_(constant)
         x = ws.get(D, m)
         x[:k + 1] = rhs.T  # rating part: (sum r~ p, sum r~, 0)
         if implicit:  # choice part: w1 * sum of g = (w1 sum c, 0, w1 count)
-            x[:k].add_(summed[:, kk + k:kk + 2 * k].T, alpha=w1)
-            torch.mul(summed[:, -1], w1, out=x[k + 1])
+            x[:k].add_(sums[kk + k:kk + 2 * k], alpha=w1)
+            torch.mul(sums[-1], w1, out=x[k + 1])
         solve_spd(A, x, overwrite=True)
         rows = slice(first, first + m)
         factors[rows], bias[rows] = x[:k].T, x[k]
@@ -476,10 +480,10 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
 
 @functools.lru_cache(maxsize=None)
 def _item_layout(k: int, implicit: bool, choice_scale: float, device: torch.device) -> tuple:
-    """Where each packed upper entry of an item's system (row-major, as :func:`_unpack_into`
-    reads) comes from in the item step's table sums, and its factor: ``(source columns (P,),
-    scales (P, 1))``. Table columns: packed p p^T + s c c^T (kk), p (k), c (k, implicit only),
-    one; ``s = choice_scale = w1 - w0``."""
+    """Where each entry of an item's D x D system (row-major; entry (b, a) mirrors (a, b))
+    comes from in the item step's table sums, and its factor: ``(source columns (D * D,),
+    scales (D * D, 1))``. Table columns: packed p p^T + s c c^T (kk), p (k), c (k, implicit
+    only), one; ``s = choice_scale = w1 - w0``."""
     kk = k * (k + 1) // 2
     one = kk + (2 * k if implicit else k)
     D = k + 2 if implicit else k + 1
@@ -498,8 +502,13 @@ def _item_layout(k: int, implicit: bool, choice_scale: float, device: torch.devi
                 entry = (one, 0.0 if a == k else choice_scale)  # (k, k+1) is 0; (k+1, k+1): s * count
             source.append(entry[0])
             scale.append(entry[1])
-    return (torch.tensor(source, dtype=torch.long, device=device),
-            torch.tensor(scale, dtype=torch.float32, device=device)[:, None])
+    # Packed (upper, row-major) order -> every entry of the D x D matrix.
+    rows, cols = torch.triu_indices(D, D)
+    position = torch.zeros(D, D, dtype=torch.long)
+    position[rows, cols] = torch.arange(len(source))
+    full = torch.maximum(position, position.T).flatten()
+    return (torch.tensor(source, dtype=torch.long)[full].to(device),
+            torch.tensor(scale, dtype=torch.float32)[full].to(device)[:, None])
 
 
 # Rows solved together: large enough to keep the vectorised solves efficient (25M ratings:
