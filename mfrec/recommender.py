@@ -159,11 +159,11 @@ class Recommender:
         Known users' lists of up to ``LIST_LENGTH`` come from :meth:`known_lists` when the
         model is small enough to rank everyone at once (the same ranking, done ahead).
         """
-        if folded is None and extra_seen is None:
+        if folded is None and extra_seen is None and k >= 0:
             lists = self.known_lists(exclude_seen)
             if lists is not None and min(k, len(self.item_index)) <= lists[0].shape[1]:
-                k = min(k, len(self.item_index))
-                return lists[0][user_rows, :k], lists[1][user_rows, :k]
+                k, rows = min(k, len(self.item_index)), np.asarray(user_rows, dtype=np.int64)
+                return lists[0][rows, :k], lists[1][rows, :k]
         return self._rank(user_rows, k, exclude_seen, folded, extra_seen)
 
     def known_lists(self, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
@@ -172,9 +172,13 @@ class Recommender:
         n_users, n_items = len(self.user_index), len(self.item_index)
         if n_users * n_items > LIST_SCORES:
             return None
-        weight = self._trained("genre_weight")
-        return self._cached(("lists", exclude_seen, weight, self._trained("genre_prior")),
-                            lambda: self._rank(np.arange(n_users), LIST_LENGTH, exclude_seen))
+        def make():
+            lists = self._rank(np.arange(n_users), LIST_LENGTH, exclude_seen)
+            for array in lists:
+                array.flags.writeable = False  # shared by every request
+            return lists
+
+        return self._cached(("lists", exclude_seen, self._trained("genre_weight"), self._trained("genre_prior")), make)
 
     def _rank(self, user_rows: np.ndarray, k: int, exclude_seen: bool, folded: scoring.FoldedUsers | None = None,
               extra_seen: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
