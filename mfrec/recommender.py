@@ -27,13 +27,16 @@ FORMAT_VERSION = 3  # 2: users have a separate choice vector; 3: users' genre vo
 _FILES = ("weights.pt", "meta.json", "items.parquet", "users.npz")
 # Users ranked per matrix product: bounds memory at CHUNK x n_items floats.
 CHUNK = 1024
-# Known users' top-LIST_LENGTH lists are ranked once, for every user at a time, when the model
-# has at most LIST_SCORES user x item scores (ml-latest-small: 5.5M, ml-1m: 22M; ml-25m's 10G
-# would take minutes and GBs): a request then slices its list instead of running a dozen torch
-# operations, which a serving process that just ran MLflow's request handling finds cold in
-# the caches (measured: 150 us of a ~1 ms request; the lookup takes ~5 us).
+# Known users' top-LIST_LENGTH films, and every film's LIST_LENGTH most similar ones, are
+# ranked once, all rows at a time, when that ranking has at most LIST_SCORES scores and its
+# lists at most LIST_ENTRIES entries (12 bytes each): ml-latest-small (5.5M user x film and
+# 95M film x film scores) and ml-1m qualify, ml-25m (10G) does not. A request then slices
+# its list instead of running a handful of torch operations, which a serving process that
+# just ran MLflow's request handling finds cold in the caches (measured: 150 us of a ~1 ms
+# `recommend` request; the slice takes ~5 us).
 LIST_LENGTH = 100
-LIST_SCORES = 50_000_000
+LIST_SCORES = 100_000_000
+LIST_ENTRIES = 10_000_000
 _DEFAULTS = TrainConfig()
 
 
@@ -168,17 +171,42 @@ class Recommender:
 
     def known_lists(self, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
         """Every known user's top ``LIST_LENGTH`` (item indices, scores), ranked once per
-        setting; None when the model has more than ``LIST_SCORES`` user x item scores."""
-        n_users, n_items = len(self.user_index), len(self.item_index)
-        if n_users * n_items > LIST_SCORES:
+        setting; None when the model is too large (``LIST_SCORES``, ``LIST_ENTRIES``)."""
+        key = ("lists", exclude_seen, self._trained("genre_weight"), self._trained("genre_prior"))
+        n_users = len(self.user_index)
+        return self._lists(key, n_users, lambda: self._rank(np.arange(n_users), LIST_LENGTH, exclude_seen))
+
+    def similar_lists(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Every item's ``LIST_LENGTH`` most similar items (indices, cosine), found once; None
+        when the catalogue is too large (``LIST_SCORES``, ``LIST_ENTRIES``)."""
+        n_items = len(self.item_index)
+        return self._lists("similar_lists", n_items, lambda: self._similar(np.arange(n_items), LIST_LENGTH))
+
+    def _lists(self, key, n_rows: int, make):
+        """``make()``'s (indices, scores), built once and read-only, if ranking ``n_rows`` rows
+        against the catalogue is small enough to do ahead."""
+        n_items = len(self.item_index)
+        if n_rows * n_items > LIST_SCORES or n_rows * min(LIST_LENGTH, n_items) > LIST_ENTRIES:
             return None
-        def make():
-            lists = self._rank(np.arange(n_users), LIST_LENGTH, exclude_seen)
+
+        def build():
+            lists = make()
             for array in lists:
                 array.flags.writeable = False  # shared by every request
             return lists
 
-        return self._cached(("lists", exclude_seen, self._trained("genre_weight"), self._trained("genre_prior")), make)
+        return self._cached(key, build)
+
+    def _similar(self, item_rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`scoring.similar_items` of ``item_rows``, ``CHUNK`` items per matrix product."""
+        k = min(k, len(self.item_index) - 1)
+        unit = self._cached("unit", lambda: scoring.unit_factors(self.model))
+        parts = [scoring.similar_items(unit, torch.as_tensor(item_rows[start:start + CHUNK]), k)
+                 for start in range(0, len(item_rows), CHUNK)]
+        if not parts:
+            return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+        return (np.concatenate([indices.numpy() for _, indices in parts]),
+                np.concatenate([values.numpy() for values, _ in parts]))
 
     def _rank(self, user_rows: np.ndarray, k: int, exclude_seen: bool, folded: scoring.FoldedUsers | None = None,
               extra_seen: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -267,8 +295,12 @@ class Recommender:
         known = rows >= 0
         if not known.any():
             return _empty(SIMILAR_COLUMNS)
-        values, indices = scoring.similar_items(self.model, torch.as_tensor(rows[known]), min(k, len(self.item_index) - 1))
-        idx, val = indices.numpy(), values.numpy()
+        lists, rows = self.similar_lists(), rows[known]
+        if lists is not None and min(k, len(self.item_index) - 1) <= lists[0].shape[1]:
+            kk = min(k, len(self.item_index) - 1)
+            idx, val = lists[0][rows, :kk], lists[1][rows, :kk]
+        else:
+            idx, val = self._similar(rows, k)
         n, kk = idx.shape
         flat = idx.ravel()
         out = {

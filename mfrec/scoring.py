@@ -100,9 +100,15 @@ def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def similar_items(model, items: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine-nearest items to each of ``items`` (the item itself excluded)."""
-    unit = torch.nn.functional.normalize(model.item_factors, dim=1)
+def unit_factors(model) -> torch.Tensor:
+    """The item factors scaled to unit length: what :func:`similar_items` compares."""
+    return torch.nn.functional.normalize(model.item_factors, dim=1)
+
+
+@torch.no_grad()
+def similar_items(unit: torch.Tensor, items: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine-nearest items to each of ``items`` (the item itself excluded), given
+    :func:`unit_factors`."""
     sims = unit[items] @ unit.T
     sims[torch.arange(len(items)), items] = -torch.inf
     return top_k(sims, k)

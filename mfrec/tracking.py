@@ -55,7 +55,8 @@ class MfrecPyfunc(mlflow.pyfunc.PythonModel):
         # benchmark moved within its noise with this: 125 -> 133 req/s.)
         torch.set_num_threads(1)
         self.rec = Recommender.load(context.artifacts["recommender"])
-        self.rec.known_lists(exclude_seen=True)  # ranked now, not in the first request
+        self.rec.known_lists(exclude_seen=True)  # ranked now, not in the first requests
+        self.rec.similar_lists()
         # Move everything loaded so far (MLflow, pandas, torch, the model: ~500k objects) out
         # of the cyclic garbage collector's reach: its full collections otherwise walk them
         # all, a ~10 ms stall every few thousand requests. (Process-wide: cycles among those

@@ -40,16 +40,13 @@ def test_known_users_lists_are_the_ranking_computed_on_request(trained_small, mo
     for exclude_seen in (True, False):
         lists = rec.known_lists(exclude_seen)
         assert lists is not None and lists[0].shape == (len(rows), LIST_LENGTH)
-        for k in (1, 10, LIST_LENGTH, LIST_LENGTH + 5):
+        for k in (1, 10, LIST_LENGTH, LIST_LENGTH + 1):
             computed.clear()
             idx, val = rec.top_items(rows, k, exclude_seen)
             assert computed == ([k] if k > LIST_LENGTH else [])  # the lists answered up to their length
             ref_idx, ref_val = real_rank(rows, k, exclude_seen)
-            assert idx.shape == ref_idx.shape == (len(rows), k)
-            np.testing.assert_array_equal(val, ref_val)
-            # Items may swap places only where their scores tie exactly.
-            tied = (ref_val[:, :, None] == ref_val[:, None, :]).sum(2) > 1
-            assert ((idx == ref_idx) | tied).all()
+            assert idx.shape == (len(rows), k)
+            _same_ranking(idx, val, ref_idx, ref_val)
     seen = set(rec.seen_indices[rec.seen_indptr[0]:rec.seen_indptr[1]])
     assert not seen & set(rec.top_items(rows[:1], 50, True)[0][0]) and seen & set(rec.top_items(rows[:1], 100, False)[0][0])
     monkeypatch.setattr(recommender_module, "LIST_SCORES", len(rows) * len(rec.item_index) - 1)
@@ -57,6 +54,47 @@ def test_known_users_lists_are_the_ranking_computed_on_request(trained_small, mo
     computed.clear()
     rec.top_items(rows[:3], 10)
     assert computed == [10]
+    monkeypatch.undo()
+    monkeypatch.setattr(recommender_module, "LIST_ENTRIES", len(rows) * LIST_LENGTH - 1)
+    assert rec.known_lists(False) is None
+
+
+def _same_ranking(idx, val, ref_idx, ref_val):
+    """Equal scores; items may swap places only where their scores tie exactly."""
+    assert idx.shape == ref_idx.shape
+    np.testing.assert_array_equal(val, ref_val)
+    tied = (ref_val[:, :, None] == ref_val[:, None, :]).sum(2) > 1
+    assert ((idx == ref_idx) | tied).all()
+
+
+def test_similar_lists_are_the_similarity_computed_on_request(trained_small, monkeypatch):
+    """Every film's most similar films, found once, are what comparing on request finds;
+    a longer k, or a catalogue over the size limit, compares on request."""
+    rec = trained_small.recommender
+    lists = rec.similar_lists()
+    n_items = len(rec.item_index)
+    assert lists is not None and lists[0].shape == (n_items, LIST_LENGTH) and not lists[0].flags.writeable
+    rows = np.arange(0, n_items, 7)
+    ref_idx, ref_val = rec._similar(rows, LIST_LENGTH)
+    _same_ranking(lists[0][rows], lists[1][rows], ref_idx, ref_val)
+    assert not (lists[0] == np.arange(n_items)[:, None]).any()  # a film is never its own neighbour
+    computed = []
+    real_similar = rec._similar
+    monkeypatch.setattr(rec, "_similar", lambda rows, k: computed.append(k) or real_similar(rows, k))
+    ids = rec.item_index.ids[rows[:5]]
+    for k in (5, LIST_LENGTH, LIST_LENGTH + 1):
+        computed.clear()
+        out = rec.similar(ids, k=k)
+        assert computed == ([k] if k > LIST_LENGTH else [])
+        assert (out.groupby("movieId").size() == k).all()
+        top = real_similar(rows[:5], k)
+        got = out["similar_movieId"].to_numpy().reshape(5, k)
+        _same_ranking(rec.item_index.index(got), out["score"].to_numpy().reshape(5, k).astype(np.float32), *top)
+    monkeypatch.setattr(recommender_module, "LIST_SCORES", n_items * n_items - 1)
+    assert rec.similar_lists() is None
+    computed.clear()
+    rec.similar(ids[:1], k=3)
+    assert computed == [3]
 
 
 def test_unknown_user_gets_popular(trained_small):
