@@ -268,11 +268,12 @@ class Recommender:
     def predict_columns(self, user_ids, movie_ids) -> dict:
         u = self.user_index.index(user_ids)
         i = self.item_index.index(movie_ids)
-        pred = scoring.predict_indices(self.model, torch.as_tensor(u), torch.as_tensor(i), self.rating_range)
+        tables = self._cached("prediction", lambda: tuple(t.numpy() for t in scoring.prediction_tables(self.model)))
+        pred = scoring.predict_indices(self.model, u, i, self.rating_range, tables)
         return {
             "userId": np.asarray(user_ids, dtype=np.int64),
             "movieId": np.asarray(movie_ids, dtype=np.int64),
-            "prediction": pred.numpy().astype(np.float64),
+            "prediction": pred.astype(np.float64),
             "known": (u >= 0) & (i >= 0),
         }
 

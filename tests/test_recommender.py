@@ -110,6 +110,20 @@ def test_predict_marks_unknown_and_clips(trained_small):
     assert out["prediction"].between(0.5, 5.0).all()
 
 
+def test_predictions_are_mean_biases_and_dot_product_by_hand(trained_small):
+    """A known pair gets mean + both biases + the dot product; an unknown side drops its
+    bias and the dot product (served predictions go through precomputed tables)."""
+    rec = trained_small.recommender
+    m = rec.model
+    user, item = rec.user_index.ids[3], rec.item_index.ids[5]
+    out = rec.predict([user, user, 10**9, 10**9], [item, 10**9, item, 10**9])
+    mu, bu, bi = float(m.global_mean), float(m.user_bias[3]), float(m.item_bias[5])
+    dot = float(m.user_factors[3] @ m.item_factors[5])
+    expected = np.clip([mu + bu + bi + dot, mu + bu, mu + bi, mu], *rec.rating_range)
+    np.testing.assert_allclose(out["prediction"], expected, rtol=0, atol=1e-5)
+    assert out["known"].tolist() == [True, False, False, False]
+
+
 def test_similar_excludes_itself_and_finds_the_sequel(trained_small):
     out = trained_small.recommender.similar([1, 10**9], k=20)  # Toy Story; unknown id is skipped
     assert set(out["movieId"]) == {1}
