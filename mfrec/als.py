@@ -90,9 +90,11 @@ class Scratch:
 
     Reuse matters on CPU: torch's allocator hands large blocks back to the OS, so a fresh
     temporary of a few MB costs a page fault per 4 kB page on first touch (measured: about
-    a tenth of a sweep on ml-latest-small). Two parts:
+    a tenth of a sweep on ml-latest-small). Three parts:
 
     - ``take(n)``: the ``values`` of a sparse product, one float per rating of a block;
+    - ``widen(block)``: a compact block's two-byte column indices as the products need them
+      (see :class:`Csr`), converted once per block;
     - ``get(*shape)``: a step's temporaries, handed out in order from one arena;
       ``rewind(mark)`` takes back everything handed out since ``mark`` (``mark()``), so every
       block reuses the same memory, and ``rewind()`` at the start of a step everything.
@@ -110,12 +112,25 @@ class Scratch:
         self.arena = torch.empty(0, dtype=torch.float32, device=device)
         self.used = 0
         self.needed = 0
+        self.index = None  # widened column indices
+        self.index_owner = None  # the block they belong to (held, so identity stays unique)
 
     def take(self, n: int) -> torch.Tensor:
         if len(self.values) < n:
             self.values = torch.empty(0, dtype=torch.float32, device=self.device)  # free the old one first
             self.values = torch.empty(n, dtype=torch.float32, device=self.device)
         return self.values[:n]
+
+    def widen(self, block: "Csr") -> torch.Tensor:
+        n, dtype = len(block.cols), block.crow.dtype
+        if self.index_owner is not block:
+            self.index_owner = None
+            if self.index is None or len(self.index) < n or self.index.dtype != dtype:
+                self.index = None  # free the old one first
+                self.index = torch.empty(n, dtype=dtype, device=self.device)
+            self.index[:n].copy_(block.cols)
+            self.index_owner = block
+        return self.index[:n]
 
     def get(self, *shape: int) -> torch.Tensor:
         numel = 1
@@ -146,8 +161,10 @@ class Csr:
     """Ratings as compressed sparse rows (rows = one side, columns = the other).
 
     Built for 25M+ ratings on a small machine: a chunked counting sort (no n-sized int64
-    permutation), int32 column indices when they fit, half-star ratings stored as one-byte
-    codes, and products taken block by block (at most ``BLOCK_ROWS`` rows and, beyond one
+    permutation), int32 column indices when they fit (two-byte ones on a CPU when there are
+    at most 65,536 columns and more than one block of ratings: ml-25m's users x films
+    matrix keeps 50 MB less; each block is widened to int32 in scratch when multiplied),
+    half-star ratings stored as one-byte codes, and products taken block by block (at most ``BLOCK_ROWS`` rows and, beyond one
     row, ``BLOCK_RATINGS`` ratings each) through one float32 ``values`` scratch buffer the
     size of the largest block, refilled (ones, residuals) instead of allocated per product;
     two matrices over the same ratings can share it.
@@ -161,6 +178,9 @@ class Csr:
                  scratch: "Scratch | None" = None):
         n, device = len(ratings), ratings.device
         index_dtype = torch.int32 if max(n, n_rows, n_cols) < 2**31 else torch.long
+        # uint16 has no index_put: the chunked build writes through an int16 view (same bits).
+        compact = device.type == "cpu" and n_cols <= 2**16 and n > BLOCK_RATINGS
+        col_dtype, write_dtype = (torch.uint16, torch.int16) if compact else (index_dtype, index_dtype)
         counts = torch.bincount(rows, minlength=n_rows)
         self.crow = torch.zeros(n_rows + 1, dtype=torch.long, device=device)
         torch.cumsum(counts, 0, out=self.crow[1:])
@@ -170,10 +190,11 @@ class Csr:
             # One chunk: its stable sort order is the CSR order (the merge below would
             # compute dest = arange(n)).
             order = torch.argsort(rows.to(torch.long), stable=True)
-            self.cols = cols[order].to(index_dtype)
+            self.cols = cols[order].to(col_dtype)
             self.ratings = (ratings[order] / self.scale).to(code_dtype)
         else:
-            self.cols = torch.empty(n, dtype=index_dtype, device=device)
+            self.cols = torch.empty(n, dtype=col_dtype, device=device)
+            cols_out = self.cols.view(write_dtype)
             self.ratings = torch.empty(n, dtype=code_dtype, device=device)
             fill = self.crow[:-1].clone()  # next free slot of each row
             for start in range(0, n, self.CHUNK):
@@ -182,7 +203,7 @@ class Csr:
                 sorted_rows = chunk_rows[order]
                 rank = torch.arange(len(order), device=device) - torch.searchsorted(sorted_rows, sorted_rows)
                 dest = fill[sorted_rows] + rank
-                self.cols[dest] = cols[start:start + self.CHUNK][order].to(index_dtype)
+                cols_out[dest] = cols[start:start + self.CHUNK][order].to(col_dtype).view(write_dtype)
                 self.ratings[dest] = (ratings[start:start + self.CHUNK][order] / self.scale).to(code_dtype)
                 fill += torch.bincount(chunk_rows, minlength=n_rows)
         self.crow = self.crow.to(index_dtype)
@@ -238,9 +259,13 @@ class Csr:
             part.scale, part.shape = self.scale, (last - first, self.shape[1])
             yield first, part
 
+    def index_cols(self) -> torch.Tensor:
+        """Column indices in the products' dtype (the crow's): compact ones widened in scratch."""
+        return self.scratch.widen(self) if self.cols.dtype == torch.uint16 else self.cols
+
     def matrix(self) -> torch.Tensor:
         """The sparse matrix over the current contents of ``values``."""
-        return torch.sparse_csr_tensor(self.crow, self.cols, self.values, self.shape, check_invariants=False)
+        return torch.sparse_csr_tensor(self.crow, self.index_cols(), self.values, self.shape, check_invariants=False)
 
     def pattern_product(self, table: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Per row, the sum of ``table`` rows over that row's rated columns (into ``out``)."""
@@ -251,7 +276,7 @@ class Csr:
                          out: torch.Tensor | None = None) -> tuple:
         """(per row: sum of ``(r - offset - col_bias[col]) * table[col]``, total squared residual)."""
         values = self.values
-        torch.index_select(col_bias, 0, self.cols, out=values)
+        torch.index_select(col_bias, 0, self.index_cols(), out=values)
         values.neg_().add_(self.ratings, alpha=self.scale).sub_(offset)
         product = torch.mm(self.matrix(), table, out=out) if out is not None else self.matrix() @ table
         return product, torch.dot(values, values)

@@ -242,6 +242,14 @@ def test_sparse_ratings_match_a_dense_reference(half_stars, chunk, monkeypatch):
     assert torch.allclose(torch.cat([part.pattern_product(table) for _, part in parts]), dense_count @ table,
                           atol=1e-5)
     assert len(csr.scratch.values) == max(n for _, n in sizes)  # not one float per rating
+    # More ratings than one block and at most 65,536 columns: two-byte column indices, widened
+    # per block for the products (pattern and residual interleaved across blocks).
+    assert csr.cols.dtype == torch.uint16 and torch.equal(csr.cols.long(), cols[order].long())
+    for first, part in parts:
+        rows_here = slice(first, first + part.shape[0])
+        assert torch.allclose(part.pattern_product(table), (dense_count @ table)[rows_here], atol=1e-5)
+        assert torch.allclose(part.residual_product(1.0, col_bias, table)[0], (resid @ table)[rows_here], atol=1e-5)
+    assert als.Csr(rows, cols, ratings, 6, 2**16 + 1).cols.dtype == torch.int32  # too many columns
 
 
 def test_fold_in_unrated_weight_is_checked():
