@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+import weakref
 
 import torch
 
@@ -69,7 +70,7 @@ def solve_spd(A: torch.Tensor, b: torch.Tensor, overwrite: bool = False) -> torc
     # reduction over all pivots settles the usual case (a per-system mask and masked
     # write cost ~100 us per sweep on ml-latest-small); a NaN pivot propagates by itself.
     pivots = torch.diagonal(A)
-    indefinite = (pivots <= 0).any(1) if float(pivots.amin()) <= 0 else None
+    indefinite = (pivots <= 0).any(1) if not float(pivots.amin()) > 0 else None
     # Back substitution a column at a time: two operations per pivot.
     for j in range(D - 1, 0, -1):
         b[j].div_(A[j, j])
@@ -113,7 +114,9 @@ class Scratch:
         self.used = 0
         self.needed = 0
         self.index = None  # widened column indices
-        self.index_owner = None  # the block they belong to (held, so identity stays unique)
+        # The block they belong to, weakly: a strong reference would be a cycle (blocks hold
+        # their scratch) keeping a finished fit's buffers alive until the next collection.
+        self.index_owner = None
 
     def take(self, n: int) -> torch.Tensor:
         if len(self.values) < n:
@@ -123,13 +126,13 @@ class Scratch:
 
     def widen(self, block: "Csr") -> torch.Tensor:
         n, dtype = len(block.cols), block.crow.dtype
-        if self.index_owner is not block:
+        if self.index_owner is None or self.index_owner() is not block:
             self.index_owner = None
             if self.index is None or len(self.index) < n or self.index.dtype != dtype:
                 self.index = None  # free the old one first
                 self.index = torch.empty(n, dtype=dtype, device=self.device)
             self.index[:n].copy_(block.cols)
-            self.index_owner = block
+            self.index_owner = weakref.ref(block)
         return self.index[:n]
 
     def get(self, *shape: int) -> torch.Tensor:

@@ -78,7 +78,8 @@ class Recommender:
     @rating_weight.setter
     def rating_weight(self, value: float) -> None:
         self._rating_weight = float(value)
-        self._cache.clear()  # the ranking table and users' rows bake the weight in
+        # The ranking table, users' rows and lists bake the weight in; the rest does not.
+        self._cache = {key: value for key, value in getattr(self, "_cache", {}).items() if key in _WEIGHTLESS}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -189,13 +190,7 @@ class Recommender:
         if n_rows * n_items > LIST_SCORES or n_rows * min(LIST_LENGTH, n_items) > LIST_ENTRIES:
             return None
 
-        def build():
-            lists = make()
-            for array in lists:
-                array.flags.writeable = False  # shared by every request
-            return lists
-
-        return self._cached(key, build)
+        return self._cached(key, lambda: _read_only(make()))
 
     def _similar(self, item_rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """:func:`scoring.similar_items` of ``item_rows``, ``CHUNK`` items per matrix product."""
@@ -268,7 +263,7 @@ class Recommender:
     def predict_columns(self, user_ids, movie_ids) -> dict:
         u = self.user_index.index(user_ids)
         i = self.item_index.index(movie_ids)
-        tables = self._cached("prediction", lambda: tuple(t.numpy() for t in scoring.prediction_tables(self.model)))
+        tables = self._cached("prediction", lambda: _read_only(t.numpy() for t in scoring.prediction_tables(self.model)))
         pred = scoring.predict_indices(self.model, u, i, self.rating_range, tables)
         return {
             "userId": np.asarray(user_ids, dtype=np.int64),
@@ -297,7 +292,7 @@ class Recommender:
         if not known.any():
             return _empty(SIMILAR_COLUMNS)
         lists, rows = self.similar_lists(), rows[known]
-        if lists is not None and min(k, len(self.item_index) - 1) <= lists[0].shape[1]:
+        if lists is not None and 0 <= k and min(k, len(self.item_index) - 1) <= lists[0].shape[1]:
             kk = min(k, len(self.item_index) - 1)
             idx, val = lists[0][rows, :kk], lists[1][rows, :kk]
         else:
@@ -448,6 +443,18 @@ RANKED_COLUMNS = {"userId": np.int64, "rank": np.int64, "movieId": np.int64, "ti
                   "score": np.float64, "source": object}
 SIMILAR_COLUMNS = {"movieId": np.int64, "rank": np.int64, "similar_movieId": np.int64, "title": object,
                    "genres": object, "score": np.float64, "cluster": np.int64}
+
+
+# Caches that do not depend on rating_weight (kept when it changes).
+_WEIGHTLESS = ("unit", "similar_lists", "prediction", "catalogue", "genres")
+
+
+def _read_only(arrays) -> tuple:
+    """``arrays`` as a tuple, each made read-only: built once and shared by every request."""
+    arrays = tuple(arrays)
+    for array in arrays:
+        array.flags.writeable = False
+    return arrays
 
 
 def unique_in_order(values) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Training and evaluation on real data: accuracy targets, determinism, failure modes."""
 
+import gc
 import itertools
 import math
 
@@ -112,6 +113,10 @@ def test_batched_spd_solver_matches_lapack(n, device):
     x = als.solve_spd(indefinite, b.T.contiguous()).T
     assert torch.isnan(x[0]).all()
     assert torch.allclose(x[1:], torch.linalg.solve(a, b)[1:], atol=1e-8)
+    # Also when another system's pivot is already NaN (a NaN minimum must not hide it).
+    indefinite[0, 0, 2] = float("nan")
+    x = als.solve_spd(indefinite, b.T.contiguous()).T
+    assert torch.isnan(x[0]).all() and torch.isnan(x[2]).all()
 
 
 def test_als_sweep_ends_in_the_fold_in_solution(trained_small, small_split):
@@ -250,6 +255,28 @@ def test_sparse_ratings_match_a_dense_reference(half_stars, chunk, monkeypatch):
         assert torch.allclose(part.pattern_product(table), (dense_count @ table)[rows_here], atol=1e-5)
         assert torch.allclose(part.residual_product(1.0, col_bias, table)[0], (resid @ table)[rows_here], atol=1e-5)
     assert als.Csr(rows, cols, ratings, 6, 2**16 + 1).cols.dtype == torch.int32  # too many columns
+
+
+def test_a_finished_fit_leaves_no_buffers_behind(monkeypatch):
+    """The solver's scratch (arena, values, widened indices of compact blocks) is freed when
+    fit() returns, by reference counting alone: the workflow fits twice, and a cycle would
+    keep the first fit's buffers through the second."""
+    monkeypatch.setattr(als, "BLOCK_RATINGS", 500)  # compact, several blocks
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 100, 5000).astype(np.int32), rng.integers(0, 300, 5000).astype(np.int32)
+    data = Interactions(users, items, (rng.integers(1, 11, 5000) / 2).astype(np.float32), 100, 300)
+
+    def scratches():
+        return sum(isinstance(o, als.Scratch) for o in gc.get_objects())
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = scratches()
+        fit(data, TrainConfig(progress=False, epochs=2))
+        assert scratches() == before
+    finally:
+        gc.enable()
 
 
 def test_fold_in_unrated_weight_is_checked():
