@@ -167,8 +167,8 @@ class Csr:
     permutation), int32 column indices when they fit (two-byte ones on a CPU when there are
     at most 65,536 columns and more than one block of ratings: ml-25m's users x films
     matrix keeps 50 MB less; each block is widened to int32 in scratch when multiplied),
-    half-star ratings stored as one-byte codes, and products taken block by block (at most ``BLOCK_ROWS`` rows and, beyond one
-    row, ``BLOCK_RATINGS`` ratings each) through one float32 ``values`` scratch buffer the
+    half-star ratings stored as one-byte codes, and products taken block by block (at most
+    ``BLOCK_ROWS`` rows and, beyond one row, ``BLOCK_RATINGS`` ratings each) through one float32 ``values`` scratch buffer the
     size of the largest block, refilled (ones, residuals) instead of allocated per product;
     two matrices over the same ratings can share it.
     """

@@ -79,7 +79,7 @@ class Recommender:
     def rating_weight(self, value: float) -> None:
         self._rating_weight = float(value)
         # The ranking table, users' rows and lists bake the weight in; the rest does not.
-        self._cache = {key: value for key, value in getattr(self, "_cache", {}).items() if key in _WEIGHTLESS}
+        self._cache = {key: value for key, value in self._cache.items() if key in _WEIGHTLESS}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -163,11 +163,10 @@ class Recommender:
         Known users' lists of up to ``LIST_LENGTH`` come from :meth:`known_lists` when the
         model is small enough to rank everyone at once (the same ranking, done ahead).
         """
-        if folded is None and extra_seen is None and k >= 0:
-            lists = self.known_lists(exclude_seen)
-            if lists is not None and min(k, len(self.item_index)) <= lists[0].shape[1]:
-                k, rows = min(k, len(self.item_index)), np.asarray(user_rows, dtype=np.int64)
-                return lists[0][rows, :k], lists[1][rows, :k]
+        if folded is None and extra_seen is None:
+            listed = _sliced(self.known_lists(exclude_seen), user_rows, k, len(self.item_index))
+            if listed is not None:
+                return listed
         return self._rank(user_rows, k, exclude_seen, folded, extra_seen)
 
     def known_lists(self, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
@@ -189,7 +188,6 @@ class Recommender:
         n_items = len(self.item_index)
         if n_rows * n_items > LIST_SCORES or n_rows * min(LIST_LENGTH, n_items) > LIST_ENTRIES:
             return None
-
         return self._cached(key, lambda: _read_only(make()))
 
     def _similar(self, item_rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -291,12 +289,9 @@ class Recommender:
         known = rows >= 0
         if not known.any():
             return _empty(SIMILAR_COLUMNS)
-        lists, rows = self.similar_lists(), rows[known]
-        if lists is not None and 0 <= k and min(k, len(self.item_index) - 1) <= lists[0].shape[1]:
-            kk = min(k, len(self.item_index) - 1)
-            idx, val = lists[0][rows, :kk], lists[1][rows, :kk]
-        else:
-            idx, val = self._similar(rows, k)
+        rows = rows[known]
+        listed = _sliced(self.similar_lists(), rows, k, len(self.item_index) - 1)
+        idx, val = listed if listed is not None else self._similar(rows, k)
         n, kk = idx.shape
         flat = idx.ravel()
         out = {
@@ -447,6 +442,16 @@ SIMILAR_COLUMNS = {"movieId": np.int64, "rank": np.int64, "similar_movieId": np.
 
 # Caches that do not depend on rating_weight (kept when it changes).
 _WEIGHTLESS = ("unit", "similar_lists", "prediction", "catalogue", "genres")
+
+
+def _sliced(lists, rows, k: int, most: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first ``min(k, most)`` of ``lists``' (indices, scores) for ``rows``, or None when
+    there are no lists or they are too short (or k is negative: ranking refuses it)."""
+    k = min(k, most)
+    if lists is None or not 0 <= k <= lists[0].shape[1]:
+        return None
+    rows = np.asarray(rows, dtype=np.int64)
+    return lists[0][rows, :k], lists[1][rows, :k]
 
 
 def _read_only(arrays) -> tuple:
