@@ -60,7 +60,7 @@ def run_pipeline(values: dict, progress=None) -> dict:
         trained = train_step.run_train({**train_args, "prepared": prepared["prepared_uri"]}, progress=progress)
     for record in trained["history"]:
         mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"], run_id=parent.info.run_id)
-    mlflow.set_tag("mfrec.device", trained["device"])
+    mlflow.set_tags({"mfrec.device": trained["device"], "mfrec.kernels": trained["kernels"]})
 
     with tempfile.TemporaryDirectory(prefix="mfrec-register-") as tmp:
         with mlflow.start_run(run_name="cluster", nested=True):

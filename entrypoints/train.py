@@ -57,7 +57,8 @@ def run_train(args: dict, progress=None) -> dict:
         outcome = train_and_evaluate(prepared.train, prepared.val, prepared.test, prepared.movies, config,
                                      on_epoch=log_epoch)
         mlflow.log_metrics(tracking.finite_metrics(outcome.metrics))
-        mlflow.set_tags({"mfrec.device": outcome.device, "mfrec.dataset": manifest.get("dataset", ""),
+        mlflow.set_tags({"mfrec.device": outcome.device, "mfrec.kernels": outcome.kernels,
+                         "mfrec.dataset": manifest.get("dataset", ""),
                          "mfrec.data_sha256": manifest.get("data_sha256", "")})
         out = Path(tmp)
         outcome.recommender.save(out / "recommender")
@@ -75,6 +76,7 @@ def run_train(args: dict, progress=None) -> dict:
         "embeddings_uri": f"runs:/{run_id}/embeddings",
         "data_sha256": manifest.get("data_sha256", ""),
         "device": outcome.device,
+        "kernels": outcome.kernels,
         "history": outcome.history,
         "metrics": outcome.metrics,
     }
@@ -93,7 +95,7 @@ def main(argv=None) -> int:
     m = result["metrics"]
     return finish(result, args.output_json,
                   f"test_rmse={m['test_rmse']:.4f} test_ndcg_at_10={m['test_ndcg_at_10']:.4f} "
-                  f"train_seconds={m['train_seconds']:.2f} device={result['device']}")
+                  f"train_seconds={m['train_seconds']:.2f} device={result['device']} kernels={result['kernels']}")
 
 
 if __name__ == "__main__":

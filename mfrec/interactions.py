@@ -12,11 +12,23 @@ if TYPE_CHECKING:  # pandas costs ~70 MB and 0.2 s to import; training from arra
 
 
 class IdIndex:
-    """Sorted external ids mapped to contiguous row numbers; unknown ids map to -1."""
+    """Sorted external ids mapped to contiguous row numbers; unknown ids map to -1.
+
+    Ids that are non-negative and not too sparse (the largest below ``DENSE_IDS`` or eight
+    times their count; MovieLens ids are) also get a direct lookup table: one array read per
+    id instead of a binary search, and a count instead of a sort to find them
+    (ml-latest-small's 64k training ratings: 7 ms to 1 ms for both indexes and their rows).
+    """
 
     def __init__(self, ids: np.ndarray):
         ids = np.asarray(ids, dtype=np.int64)
-        self.ids = np.unique(ids)
+        self._table = None
+        if len(ids) and ids.min() >= 0 and ids.max() < max(DENSE_IDS, 8 * len(ids)):
+            self.ids = np.flatnonzero(np.bincount(ids))
+            self._table = np.full(int(ids.max()) + 1, -1, dtype=np.int64)
+            self._table[self.ids] = np.arange(len(self.ids))
+        else:
+            self.ids = np.unique(ids)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -26,9 +38,17 @@ class IdIndex:
         ids = np.asarray(ids, dtype=np.int64)
         if len(self.ids) == 0:
             return np.full(ids.shape, -1, dtype=np.int64)
+        if self._table is not None:
+            table = self._table
+            inside = (ids >= 0) & (ids < len(table))
+            return np.where(inside, table[np.where(inside, ids, 0)], -1)
         pos = np.searchsorted(self.ids, ids)
         pos = np.minimum(pos, len(self.ids) - 1)
         return np.where(self.ids[pos] == ids, pos, -1).astype(np.int64)
+
+
+# Ids below this always get IdIndex's lookup table (8 MB at most).
+DENSE_IDS = 1 << 20
 
 
 @dataclass

@@ -29,13 +29,18 @@ class MatrixFactorization(nn.Module):
         Std of the normal init of the factors; small values start the model near the
         biases-only solution, which early stopping then moves away from only as far as
         validation allows.
+    generator:
+        Draws the initial factors (default: torch's global generator). Fits that run at
+        the same time each pass their own, so neither draws from the other's sequence.
     """
 
-    def __init__(self, n_users: int, n_items: int, n_factors: int, global_mean: float = 0.0, init_std: float = 0.01):
+    def __init__(self, n_users: int, n_items: int, n_factors: int, global_mean: float = 0.0,
+                 init_std: float = 0.01, generator: torch.Generator | None = None):
         super().__init__()
-        self.user_factors = nn.Parameter(torch.randn(n_users, n_factors) * init_std)
-        self.item_factors = nn.Parameter(torch.randn(n_items, n_factors) * init_std)
-        self.user_choice_factors = nn.Parameter(torch.randn(n_users, n_factors) * init_std)
+        g = generator  # None: torch's global generator
+        self.user_factors = nn.Parameter(torch.randn(n_users, n_factors, generator=g) * init_std)
+        self.item_factors = nn.Parameter(torch.randn(n_items, n_factors, generator=g) * init_std)
+        self.user_choice_factors = nn.Parameter(torch.randn(n_users, n_factors, generator=g) * init_std)
         self.user_bias = nn.Parameter(torch.zeros(n_users))
         self.item_bias = nn.Parameter(torch.zeros(n_items))
         self.item_logit_bias = nn.Parameter(torch.zeros(n_items))

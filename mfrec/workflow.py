@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -21,6 +22,7 @@ class TrainOutcome:
     history: list = field(default_factory=list)
     best_epoch: int = 0
     device: str = "cpu"
+    kernels: str = "torch"  # what ran the sweeps (train.FitResult.kernels)
 
 
 def train_and_evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, movies: pd.DataFrame,
@@ -36,13 +38,24 @@ def train_and_evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFram
     users, items = IdIndex(train["userId"]), IdIndex(train["movieId"])
     tr = Interactions.from_frame(train, users, items)
     va = Interactions.from_frame(val, users, items) if len(val) else None
-    first = training.fit(tr, config, val=va, on_epoch=on_epoch)
-    fit_frame, result = train, first
-    selected = time.perf_counter()
-    if refit and va is not None:
-        fit_frame = pd.concat([train, val], ignore_index=True)
-        users, items = IdIndex(fit_frame["userId"]), IdIndex(fit_frame["movieId"])
-        result = training.fit(Interactions.from_frame(fit_frame, users, items), config, epochs=first.best_epoch)
+    refit = refit and va is not None
+    alongside = refit and training.refit_alongside(config, len(train) + len(val))
+    if alongside:
+        # The refit runs in a second thread while validation chooses its epoch count
+        # (training.EpochChoice): the same model as refitting afterwards, in about the
+        # time of the validation phase alone.
+        choice = training.EpochChoice()
+        with training.one_torch_thread(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="mfrec-refit") as pool:
+            refit_job = pool.submit(_refit, train, val, config, choice)
+            first = training.fit(tr, config, val=va, on_epoch=on_epoch, choice=choice)
+            selected = time.perf_counter()
+            fit_frame, users, items, result = refit_job.result()
+    else:
+        first = training.fit(tr, config, val=va, on_epoch=on_epoch)
+        fit_frame, result = train, first
+        selected = time.perf_counter()
+        if refit:
+            fit_frame, users, items, result = _refit(train, val, config, epochs=first.best_epoch)
     finished = time.perf_counter()
     meta = {
         "rating_range": list(config.rating_range),
@@ -58,10 +71,30 @@ def train_and_evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFram
         "select_seconds": selected - started,
         "refit_seconds": finished - selected,
         # The refit's fit() alone, without indexing the ids (a peer's fit time excludes its
-        # own data preparation too, e.g. Surprise's build_full_trainset).
-        "refit_fit_seconds": result.seconds if result is not first else float("nan"),
+        # own data preparation too, e.g. Surprise's build_full_trainset); NaN when it ran
+        # alongside the validation phase (time it by itself with refit_alone).
+        "refit_fit_seconds": result.seconds if result is not first and not alongside else float("nan"),
+        "refit_alongside": float(alongside),
         "epochs_run": len(first.history),
         "best_epoch": first.best_epoch,
         "best_val_rmse": first.best_val_rmse,
     })
-    return TrainOutcome(rec, scores, first.history, first.best_epoch, first.device)
+    return TrainOutcome(rec, scores, first.history, first.best_epoch, first.device, result.kernels)
+
+
+def _refit(train: pd.DataFrame, val: pd.DataFrame, config: training.TrainConfig,
+           follow: Optional[training.EpochChoice] = None, epochs: Optional[int] = None):
+    """Fit on train + val for ``epochs`` (or the count ``follow`` chooses); returns the frame,
+    its id indexes and the fit."""
+    frame = pd.concat([train, val], ignore_index=True)
+    users, items = IdIndex(frame["userId"]), IdIndex(frame["movieId"])
+    result = training.fit(Interactions.from_frame(frame, users, items), config, epochs=epochs, follow=follow)
+    return frame, users, items, result
+
+
+def refit_alone(train: pd.DataFrame, val: pd.DataFrame, config: training.TrainConfig, epochs: int) -> tuple:
+    """Time the refit by itself: (seconds with id indexing, seconds of its fit() alone). The
+    like-for-like figure for a peer's fit, whose settings are fixed too."""
+    started = time.perf_counter()
+    *_, result = _refit(train, val, config, epochs=epochs)
+    return time.perf_counter() - started, result.seconds

@@ -9,6 +9,8 @@ import pytest
 from helpers import REPO_ROOT, VENV_BIN, venv_env
 from mlflow.tracking import MlflowClient
 
+from mfrec import native
+
 pytestmark = pytest.mark.slow
 
 
@@ -57,6 +59,9 @@ def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tr
         assert all(s.info.status == "FINISHED" for s in steps.values())
         assert len(client.get_metric_history(run.info.run_id, "val_rmse")) == run.data.metrics["epochs_run"]
         assert run.data.tags["mfrec.champion_decision"]
+        # `mlflow run` from the checkout uses the kernels `pip install -e .` built there.
+        assert run.data.tags["mfrec.kernels"] == ("native" if native.available() else "torch")
+        assert steps["train"].data.metrics["refit_alongside"] == float(native.available())
         artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "clusters")}
         assert {"clusters/report.md", "clusters/clusters.png"} <= artifacts
     assert first.data.metrics["test_rmse"] < first.data.metrics["baseline_global_mean_rmse"]

@@ -1,0 +1,232 @@
+"""The native ALS kernels (mfrec/_native.c) against the torch steps they replace on a CPU,
+and the refit that runs alongside the validation phase (training.EpochChoice)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mfrec import als, native, workflow
+from mfrec import train as training
+from mfrec.interactions import IdIndex, Interactions
+from mfrec.model import MatrixFactorization
+from mfrec.train import EpochChoice, TrainConfig, fit
+
+needs_native = pytest.mark.skipif(not native.available(), reason="native kernels not built or MFREC_NATIVE=0")
+
+
+def test_the_kernels_are_built():
+    """`pip install -e .` compiles them (setup.py); CI must not fall back to torch silently."""
+    if os.environ.get("MFREC_NATIVE") == "0":
+        pytest.skip("turned off by MFREC_NATIVE=0")
+    assert native.available()
+
+
+def test_a_build_of_other_sources_is_refused(monkeypatch):
+    """A kernel build whose arguments differ (stale after a `git pull`) would misread them."""
+    if not native.available():
+        pytest.skip("native kernels not built or MFREC_NATIVE=0")
+    monkeypatch.setattr(native, "ABI_VERSION", native.ABI_VERSION + 1)
+    native.library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="rebuild the kernels"):
+            assert native.library() is None
+    finally:
+        monkeypatch.undo()
+        native.library.cache_clear()
+    assert native.available()
+
+
+def _ratings(n_users=70, n_items=50, n=900, half_stars=True, seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    users = torch.randint(0, n_users, (n,), generator=gen, dtype=torch.int32)
+    items = torch.randint(0, n_items, (n,), generator=gen, dtype=torch.int32)
+    stars = torch.randint(1, 11, (n,), generator=gen).float()
+    ratings = stars * 0.5 if half_stars else stars * 0.37
+    return users, items, ratings
+
+
+def _sweeps(users, items, ratings, config, n_users, n_items, sweeps=3, **solver_args):
+    model = MatrixFactorization(n_users, n_items, config.n_factors, float(ratings.mean()),
+                                generator=torch.Generator().manual_seed(0))
+    solver = als.AlsSolver(model, users, items, ratings, config, **solver_args)
+    losses = [solver.epoch() for _ in range(sweeps)]
+    return model, losses, solver
+
+
+@needs_native
+@pytest.mark.parametrize("implicit_weight", [2.0, 0.0])
+@pytest.mark.parametrize("half_stars", [True, False])
+@pytest.mark.parametrize("compact", [False, True])
+def test_native_sweeps_match_the_torch_steps(implicit_weight, half_stars, compact, monkeypatch):
+    """Same systems, same solutions: rating-only and joint objectives, one-byte and float
+    ratings, int32 and two-byte column indices (several blocks for the torch steps)."""
+    if compact:
+        monkeypatch.setattr(als, "BLOCK_RATINGS", 200)
+    users, items, ratings = _ratings(half_stars=half_stars)
+    config = TrainConfig(n_factors=5, implicit_weight=implicit_weight, reg=1.5, bias_reg=3.0)
+    fast, fast_losses, solver = _sweeps(users, items, ratings, config, 70, 50)
+    assert solver.kernels is not None
+    assert (solver.by_user.cols.dtype == torch.uint16) == compact
+    slow, slow_losses, solver = _sweeps(users, items, ratings, config, 70, 50, native_kernels=False)
+    assert solver.kernels is None
+    assert np.allclose(fast_losses, slow_losses, rtol=1e-5)
+    for (name, a), b in zip(fast.named_parameters(), slow.parameters()):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), name
+    if implicit_weight == 0:
+        assert not fast.user_choice_factors.any() and not fast.item_logit_bias.any()
+
+
+@needs_native
+def test_threads_do_not_change_the_numbers():
+    """Rows split over threads are computed exactly as on one thread."""
+    users, items, ratings = _ratings(n=3000)
+    config = TrainConfig(n_factors=4)
+    one, one_losses, _ = _sweeps(users, items, ratings, config, 70, 50, threads=1)
+    three, three_losses, solver = _sweeps(users, items, ratings, config, 70, 50, threads=3)
+    assert len(solver.kernels.user_bounds) == 4 and len(solver.kernels.item_bounds) == 4
+    for a, b in zip(one.parameters(), three.parameters()):
+        assert torch.equal(a, b)
+    assert np.allclose(one_losses, three_losses, rtol=1e-12)
+
+
+@needs_native
+def test_a_non_finite_rating_fails_the_sweep_loudly():
+    users, items, ratings = _ratings()
+    ratings[7] = float("nan")
+    _, losses, _ = _sweeps(users, items, ratings, TrainConfig(n_factors=3), 70, 50, sweeps=1)
+    assert not np.isfinite(losses[0])
+
+
+@pytest.mark.parametrize("half_stars", [True, False])
+def test_the_counting_sort_builds_the_same_matrix(half_stars, monkeypatch):
+    users, items, ratings = _ratings(half_stars=half_stars)
+    built = als.Csr(users, items, ratings, 70, 50)
+    monkeypatch.setattr(native, "library", lambda: None)
+    reference = als.Csr(users, items, ratings, 70, 50)
+    assert torch.equal(built.crow, reference.crow)
+    assert torch.equal(built.cols, reference.cols) and torch.equal(built.ratings, reference.ratings)
+    assert built.scale == reference.scale == (0.5 if half_stars else 1.0)
+
+
+@pytest.mark.parametrize("ids", [[5, 3, 3, 9, 0], [10**12, 4, 7, 7], [-2, 4, 4], []])
+def test_id_index_lookup_table_and_binary_search_agree(ids):
+    ids = np.array(ids, dtype=np.int64)
+    index = IdIndex(ids)
+    assert np.array_equal(index.ids, np.unique(ids))
+    queries = np.concatenate([ids, [-5, 10**13, 7, 0, 2**40, 1]]).astype(np.int64)
+    pos = np.searchsorted(index.ids, queries)
+    expected = np.where((pos < len(index.ids)) & (index.ids[np.minimum(pos, max(len(index.ids) - 1, 0))] == queries)
+                        if len(index.ids) else np.zeros(len(queries), bool), pos, -1)
+    assert np.array_equal(index.index(queries), expected)
+
+
+# ---------------------------------------------------------------- refit alongside validation
+
+def _split(seed=0, n=4000, n_users=120, n_items=90):
+    rng = np.random.default_rng(seed)
+    p, q = rng.normal(size=(n_users, 3)), rng.normal(size=(n_items, 3))
+    users, items = rng.integers(0, n_users, n), rng.integers(0, n_items, n)
+    stars = np.clip(np.round((3.0 + (p[users] * q[items]).sum(1) + rng.normal(0, 0.5, n)) * 2) / 2, 0.5, 5)
+    frame = pd.DataFrame({"userId": users + 1, "movieId": items + 1, "rating": stars, "timestamp": 0})
+    frame = frame.drop_duplicates(["userId", "movieId"]).reset_index(drop=True)
+    cut1, cut2 = int(len(frame) * 0.7), int(len(frame) * 0.85)
+    movies = pd.DataFrame({"movieId": np.arange(1, n_items + 1), "title": [f"m{i}" for i in range(n_items)],
+                           "genres": "Drama"})
+    return frame.iloc[:cut1], frame.iloc[cut1:cut2], frame.iloc[cut2:], movies
+
+
+@needs_native
+@pytest.mark.parametrize("settings", [{}, {"n_factors": 24, "reg": 0.02, "patience": 2}])
+def test_the_refit_alongside_is_the_refit_afterwards(settings, monkeypatch):
+    """Same model, bit for bit, whether the refit ran alongside the validation phase or after
+    it; the second setting overfits, so validation chooses an epoch before its last and the
+    refit alongside has to go back to it."""
+    train, val, test, movies = _split()
+    config = TrainConfig(progress=False, epochs=25, **settings)
+    threads = torch.get_num_threads()  # a served model in an earlier test may have set 1
+    torch.set_num_threads(2)
+    try:
+        alongside = workflow.train_and_evaluate(train, val, test, movies, config)
+    finally:
+        torch.set_num_threads(threads)
+    assert alongside.metrics["refit_alongside"] == 1.0
+    if settings:
+        assert alongside.best_epoch < alongside.metrics["epochs_run"]
+    monkeypatch.setattr(training, "refit_alongside", lambda *args: False)
+    with training.one_torch_thread():  # the same torch thread count as alongside
+        after = workflow.train_and_evaluate(train, val, test, movies, config)
+    assert after.metrics["refit_alongside"] == 0.0
+    assert after.best_epoch == alongside.best_epoch
+    for name, value in alongside.recommender.model.state_dict().items():
+        assert torch.equal(value, after.recommender.model.state_dict()[name]), name
+    for name in ("test_rmse", "test_ndcg_at_10", "best_val_rmse"):
+        assert alongside.metrics[name] == after.metrics[name]
+
+
+def _interactions(frame):
+    users, items = IdIndex(frame["userId"]), IdIndex(frame["movieId"])
+    return Interactions.from_frame(frame, users, items)
+
+
+def test_a_follower_goes_back_to_the_chosen_epoch():
+    """Driven by hand: the follower runs at most one epoch past what validation reported,
+    keeps its recent states, and ends at the chosen epoch."""
+    train, val, _, _ = _split()
+    data = _interactions(pd.concat([train, val]))
+    config = TrainConfig(progress=False, epochs=20, patience=3)
+    choice, done, results = EpochChoice(), [], {}
+    ran = threading.Semaphore(0)
+
+    def follower():
+        results["fit"] = fit(data, config, follow=choice, on_epoch=lambda record: (done.append(record["epoch"]),
+                                                                                   ran.release()))
+
+    thread = threading.Thread(target=follower)
+    thread.start()
+    for epoch in range(5):  # validation finished epochs 1..5: the follower may run 6
+        choice.report(epoch)
+        assert ran.acquire(timeout=30)
+    choice.report(5)
+    assert ran.acquire(timeout=30)
+    assert not ran.acquire(timeout=0.2) and done == [1, 2, 3, 4, 5, 6]  # waits for epoch 6's report
+    choice.choose(3)
+    thread.join(timeout=30)
+    got, reference = results["fit"], fit(data, config, epochs=3)
+    assert got.best_epoch == 3 and len(got.history) == 3
+    for name, value in got.model.state_dict().items():
+        assert torch.equal(value, reference.model.state_dict()[name]), name
+
+
+def test_a_failed_validation_phase_stops_the_refit(monkeypatch):
+    """No hang and no half-made model: the validation phase's error is what the caller sees."""
+    train, val, test, movies = _split()
+    monkeypatch.setattr(training, "refit_alongside", lambda *args: True)
+    threads = torch.get_num_threads()
+
+    def boom(record):
+        if record["epoch"] == 2:
+            raise RuntimeError("logging failed")
+
+    with pytest.raises(RuntimeError, match="logging failed"):
+        workflow.train_and_evaluate(train, val, test, movies, TrainConfig(progress=False), on_epoch=boom)
+    assert not [t for t in threading.enumerate() if t.name.startswith("mfrec-refit")]
+    assert torch.get_num_threads() == threads  # restored after one_torch_thread
+
+
+def test_refit_alongside_needs_two_torch_threads():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert not training.refit_alongside(TrainConfig(), 10_000)
+        torch.set_num_threads(2)
+        assert training.refit_alongside(TrainConfig(), 10_000) == native.available()
+        assert not training.refit_alongside(TrainConfig(), als.SPLIT_RATINGS)  # phases split their rows instead
+        assert not training.refit_alongside(TrainConfig(solver="adam"), 10_000)
+    finally:
+        torch.set_num_threads(threads)
