@@ -58,8 +58,10 @@ def run_pipeline(values: dict, progress=None) -> dict:
     train_args = {k: values[k] for k in train_step.DEFAULTS if k != "prepared"}
     with mlflow.start_run(run_name="train", nested=True):
         trained = train_step.run_train({**train_args, "prepared": prepared["prepared_uri"]}, progress=progress)
+    to_parent = tracking.EpochMetrics(parent.info.run_id, interval=float("inf"))
     for record in trained["history"]:
-        mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"], run_id=parent.info.run_id)
+        to_parent(record)
+    to_parent.flush()
     mlflow.set_tags({"mfrec.device": trained["device"], "mfrec.kernels": trained["kernels"]})
 
     with tempfile.TemporaryDirectory(prefix="mfrec-register-") as tmp:

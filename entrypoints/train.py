@@ -51,11 +51,12 @@ def run_train(args: dict, progress=None) -> dict:
         manifest = prepared.manifest
         config.rating_range = tuple(manifest.get("rating_scale", config.rating_range))
 
-        def log_epoch(record):
-            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
-
-        outcome = train_and_evaluate(prepared.train, prepared.val, prepared.test, prepared.movies, config,
-                                     on_epoch=log_epoch)
+        log_epoch = tracking.EpochMetrics(run.info.run_id)
+        try:
+            outcome = train_and_evaluate(prepared.train, prepared.val, prepared.test, prepared.movies, config,
+                                         on_epoch=log_epoch)
+        finally:
+            log_epoch.flush()  # the epochs so far, also when training failed
         mlflow.log_metrics(tracking.finite_metrics(outcome.metrics))
         mlflow.set_tags({"mfrec.device": outcome.device, "mfrec.kernels": outcome.kernels,
                          "mfrec.dataset": manifest.get("dataset", ""),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import time
 from pathlib import Path
 
 import mlflow
@@ -234,6 +235,38 @@ def log_new_params(params: dict) -> None:
     fresh = {k: v for k, v in params.items() if k not in existing}
     if fresh:
         mlflow.log_params(fresh)
+
+
+class EpochMetrics:
+    """``on_epoch`` callback: each epoch's metrics (step = epoch, timestamp = when it ended)
+    go to a run in batches, at most every ``interval`` seconds and on :meth:`flush`.
+
+    One tracking-store write per epoch costs ~5 ms on sqlite (more on a remote server): on
+    ml-latest-small that doubled ``train_seconds`` (68 to 134 ms; queued asynchronous logging
+    145 ms, its writer thread competing for the cores). Batches keep long trainings live in
+    the UI at a negligible cost.
+    """
+
+    def __init__(self, run_id: str, interval: float = 2.0, tracking_uri: str | None = None):
+        self.run_id, self.interval = run_id, interval
+        self.client = mlflow.tracking.MlflowClient(tracking_uri)  # None: the current tracking URI
+        self.pending = []
+        self.written = time.monotonic()
+
+    def __call__(self, record: dict) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        self.pending += [Metric(key, float(value), stamp, int(record["epoch"]))
+                         for key, value in record.items() if key != "epoch"]
+        if time.monotonic() - self.written >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        for start in range(0, len(self.pending), 1000):  # log_batch takes up to 1000 metrics
+            self.client.log_batch(self.run_id, metrics=self.pending[start:start + 1000])
+        self.pending = []
+        self.written = time.monotonic()
 
 
 def finite_metrics(metrics: dict) -> dict:
