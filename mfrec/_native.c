@@ -81,6 +81,25 @@ HOT static void sum_rows(const csr_t *m, int64_t j0, int64_t j1, const float *ta
 
 static inline int64_t padded(int width) { return (width + BLOCK - 1) / BLOCK * BLOCK; }
 
+/* What one row's system needs from its ratings (entries j0..j1): the sum of the table rows
+ * they point at (into sums) and, with residuals z = rating - mu - col_bias, the sums of
+ * z * (factors, 1) over them (into rhs, k + 1 floats, zeroed by the caller). Returns the
+ * sum of z^2. */
+HOT static double row_sums(const csr_t *m, int64_t j0, int64_t j1, const float *table, int64_t stride,
+                           const float *factors, const float *col_bias, float mu, int k, float *sums, float *rhs) {
+    sum_rows(m, j0, j1, table, stride, sums);
+    double sq = 0.0;
+    for (int64_t j = j0; j < j1; j++) {
+        int64_t col = col_at(m, j);
+        float z = rating_at(m, j) - mu - col_bias[col];
+        const float *f = factors + col * k;
+        for (int a = 0; a < k; a++) rhs[a] += z * f[a];
+        rhs[k] += z;
+        sq += (double)z * z;
+    }
+    return sq;
+}
+
 /* Rows are solved in groups of G, batch last (entry-major, G lanes per entry): every loop of
  * the elimination then runs over the G lanes, which the compiler vectorises, instead of a
  * chain of dependent scalar operations per system (a row-at-a-time Cholesky took 3.8 ms for
@@ -233,17 +252,9 @@ HOT int64_t mfrec_item_rows(const int32_t *crow, const void *cols, int cols_u16,
         int n = hi - first < G ? (int)(hi - first) : G;
         memset(sums, 0, sizeof(float) * G * stride);
         memset(rhs, 0, sizeof(float) * G * (k + 1));
-        for (int g = 0; g < n; g++) {
-            float *b = rhs + g * (k + 1);
-            sum_rows(&m, crow[first + g], crow[first + g + 1], table, stride, sums + g * stride);
-            for (int64_t j = crow[first + g]; j < crow[first + g + 1]; j++) {
-                int64_t u = col_at(&m, j);
-                float r = rating_at(&m, j) - mu - user_bias[u];
-                const float *pu = p + u * k;
-                for (int a = 0; a < k; a++) b[a] += r * pu[a];
-                b[k] += r;
-            }
-        }
+        for (int g = 0; g < n; g++)
+            row_sums(&m, crow[first + g], crow[first + g + 1], table, stride, p, user_bias, mu, k,
+                     sums + g * stride, rhs + g * (k + 1));
         for (int a = 0; a < D; a++)  /* the upper triangle: all that solve_group reads */
             for (int e = a * D + a; e < a * D + D; e++) {
                 const float *col = sums + source[e];
@@ -339,20 +350,9 @@ HOT int64_t mfrec_user_rows(const int32_t *crow, const void *cols, int cols_u16,
         memset(sums, 0, sizeof(float) * G * stride);
         memset(rhs, 0, sizeof(float) * G * D);
         for (int g = 0; g < G; g++) sq[g] = 0.0;
-        for (int g = 0; g < n; g++) {
-            float *b = rhs + g * D;
-            double e2 = 0.0;
-            sum_rows(&m, crow[first + g], crow[first + g + 1], table, stride, sums + g * stride);
-            for (int64_t j = crow[first + g]; j < crow[first + g + 1]; j++) {
-                int64_t i = col_at(&m, j);
-                float r = rating_at(&m, j) - mu - item_bias[i];
-                const float *qi = q + i * k;
-                for (int a = 0; a < k; a++) b[a] += r * qi[a];
-                b[k] += r;
-                e2 += (double)r * r;
-            }
-            sq[g] = e2;
-        }
+        for (int g = 0; g < n; g++)
+            sq[g] = row_sums(&m, crow[first + g], crow[first + g + 1], table, stride, q, item_bias, mu, k,
+                             sums + g * stride, rhs + g * D);
         int e = 0;
         for (int a = 0; a < D; a++)
             for (int t = a; t < D; t++, e++) {
