@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -55,8 +56,11 @@ def run_train(args: dict, progress=None) -> dict:
         try:
             outcome = train_and_evaluate(prepared.train, prepared.val, prepared.test, prepared.movies, config,
                                          on_epoch=log_epoch)
-        finally:
-            log_epoch.flush()  # the epochs so far, also when training failed
+        except BaseException:
+            with contextlib.suppress(Exception):  # the epochs so far; the training error is the news
+                log_epoch.flush()
+            raise
+        log_epoch.flush()
         mlflow.log_metrics(tracking.finite_metrics(outcome.metrics))
         mlflow.set_tags({"mfrec.device": outcome.device, "mfrec.kernels": outcome.kernels,
                          "mfrec.dataset": manifest.get("dataset", ""),

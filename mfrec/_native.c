@@ -81,6 +81,11 @@ HOT static void sum_rows(const csr_t *m, int64_t j0, int64_t j1, const float *ta
 
 static inline int64_t padded(int width) { return (width + BLOCK - 1) / BLOCK * BLOCK; }
 
+/* Floats of a table row before padding. Item step (one row per user): packed
+ * p p^T + s c c^T, p, [c,] 1. User step (one row per item): packed (q, 1)(q, 1)^T, [q (w1 - s d)]. */
+static inline int item_width(int k, int implicit) { return k * (k + 1) / 2 + (implicit ? 2 * k : k) + 1; }
+static inline int user_width(int k, int implicit) { return (k + 1) * (k + 2) / 2 + (implicit ? k : 0); }
+
 /* What one row's system needs from its ratings (entries j0..j1): the sum of the table rows
  * they point at (into sums) and, with residuals z = rating - mu - col_bias, the sums of
  * z * (factors, 1) over them (into rhs, k + 1 floats, zeroed by the caller). Returns the
@@ -180,10 +185,14 @@ void mfrec_csr_fill(int64_t n, const int32_t *rows, const int32_t *cols, const f
 
 /* Bumped with every change of an exported function's arguments: mfrec/native.py refuses a
  * build that does not match (a stale build from before a `git pull` would misread them). */
-int64_t mfrec_abi_version(void) { return 1; }
+int64_t mfrec_abi_version(void) { return 2; }
 
-/* Floats per table row: the width rounded up to sum_rows' block (the padding is zero). */
-int64_t mfrec_stride(int width) { return padded(width); }
+/* Floats per row of the item-step table (side 0) or the user-step table (side 1) for k
+ * factors: the width the table builds write, rounded up to sum_rows' block (the padding is
+ * zero). Callers allocate the tables with it. */
+int64_t mfrec_table_stride(int side, int k, int implicit) {
+    return padded(side == 0 ? item_width(k, implicit) : user_width(k, implicit));
+}
 
 /* Item-step table, one row per user: packed p p^T + s c c^T, p, [c,] 1 (als.solve_items);
  * and `constant` (D x D, row-major), the part of every item's system that does not depend
@@ -191,7 +200,7 @@ int64_t mfrec_stride(int width) { return padded(width); }
  * of g g^T with g = (c, 0, 1) (als._item_constant). */
 void mfrec_item_table(int64_t n_users, int k, int implicit, float s, float w0, float reg, float bias_reg,
                       const float *p, const float *c, float *table, float *constant) {
-    int kk = k * (k + 1) / 2, width = kk + (implicit ? 2 * k : k) + 1;
+    int kk = k * (k + 1) / 2, width = item_width(k, implicit);
     int D = implicit ? k + 2 : k + 1;
     int64_t stride = padded(width);
     double *cc = calloc((size_t)k * k + k, sizeof(double)), *csum = cc + (size_t)k * k;
@@ -241,7 +250,7 @@ HOT int64_t mfrec_item_rows(const int32_t *crow, const void *cols, int cols_u16,
                         const float *constant, float *factors, float *bias, float *choice_bias, int64_t lo,
                         int64_t hi) {
     csr_t m = {crow, cols, cols_u16, codes, codes_u8, scale};
-    int kk = k * (k + 1) / 2, width = kk + (implicit ? 2 * k : k) + 1;
+    int kk = k * (k + 1) / 2, width = item_width(k, implicit);
     int D = implicit ? k + 2 : k + 1;
     int64_t stride = padded(width);
     float *work = malloc(sizeof(float) * ((size_t)G * (stride + k + 1) + (size_t)(D * D + D) * G));
@@ -286,10 +295,14 @@ HOT int64_t mfrec_item_rows(const int32_t *crow, const void *cols, int cols_u16,
 HOT void mfrec_user_table(int64_t n_items, int k, int implicit, float w1, float s, float w0, float reg,
                           const float *q, const float *choice_bias, float *table, float *shared_c,
                           float *offset_c) {
-    int D = k + 1, P = D * (D + 1) / 2, width = P + (implicit ? k : 0);
+    int D = k + 1, P = D * (D + 1) / 2, width = user_width(k, implicit);
     int64_t stride = padded(width);
-    /* Column sums of the table (its packed block summed is Q^T Q) and Q^T d. */
-    float *total = calloc((size_t)stride + k, sizeof(float)), *qd = total ? total + stride : NULL;
+    /* Column sums of the table (its packed block summed is Q^T Q) and Q^T d: in float over
+     * blocks of SUM_BLOCK items (vectorised), each block's sums added up in double (so the
+     * rounding error does not grow with the catalogue). */
+    enum { SUM_BLOCK = 256 };
+    float *part = implicit ? calloc((size_t)stride + k, sizeof(float)) : NULL;
+    double *total = implicit ? calloc((size_t)stride + k, sizeof(double)) : NULL;
     for (int64_t i = 0; i < n_items; i++) {
         float *row = table + i * stride;
         memset(row, 0, sizeof(float) * stride);
@@ -303,21 +316,28 @@ HOT void mfrec_user_table(int64_t n_items, int k, int implicit, float w1, float 
         if (implicit) {
             float weight = w1 - s * choice_bias[i];
             for (int a = 0; a < k; a++) row[P + a] = qi[a] * weight;
-            if (total) {
-                for (int64_t t = 0; t < stride; t++) total[t] += row[t];
-                for (int a = 0; a < k; a++) qd[a] += qi[a] * choice_bias[i];
+            if (part && total) {
+                for (int64_t t = 0; t < stride; t++) part[t] += row[t];
+                for (int a = 0; a < k; a++) part[stride + a] += qi[a] * choice_bias[i];
+                if ((i + 1) % SUM_BLOCK == 0 || i + 1 == n_items) {
+                    for (int64_t t = 0; t < stride + k; t++) {
+                        total[t] += part[t];
+                        part[t] = 0.0f;
+                    }
+                }
             }
         }
     }
     if (implicit) {
-        int e = 0;
+        int ok = part && total, e = 0;
         for (int a = 0; a < k; a++, e++) {  /* e walks the packed (q, 1) block; skip the q_a column */
             for (int b = a; b < k; b++, e++)
-                shared_c[a * k + b] = shared_c[b * k + a] = total ? w0 * total[e] : NAN;
+                shared_c[a * k + b] = shared_c[b * k + a] = ok ? (float)(w0 * total[e]) : NAN;
             shared_c[a * k + a] += reg;
-            offset_c[a] = total ? w0 * qd[a] : NAN;
+            offset_c[a] = ok ? (float)(w0 * total[stride + a]) : NAN;  /* NaN: out of memory, fails loudly */
         }
     }
+    free(part);
     free(total);
 }
 
@@ -331,7 +351,7 @@ HOT int64_t mfrec_user_rows(const int32_t *crow, const void *cols, int cols_u16,
                         int implicit, float s, float reg, float bias_reg, const float *shared_c, const float *offset_c,
                         float *bias, float *p, float *c, double *sq_error, int64_t lo, int64_t hi) {
     csr_t m = {crow, cols, cols_u16, codes, codes_u8, scale};
-    int D = k + 1, P = D * (D + 1) / 2, width = P + (implicit ? k : 0);
+    int D = k + 1, P = D * (D + 1) / 2, width = user_width(k, implicit);
     int64_t stride = padded(width);
     float *work = malloc(sizeof(float) * ((size_t)G * (stride + D) + (size_t)(2 * D * D + 2 * D) * G + D));
     double *sq = malloc(sizeof(double) * G);

@@ -187,12 +187,18 @@ class Csr:
         compact = device.type == "cpu" and n_cols <= 2**16 and n > BLOCK_RATINGS
         col_dtype, write_dtype = (torch.uint16, torch.int16) if compact else (index_dtype, index_dtype)
         counts = torch.bincount(rows, minlength=n_rows)
+        if len(counts) != n_rows:  # (bincount itself refuses negative rows)
+            raise ValueError(f"a row index is {len(counts) - 1}, past the matrix's {n_rows} rows")
+        if n:
+            low, high = (int(v) for v in torch.aminmax(cols))
+            if low < 0 or high >= n_cols:
+                raise ValueError(f"column indices span {low}..{high}, outside the matrix's {n_cols} columns")
         self.crow = torch.zeros(n_rows + 1, dtype=torch.long, device=device)
         torch.cumsum(counts, 0, out=self.crow[1:])
         self.scale = 0.5 if _half_stars(ratings, self.CHUNK) else 1.0
         code_dtype = torch.uint8 if self.scale == 0.5 else torch.float32
         lib = native.library()
-        if (lib is not None and device.type == "cpu" and n_rows < 2**31 and
+        if (lib is not None and device.type == "cpu" and col_dtype != torch.long and
                 rows.dtype == cols.dtype == torch.int32 and ratings.dtype == torch.float32):
             # A counting sort in one pass (the same order as the stable sorts below).
             self.cols = torch.empty(n, dtype=col_dtype)
@@ -671,12 +677,13 @@ class _NativeSweep:
             m.user_choice_factors.detach().zero_()
         n_users, n_items = m.user_factors.shape[0], m.item_factors.shape[0]
         D = k + 2 if implicit else k + 1
-        # Table rows padded to the kernels' stride (mfrec_stride); constants the table
-        # builds compute alongside.
-        self.item_table = torch.empty(n_users, lib.mfrec_stride(k * (k + 1) // 2 + (2 * k if implicit else k) + 1))
-        self.user_table = torch.empty(n_items, lib.mfrec_stride((k + 1) * (k + 2) // 2 + (k if implicit else 0)))
-        self.constant = torch.empty(D, D)
-        self.shared_c, self.offset_c = torch.empty(k, k), torch.empty(k)
+        # The tables' rows as long as the kernels write them (mfrec_table_stride), and the
+        # constants the table builds compute alongside.
+        f32 = torch.float32
+        self.item_table = torch.empty(n_users, lib.mfrec_table_stride(0, k, int(implicit)), dtype=f32)
+        self.user_table = torch.empty(n_items, lib.mfrec_table_stride(1, k, int(implicit)), dtype=f32)
+        self.constant = torch.empty(D, D, dtype=f32)
+        self.shared_c, self.offset_c = torch.empty(k, k, dtype=f32), torch.empty(k, dtype=f32)
         self.source, self.scale = _item_layout(k, implicit, w1 - w0, torch.device("cpu"))
         self.item_bounds = native.split_rows(solver.by_item.crow, threads)
         self.user_bounds = native.split_rows(solver.by_user.crow, threads)

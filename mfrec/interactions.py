@@ -14,16 +14,16 @@ if TYPE_CHECKING:  # pandas costs ~70 MB and 0.2 s to import; training from arra
 class IdIndex:
     """Sorted external ids mapped to contiguous row numbers; unknown ids map to -1.
 
-    Ids that are non-negative and not too sparse (the largest below ``DENSE_IDS`` or eight
-    times their count; MovieLens ids are) also get a direct lookup table: one array read per
-    id instead of a binary search, and a count instead of a sort to find them
-    (ml-latest-small's 64k training ratings: 7 ms to 1 ms for both indexes and their rows).
+    Ids in ``[0, DENSE_IDS)`` (MovieLens ids are, ml-32m included) also get a direct lookup
+    table: one array read per id instead of a binary search, and a count instead of a sort
+    to find them (ml-latest-small's 64k training ratings: 7 ms to 1 ms for both indexes and
+    their rows). Larger ids are searched, so the table never outgrows 8 MB.
     """
 
     def __init__(self, ids: np.ndarray):
         ids = np.asarray(ids, dtype=np.int64)
         self._table = None
-        if len(ids) and ids.min() >= 0 and ids.max() < max(DENSE_IDS, 8 * len(ids)):
+        if len(ids) and ids.min() >= 0 and ids.max() < DENSE_IDS:
             self.ids = np.flatnonzero(np.bincount(ids))
             self._table = np.full(int(ids.max()) + 1, -1, dtype=np.int64)
             self._table[self.ids] = np.arange(len(self.ids))
@@ -47,7 +47,7 @@ class IdIndex:
         return np.where(self.ids[pos] == ids, pos, -1).astype(np.int64)
 
 
-# Ids below this always get IdIndex's lookup table (8 MB at most).
+# Ids below this get IdIndex's lookup table (8 MB at most).
 DENSE_IDS = 1 << 20
 
 

@@ -26,7 +26,7 @@ _int = ctypes.c_int
 _f32 = ctypes.c_float
 
 _SIGNATURES = {
-    "mfrec_stride": (_i64, [_int]),
+    "mfrec_table_stride": (_i64, [_int, _int, _int]),
     "mfrec_csr_fill": (None, [_i64, _p, _p, _p, _p, _p, _int, _p, _int, _f32]),
     "mfrec_item_table": (None, [_i64, _int, _int, _f32, _f32, _f32, _f32, _p, _p, _p, _p]),
     "mfrec_item_rows": (_i64, [_p, _p, _int, _p, _int, _f32, _p, _p, _p, _f32, _int, _int, _f32, _p, _p, _p,
@@ -38,7 +38,7 @@ _SIGNATURES = {
 
 
 # mfrec_abi_version() of the kernels these signatures describe.
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 
 @functools.lru_cache(maxsize=None)

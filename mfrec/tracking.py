@@ -263,9 +263,9 @@ class EpochMetrics:
             self.flush()
 
     def flush(self) -> None:
-        for start in range(0, len(self.pending), 1000):  # log_batch takes up to 1000 metrics
-            self.client.log_batch(self.run_id, metrics=self.pending[start:start + 1000])
-        self.pending = []
+        while self.pending:  # log_batch takes up to 1000 metrics; a failed batch stays pending
+            self.client.log_batch(self.run_id, metrics=self.pending[:1000])
+            del self.pending[:1000]
         self.written = time.monotonic()
 
 

@@ -175,9 +175,11 @@ class EpochChoice:
             self._cond.notify_all()
 
     def abort(self) -> None:
+        """The validation phase failed (no effect once it chose)."""
         with self._cond:
-            self._aborted = True
-            self._cond.notify_all()
+            if self._chosen is None:
+                self._aborted = True
+                self._cond.notify_all()
 
     def wait(self, epoch: Optional[int] = None) -> tuple[Optional[int], float]:
         """Block until the validation phase has finished ``epoch`` (None: until it chose);
@@ -248,11 +250,26 @@ def fit(
         Train for the epoch count that a validation phase running at the same time is
         choosing (:class:`EpochChoice`) instead of ``epochs``.
     """
+    try:
+        result = _checked_fit(train, config, val, epochs, on_epoch, choice, follow)
+    except BaseException:
+        if choice is not None:
+            choice.abort()  # whatever failed, a refit following this fit must not wait on it
+        raise
+    if choice is not None:
+        choice.choose(result.best_epoch)
+    return result
+
+
+def _checked_fit(train, config, val, epochs, on_epoch, choice, follow) -> FitResult:
     config.validate()
     if len(train) == 0:
         raise TrainingError("the training set is empty")
     if (train.users < 0).any() or (train.items < 0).any():
         raise TrainingError("training interactions contain unknown user or item indices")
+    if train.users.max() >= train.n_users or train.items.max() >= train.n_items:
+        raise TrainingError(f"training interactions index past their tables ({train.n_users} users, "
+                            f"{train.n_items} items): build them with the IdIndex they came from")
     n_epochs = epochs or config.epochs
     device = resolve_device(config.device, needs_sparse=config.solver == "als")
     # ALS on a CPU uses only deterministic kernels (row-parallel sparse products, fixed-order
@@ -265,14 +282,7 @@ def fit(
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        result = _fit(train, config, val, n_epochs, device, on_epoch, choice, follow)
-        if choice is not None:
-            choice.choose(result.best_epoch)
-        return result
-    except BaseException:
-        if choice is not None:
-            choice.abort()
-        raise
+        return _fit(train, config, val, n_epochs, device, on_epoch, choice, follow)
     finally:
         if switch:
             torch.use_deterministic_algorithms(was_deterministic)

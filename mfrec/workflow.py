@@ -47,7 +47,10 @@ def train_and_evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFram
         choice = training.EpochChoice()
         with training.one_torch_thread(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="mfrec-refit") as pool:
             refit_job = pool.submit(_refit, train, val, config, choice)
-            first = training.fit(tr, config, val=va, on_epoch=on_epoch, choice=choice)
+            try:
+                first = training.fit(tr, config, val=va, on_epoch=on_epoch, choice=choice)
+            finally:
+                choice.abort()  # no effect once chosen; else the refit must not wait for a choice
             selected = time.perf_counter()
             fit_frame, users, items, result = refit_job.result()
     else:

@@ -4,6 +4,9 @@ and the refit that runs alongside the validation phase (training.EpochChoice).""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -217,6 +220,40 @@ def test_a_failed_validation_phase_stops_the_refit(monkeypatch):
         workflow.train_and_evaluate(train, val, test, movies, TrainConfig(progress=False), on_epoch=boom)
     assert not [t for t in threading.enumerate() if t.name.startswith("mfrec-refit")]
     assert torch.get_num_threads() == threads  # restored after one_torch_thread
+
+
+def test_a_validation_phase_refused_at_the_start_stops_the_refit():
+    """Checks that fail before the first epoch (here: an empty training set) also release the
+    refit waiting for it (it hung in the pool's shutdown before). In a child process, so a
+    regression fails this test instead of hanging the suite."""
+    script = textwrap.dedent("""
+        import sys
+        sys.path[:0] = [sys.argv[1], sys.argv[2]]
+        from test_native import _split
+        from mfrec import train as training, workflow
+        training.refit_alongside = lambda *args: True
+        train, val, test, movies = _split()
+        try:
+            workflow.train_and_evaluate(train.iloc[:0], val, test, movies, training.TrainConfig(progress=False))
+        except training.TrainingError as exc:
+            print("refused:", exc)
+    """)
+    here = os.path.dirname(os.path.abspath(__file__))
+    done = subprocess.run([sys.executable, "-c", script, here, os.path.dirname(here)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "refused: the training set is empty" in done.stdout
+
+
+def test_indices_past_the_tables_are_refused_before_any_kernel_runs():
+    users, items, ratings = _ratings()
+    with pytest.raises(ValueError, match="row index is 69, past the matrix's 60 rows"):
+        als.Csr(users, items, ratings, 60, 50)
+    with pytest.raises(ValueError, match=r"column indices span 0\.\.49, outside the matrix's 40 columns"):
+        als.Csr(users, items, ratings, 70, 40)
+    data = Interactions(users.numpy(), items.numpy(), ratings.numpy(), 70, 30)
+    with pytest.raises(training.TrainingError, match="index past their tables"):
+        fit(data, TrainConfig(progress=False))
 
 
 def test_refit_alongside_needs_two_torch_threads():
