@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -19,12 +20,43 @@ if not sys.stderr.isatty():
 
 
 def fail_on_termination() -> None:
-    """Make SIGTERM unwind the stack, so every open run ends FAILED instead of staying RUNNING."""
+    """Make SIGTERM unwind the stack, so every open run ends FAILED instead of staying RUNNING.
 
-    def _raise(signum, _frame):
-        raise SystemExit(128 + signum)
+    Not from the middle of a tracking-database call, though: SQLAlchemy is not safe against
+    an exception raised between its statements. A SIGTERM that landed in a query left
+    sqlite locked, so the runs could not be marked FAILED and stayed RUNNING (seen in CI,
+    about one kill in 25, once training had got fast enough that kills met the train step's
+    logging). There the exit waits, looked at again every 50 ms, until the call has
+    returned; at most ``TERMINATION_GRACE`` seconds.
+    """
+    deadline = []
+
+    def _raise(signum, frame):
+        if not deadline:
+            deadline.append(time.monotonic() + TERMINATION_GRACE)
+        if _in_database_call(frame) and time.monotonic() < deadline[0] and hasattr(signal, "setitimer"):
+            signal.signal(signal.SIGALRM, _raise)
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            return
+        if hasattr(signal, "setitimer"):
+            signal.setitimer(signal.ITIMER_REAL, 0)  # no later alarm during the unwinding
+        raise SystemExit(128 + signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, _raise)
+
+
+# Longest a SIGTERM waits for a tracking-database call to return.
+TERMINATION_GRACE = 30.0
+
+
+def _in_database_call(frame) -> bool:
+    """Whether ``frame`` or a caller runs SQLAlchemy or MLflow's database store."""
+    while frame is not None:
+        name = frame.f_code.co_filename.replace(os.sep, "/")
+        if "/sqlalchemy/" in name or "/mlflow/store/db/" in name or name.endswith("/sqlalchemy_store.py"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def system_metrics_available() -> bool:

@@ -106,3 +106,35 @@ def test_a_failing_entry_point_run_fails_its_whole_tree(tmp_path):
                   for r in runs}
         assert status.pop("pipeline") == "FAILED" and status.pop("done") == "FINISHED"
         assert list(status.values()) == ["FAILED", "FAILED"]
+
+
+def test_sigterm_waits_for_a_database_call_to_return():
+    """A SIGTERM landing inside a SQLAlchemy query (here: sent by a SQL function the query
+    calls) exits once the query has returned, not from its middle, which left sqlite locked
+    and the runs RUNNING."""
+    import os
+
+    import sqlalchemy
+
+    from entrypoints.common import fail_on_termination
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGALRM)}
+    engine = sqlalchemy.create_engine("sqlite://")
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _add_function(connection, _record):
+        connection.create_function("terminate", 0, lambda: os.kill(os.getpid(), signal.SIGTERM) or 7)
+
+    returned = []
+    try:
+        fail_on_termination()
+        with pytest.raises(SystemExit) as exited:
+            with engine.connect() as connection:
+                returned.append(connection.execute(sqlalchemy.text("select terminate()")).scalar())
+            time.sleep(5)  # the deferred exit comes here, within 50 ms
+        assert exited.value.code == 143
+        assert returned == [7]  # the query finished before the exit
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        engine.dispose()
