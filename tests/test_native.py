@@ -206,43 +206,54 @@ def test_a_follower_goes_back_to_the_chosen_epoch():
         assert torch.equal(value, reference.model.state_dict()[name]), name
 
 
-def test_a_failed_validation_phase_stops_the_refit(monkeypatch):
-    """No hang and no half-made model: the validation phase's error is what the caller sees."""
-    train, val, test, movies = _split()
-    monkeypatch.setattr(training, "refit_alongside", lambda *args: True)
-    threads = torch.get_num_threads()
-
-    def boom(record):
-        if record["epoch"] == 2:
-            raise RuntimeError("logging failed")
-
-    with pytest.raises(RuntimeError, match="logging failed"):
-        workflow.train_and_evaluate(train, val, test, movies, TrainConfig(progress=False), on_epoch=boom)
-    assert not [t for t in threading.enumerate() if t.name.startswith("mfrec-refit")]
-    assert torch.get_num_threads() == threads  # restored after one_torch_thread
-
-
-def test_a_validation_phase_refused_at_the_start_stops_the_refit():
-    """Checks that fail before the first epoch (here: an empty training set) also release the
-    refit waiting for it (it hung in the pool's shutdown before). In a child process, so a
-    regression fails this test instead of hanging the suite."""
+def _in_child(body: str) -> str:
+    """Run ``body`` (with _split, training and workflow imported, and the refit forced to run
+    alongside) in a child process; its stdout. A hang fails the test instead of the suite."""
     script = textwrap.dedent("""
-        import sys
+        import sys, threading
         sys.path[:0] = [sys.argv[1], sys.argv[2]]
+        import torch
         from test_native import _split
         from mfrec import train as training, workflow
         training.refit_alongside = lambda *args: True
         train, val, test, movies = _split()
+    """) + textwrap.dedent(body)
+    here = os.path.dirname(os.path.abspath(__file__))
+    done = subprocess.run([sys.executable, "-c", script, here, os.path.dirname(here)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_a_failed_validation_phase_stops_the_refit():
+    """No hang and no half-made model: the validation phase's error is what the caller sees,
+    no refit thread is left, and torch's thread count is put back."""
+    out = _in_child("""
+        threads = torch.get_num_threads()
+        def boom(record):
+            if record["epoch"] == 2:
+                raise RuntimeError("logging failed")
+        try:
+            workflow.train_and_evaluate(train, val, test, movies, training.TrainConfig(progress=False), on_epoch=boom)
+        except RuntimeError as exc:
+            print("raised:", exc)
+        print("refit threads left:", [t.name for t in threading.enumerate() if t.name.startswith("mfrec-refit")])
+        print("threads restored:", torch.get_num_threads() == threads)
+    """)
+    assert "raised: logging failed" in out
+    assert "refit threads left: []" in out and "threads restored: True" in out
+
+
+def test_a_validation_phase_refused_at_the_start_stops_the_refit():
+    """Checks that fail before the first epoch (here: an empty training set) also release the
+    refit waiting for it (it hung in the pool's shutdown before)."""
+    out = _in_child("""
         try:
             workflow.train_and_evaluate(train.iloc[:0], val, test, movies, training.TrainConfig(progress=False))
         except training.TrainingError as exc:
             print("refused:", exc)
     """)
-    here = os.path.dirname(os.path.abspath(__file__))
-    done = subprocess.run([sys.executable, "-c", script, here, os.path.dirname(here)], capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "refused: the training set is empty" in done.stdout
+    assert "refused: the training set is empty" in out
 
 
 def test_indices_past_the_tables_are_refused_before_any_kernel_runs():
