@@ -343,8 +343,8 @@ HOT void mfrec_user_table(int64_t n_items, int k, int implicit, float w1, float 
 
 /* User step for rows [lo, hi): the rating system (D = k + 1: factors and bias) and, with the
  * choice loss, the choice system (k x k: s * sum q q^T + shared_c, rhs sum - offset_c).
- * The rating system's prior is reg on the factors, bias_reg on the bias. sq_error receives the squared rating error at
- * the solution. Returns the number of systems that were not positive definite (their
+ * The rating system's prior is reg on the factors, bias_reg on the bias. sq_error receives
+ * the squared rating error at the solution. Returns the number of systems that were not positive definite (their
  * solutions are NaN), or -1 when out of memory. */
 HOT int64_t mfrec_user_rows(const int32_t *crow, const void *cols, int cols_u16, const void *codes, int codes_u8,
                         float scale, const float *table, const float *q, const float *item_bias, float mu, int k,
@@ -354,12 +354,8 @@ HOT int64_t mfrec_user_rows(const int32_t *crow, const void *cols, int cols_u16,
     int D = k + 1, P = D * (D + 1) / 2, width = user_width(k, implicit);
     int64_t stride = padded(width);
     float *work = malloc(sizeof(float) * ((size_t)G * (stride + D) + (size_t)(2 * D * D + 2 * D) * G + D));
-    double *sq = malloc(sizeof(double) * G);
-    if (!work || !sq) {
-        free(work);
-        free(sq);
-        return -1;
-    }
+    if (!work) return -1;
+    double sq[G];  /* each row's sum of squared residuals */
     float *sums = work, *rhs = sums + G * stride, *A = rhs + G * D, *x = A + D * D * G;
     float *Ac = x + D * G, *xc = Ac + D * D * G, *prior = xc + D * G;
     for (int a = 0; a < D; a++) prior[a] = a < k ? reg : bias_reg;
@@ -369,7 +365,6 @@ HOT int64_t mfrec_user_rows(const int32_t *crow, const void *cols, int cols_u16,
         int n = hi - first < G ? (int)(hi - first) : G;
         memset(sums, 0, sizeof(float) * G * stride);
         memset(rhs, 0, sizeof(float) * G * D);
-        for (int g = 0; g < G; g++) sq[g] = 0.0;
         for (int g = 0; g < n; g++)
             sq[g] = row_sums(&m, crow[first + g], crow[first + g + 1], table, stride, q, item_bias, mu, k,
                              sums + g * stride, rhs + g * D);
@@ -415,7 +410,6 @@ HOT int64_t mfrec_user_rows(const int32_t *crow, const void *cols, int cols_u16,
     }
     *sq_error = sq_total;
     free(work);
-    free(sq);
     return bad;
 }
 

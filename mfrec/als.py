@@ -650,8 +650,8 @@ class _NativeSweep:
     """The sweep of :class:`AlsSolver` through the fused CPU kernels (mfrec/_native.c): the
     same systems as :func:`solve_items` and :func:`solve_users`, but each group of rows is
     summed, assembled and solved while it is in cache, instead of ~50 whole-array torch
-    operations per step (ml-latest-small: 2.1-2.3 against 4.2-4.9 ms a sweep; the 25M
-    synthetic set 0.46 against 0.62 s). Large sets split each step's rows over threads."""
+    operations per step (ml-latest-small: 2.1-2.6 against 4.2-4.9 ms a sweep; the 25M
+    synthetic set 0.45-0.49 against 0.62 s). Large sets split each step's rows over threads."""
 
     @classmethod
     def create(cls, solver: "AlsSolver", threads: int | None = None) -> "_NativeSweep | None":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from mlflow.entities import Metric
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
@@ -254,8 +255,6 @@ class EpochMetrics:
         self.written = time.monotonic()
 
     def __call__(self, record: dict) -> None:
-        from mlflow.entities import Metric
-
         stamp = int(time.time() * 1000)
         self.pending += [Metric(key, float(value), stamp, int(record["epoch"]))
                          for key, value in record.items() if key != "epoch"]

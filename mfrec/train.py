@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 
 from mfrec.device import resolve_device
 from mfrec.errors import ConfigError, TrainingError
-from mfrec.als import AlsSolver
+from mfrec.als import AlsSolver, split_threads
 from mfrec.interactions import Interactions
 from mfrec.model import MatrixFactorization
-from mfrec import scoring
+from mfrec import native, scoring
 
 
 SOLVERS = ("als", "adam")
@@ -127,8 +127,6 @@ class FitResult:
     best_epoch: int = 0
     best_val_rmse: float = float("nan")
     seconds: float = 0.0
-    # Of which a refit following a validation phase spent waiting for it.
-    waited_seconds: float = 0.0
     device: str = "cpu"
     # What ran the sweeps: "native" (mfrec/_native.c) or "torch".
     kernels: str = "torch"
@@ -181,16 +179,15 @@ class EpochChoice:
                 self._aborted = True
                 self._cond.notify_all()
 
-    def wait(self, epoch: Optional[int] = None) -> tuple[Optional[int], float]:
+    def wait(self, epoch: Optional[int] = None) -> Optional[int]:
         """Block until the validation phase has finished ``epoch`` (None: until it chose);
-        returns (the chosen count or None, seconds waited)."""
-        started = time.perf_counter()
+        the chosen count, or None while there is none."""
         with self._cond:
             while not self._aborted and self._chosen is None and (epoch is None or self._done < epoch):
                 self._cond.wait()
             if self._aborted:
                 raise EpochChoice.Aborted()
-            return self._chosen, time.perf_counter() - started
+            return self._chosen
 
 
 def refit_alongside(config: TrainConfig, n_ratings: int) -> bool:
@@ -199,9 +196,6 @@ def refit_alongside(config: TrainConfig, n_ratings: int) -> bool:
     not distributed, torch allowed two threads or more, and a set small enough that each
     phase's sweep is one thread anyway (:func:`mfrec.als.split_threads`), so the two phases
     use two cores instead of one."""
-    from mfrec import native
-    from mfrec.als import split_threads
-
     return (config.solver == "als" and native.available() and _distributed_rank()[1] == 1
             and torch.get_num_threads() > 1 and split_threads(n_ratings) == 1
             and resolve_device(config.device, needs_sparse=True).type == "cpu")
@@ -298,9 +292,9 @@ def _fit(train, config, val, n_epochs, device, on_epoch, choice=None, follow=Non
     users = _as_tensor(train.users, index_dtype, device)
     items = _as_tensor(train.items, index_dtype, device)
     ratings = _as_tensor(train.ratings, torch.float32, device)
-    # Its own generator (seeded like the global one): a fit running alongside draws from its own.
     # The mean in float64 from numpy: one summation order, whatever torch's thread count.
     mean = float(np.mean(train.ratings, dtype=np.float64))
+    # Its own generator, seeded like the global one: a fit running alongside draws from its own.
     model = MatrixFactorization(
         train.n_users, train.n_items, config.n_factors, mean, config.init_std,
         generator=torch.Generator().manual_seed(config.seed),
@@ -333,8 +327,7 @@ def _fit(train, config, val, n_epochs, device, on_epoch, choice=None, follow=Non
     chosen, swept = None, 0
     for epoch in bar:
         if follow is not None:
-            chosen, waited = follow.wait(epoch - 1)
-            result.waited_seconds += waited
+            chosen = follow.wait(epoch - 1)
             if chosen is not None and epoch > chosen:
                 break
         train_loss = solver.epoch()
@@ -342,8 +335,7 @@ def _fit(train, config, val, n_epochs, device, on_epoch, choice=None, follow=Non
         if not math.isfinite(train_loss):
             if follow is not None and chosen is None:
                 # Only an error if this epoch is one the refit needs.
-                chosen, waited = follow.wait()
-                result.waited_seconds += waited
+                chosen = follow.wait()
             if follow is None or epoch <= chosen:
                 raise TrainingError(
                     f"training loss became {train_loss} at epoch {epoch}; {solver.divergence_advice()}"
@@ -382,8 +374,7 @@ def _fit(train, config, val, n_epochs, device, on_epoch, choice=None, follow=Non
     bar.close()
     if follow is not None:
         if chosen is None:
-            chosen, waited = follow.wait()
-            result.waited_seconds += waited
+            chosen = follow.wait()
         if swept > chosen:  # ran ahead of the choice: back to the chosen epoch
             model.load_state_dict(dict(recent)[chosen])
             del result.history[chosen:]
