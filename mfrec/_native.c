@@ -8,10 +8,14 @@
  * (and the path for GPUs, torch.distributed and fold-in); tests check both agree.
  *
  * Called through ctypes (which releases the GIL), so rows can be split over threads.
- * The module init only makes the file importable, which is how mfrec finds it.
+ * `pip install` builds it as the extension module mfrec._native (the module init only
+ * makes the file importable, which is how mfrec finds it); mfrec/native.py compiles it as a
+ * plain shared library (MFREC_NO_PYTHON) when that build is missing or stale.
  */
+#ifndef MFREC_NO_PYTHON
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#endif
 
 #include <math.h>
 #include <stdint.h>
@@ -186,6 +190,12 @@ void mfrec_csr_fill(int64_t n, const int32_t *rows, const int32_t *cols, const f
 /* Bumped with every change of an exported function's arguments: mfrec/native.py refuses a
  * build that does not match (a stale build from before a `git pull` would misread them). */
 int64_t mfrec_abi_version(void) { return 2; }
+
+/* sha256 of this file, prefix (mfrec/native.py): tells a build of other sources of this file. */
+#ifndef MFREC_SOURCE_DIGEST
+#define MFREC_SOURCE_DIGEST ""
+#endif
+const char *mfrec_source_digest(void) { return MFREC_SOURCE_DIGEST; }
 
 /* Floats per row of the item-step table (side 0) or the user-step table (side 1) for k
  * factors: the width the table builds write, rounded up to sum_rows' block (the padding is
@@ -413,6 +423,8 @@ HOT int64_t mfrec_user_rows(const int32_t *crow, const void *cols, int cols_u16,
     return bad;
 }
 
+#ifndef MFREC_NO_PYTHON
 static struct PyModuleDef native_module = {PyModuleDef_HEAD_INIT, "_native", NULL, -1, NULL, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&native_module); }
+#endif

@@ -1,9 +1,13 @@
-"""The fused CPU kernels of the ALS sweep (``mfrec/_native.c``), when they were built.
+"""The fused CPU kernels of the ALS sweep (``mfrec/_native.c``).
 
-``pip install`` compiles them (an optional extension: without a C compiler the install still
-succeeds and training uses the torch steps of :mod:`mfrec.als`, which compute the same
-systems). They run on CPU tensors only; GPUs, torch.distributed and fold-in use the torch
-steps. ``MFREC_NATIVE=0`` turns them off.
+``pip install`` compiles them as the extension module ``mfrec._native`` (optional: without
+a C compiler the install still succeeds). When that build is missing or was made from other
+sources of ``_native.c`` (a ``git pull`` since; a project run from its folder, as
+``mlflow run .`` does in a conda environment), the first use compiles the source into the
+cache folder (``MFREC_CACHE_DIR``, see :mod:`mfrec.download`) with ``$CC`` or ``cc``, once per
+version of the source. Without any build, training uses the torch steps of :mod:`mfrec.als`,
+which compute the same systems. The kernels run on CPU tensors only; GPUs,
+torch.distributed and fold-in use the torch steps. ``MFREC_NATIVE=0`` turns them off.
 
 ctypes releases the GIL while a kernel runs: the row kernels take a range of rows, so
 a large step splits its rows over threads (:func:`run_split`), and two fits can sweep at
@@ -15,10 +19,17 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+
+from mfrec import _build
 
 _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
@@ -40,28 +51,103 @@ _SIGNATURES = {
 # mfrec_abi_version() of the kernels these signatures describe.
 ABI_VERSION = 2
 
+# Longest a first-use compile may take (it takes ~3 s).
+COMPILE_TIMEOUT = 300
+
 
 @functools.lru_cache(maxsize=None)
 def library():
-    """The loaded kernels, or None (not built, or turned off by ``MFREC_NATIVE=0``)."""
+    """The loaded kernels, or None (no build, or turned off by ``MFREC_NATIVE=0``).
+
+    Order: the build ``pip install`` made, if it is of these sources; else a build in the
+    cache folder, compiled now if there is none yet. Its path is :func:`origin`.
+    """
     if os.environ.get("MFREC_NATIVE", "1") == "0":
         return None
-    try:
-        from mfrec import _native
-    except ImportError:
+    digest = _build.source_digest()
+    lib, why_not = _installed(digest)
+    if lib is None and digest is not None:
+        lib, why_not_cached = _cached(digest)
+        if lib is None:
+            why_not = f"{why_not}; {why_not_cached}"
+    if lib is None:
+        if why_not:
+            warnings.warn(f"mfrec's native kernels are unavailable ({why_not}); training uses the slower torch "
+                          "steps (install a C compiler, or rebuild: pip install -e .)", RuntimeWarning,
+                          stacklevel=2)
         return None
-    lib = ctypes.CDLL(_native.__file__)
+    return lib
+
+
+def origin() -> str | None:
+    """Path of the loaded kernels (None when there are none)."""
+    lib = library()
+    return None if lib is None else lib._name
+
+
+def _open(path: str, digest: str | None):
+    """``(lib, None)`` for a build at ``path`` of these sources, else ``(None, why)``."""
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as e:
+        return None, f"{path} does not load: {e}"
     version = getattr(lib, "mfrec_abi_version", None)
+    source = getattr(lib, "mfrec_source_digest", None)
     if version is not None:
         version.restype, version.argtypes = _i64, []
-    if version is None or version() != ABI_VERSION:
-        warnings.warn(f"{_native.__file__} is a build of other mfrec sources; training uses the torch steps "
-                      "(rebuild the kernels: pip install -e .)", RuntimeWarning, stacklevel=2)
-        return None
+    if source is not None:
+        source.restype, source.argtypes = ctypes.c_char_p, []
+    if (version is None or version() != ABI_VERSION
+            or (digest is not None and (source is None or source().decode() != digest))):
+        return None, f"{path} is a build of other mfrec sources"
     for name, (restype, argtypes) in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = restype, argtypes
-    return lib
+    return lib, None
+
+
+def _installed(digest: str | None):
+    try:
+        from mfrec import _native
+    except ImportError:
+        return None, "pip install built none"
+    return _open(_native.__file__, digest)
+
+
+def _cached(digest: str):
+    """The cache folder's build of the kernels for ``digest``, compiled first when missing."""
+    from mfrec.download import default_cache_dir
+
+    folder = default_cache_dir() / "native"
+    path = folder / f"_native-{digest}-{platform.machine()}.so"
+    if path.exists():
+        lib, _ = _open(str(path), digest)
+        if lib is not None:
+            return lib, None
+    cc = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc") or "cc"]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # Built under a temporary name and renamed, so a process that loads it (or a second
+        # one compiling at the same time) never sees half a library.
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".build-", suffix=".so")
+        os.close(fd)
+    except OSError as e:
+        return None, f"cannot write to {folder}: {e}"
+    try:
+        cmd = [*cc, *_build.FLAGS, "-shared", "-fPIC", "-DMFREC_NO_PYTHON",
+               f"-DMFREC_SOURCE_DIGEST={_build.digest_macro(digest)}", str(_build.SOURCE), "-o", tmp, "-lm"]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return None, f"compiling them failed: {shlex.join(cmd)}: {e}"
+        if done.returncode != 0:
+            tail = " ".join(done.stderr.strip().splitlines()[-3:])
+            return None, f"compiling them failed: {shlex.join(cmd)} exited with {done.returncode}: {tail}"
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return _open(str(path), digest)
 
 
 def available() -> bool:

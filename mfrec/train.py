@@ -201,6 +201,14 @@ def refit_alongside(config: TrainConfig, n_ratings: int) -> bool:
             and resolve_device(config.device, needs_sparse=True).type == "cpu")
 
 
+def load_kernels(config: TrainConfig, device: torch.device | None = None) -> None:
+    """Load the native kernels that ALS on a CPU uses (compiling them the first time, ~3 s)
+    before any clock starts: that is set-up, not training time."""
+    device = device or resolve_device(config.device, needs_sparse=config.solver == "als")
+    if config.solver == "als" and device.type == "cpu":
+        native.library()
+
+
 @contextlib.contextmanager
 def one_torch_thread():
     """torch's operations on one thread while two fits run at once: a parallel operation of
@@ -266,6 +274,7 @@ def _checked_fit(train, config, val, epochs, on_epoch, choice, follow) -> FitRes
                             f"{train.n_items} items): build them with the IdIndex they came from")
     n_epochs = epochs or config.epochs
     device = resolve_device(config.device, needs_sparse=config.solver == "als")
+    load_kernels(config, device)
     # ALS on a CPU uses only deterministic kernels (row-parallel sparse products, fixed-order
     # reductions); leaving the global switch alone also skips its ~1 s import of torch's
     # compiler stack.

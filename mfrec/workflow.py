@@ -34,6 +34,7 @@ def train_and_evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFram
     (``refit=False`` keeps the validation-phase model, trained on ``train`` only).
     """
     config.validate()
+    training.load_kernels(config)
     started = time.perf_counter()
     users, items = IdIndex(train["userId"]), IdIndex(train["movieId"])
     tr = Interactions.from_frame(train, users, items)

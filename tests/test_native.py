@@ -4,17 +4,20 @@ and the refit that runs alongside the validation phase (training.EpochChoice).""
 from __future__ import annotations
 
 import os
+import platform
+import shutil
 import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from mfrec import als, native, workflow
+from mfrec import _build, als, native, workflow
 from mfrec import train as training
 from mfrec.interactions import IdIndex, Interactions
 from mfrec.model import MatrixFactorization
@@ -30,19 +33,90 @@ def test_the_kernels_are_built():
     assert native.available()
 
 
-def test_a_build_of_other_sources_is_refused(monkeypatch):
+def test_a_build_of_other_sources_is_refused(monkeypatch, tmp_path):
     """A kernel build whose arguments differ (stale after a `git pull`) would misread them."""
     if not native.available():
         pytest.skip("native kernels not built or MFREC_NATIVE=0")
+    monkeypatch.setenv("MFREC_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(native, "ABI_VERSION", native.ABI_VERSION + 1)
     native.library.cache_clear()
     try:
-        with pytest.warns(RuntimeWarning, match="rebuild the kernels"):
+        with pytest.warns(RuntimeWarning, match="is a build of other mfrec sources; .* is a build of other"):
             assert native.library() is None
     finally:
         monkeypatch.undo()
         native.library.cache_clear()
     assert native.available()
+
+
+_SWEEP_IN_CHILD = """
+import hashlib, warnings
+import torch
+from mfrec import als, native
+from mfrec.model import MatrixFactorization
+from mfrec.train import TrainConfig
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    print("origin:", native.origin())
+for w in caught:
+    print("warning:", w.message)
+gen = torch.Generator().manual_seed(3)
+users = torch.randint(0, 70, (900,), generator=gen, dtype=torch.int32)
+items = torch.randint(0, 50, (900,), generator=gen, dtype=torch.int32)
+ratings = torch.randint(1, 11, (900,), generator=gen).float() * 0.5
+model = MatrixFactorization(70, 50, 5, float(ratings.mean()), generator=torch.Generator().manual_seed(0))
+solver = als.AlsSolver(model, users, items, ratings, TrainConfig(n_factors=5))
+losses = [solver.epoch() for _ in range(3)]
+print("kernels:", "native" if solver.kernels is not None else "torch")
+print("numbers:", hashlib.sha256(torch.cat([p.detach().flatten() for p in model.parameters()]).numpy().tobytes()
+                                 + repr(losses).encode()).hexdigest())
+"""
+
+
+def _sweep_in_child(package_parent, cache, **env):
+    """Three sweeps in a fresh process that imports mfrec from ``package_parent``: which
+    kernels it found, any warning, and a digest of the resulting numbers."""
+    done = subprocess.run([sys.executable, "-c", _SWEEP_IN_CHILD], cwd=package_parent, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "MFREC_CACHE_DIR": str(cache), **env})
+    assert done.returncode == 0, done.stderr
+    return dict(line.split(": ", 1) for line in done.stdout.splitlines())
+
+
+def _package_copy(tmp_path, source_change=""):
+    """The mfrec package without its installed kernels, its C source changed by a comment
+    (what a `git pull` does to an editable install: the installed build is now stale)."""
+    copy = tmp_path / "project"
+    shutil.copytree(Path(native.__file__).parent, copy / "mfrec", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    source = copy / "mfrec" / "_native.c"
+    source.write_text(source.read_text() + source_change)
+    return copy, _build.source_digest(source)
+
+
+@needs_native
+def test_first_use_compiles_kernels_for_changed_sources(tmp_path):
+    """A stale or missing installed build (a `git pull`; `mlflow run .` from the project folder
+    in a conda environment) is replaced by a build of the current source in the cache folder:
+    compiled once (over a corrupt file left there), reused after, same numbers to the bit."""
+    copy, digest = _package_copy(tmp_path, "/* changed after the install */\n")
+    cache = tmp_path / "cache"
+    built = cache / "native" / f"_native-{digest}-{platform.machine()}.so"
+    built.parent.mkdir(parents=True)
+    built.write_bytes(b"half a library")
+    first = _sweep_in_child(copy, cache)
+    assert first["origin"] == str(built) and "warning" not in first and first["kernels"] == "native"
+    stamp = built.stat().st_mtime_ns
+    again = _sweep_in_child(copy, cache)
+    assert again["origin"] == str(built) and built.stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in built.parent.iterdir()) == [built.name]  # no temporary file left
+    installed = _sweep_in_child(Path(native.__file__).parents[1], cache)
+    assert installed["origin"] == native.origin() and installed["numbers"] == first["numbers"] == again["numbers"]
+
+
+def test_without_a_compiler_training_takes_the_torch_steps_and_says_why(tmp_path):
+    copy, _ = _package_copy(tmp_path, "/* changed */\n")
+    out = _sweep_in_child(copy, tmp_path / "cache", CC="/nonexistent/cc")
+    assert out["origin"] == "None" and out["kernels"] == "torch"
+    assert "compiling them failed" in out["warning"] and "/nonexistent/cc" in out["warning"] and "slower torch" in out["warning"]
 
 
 def _ratings(n_users=70, n_items=50, n=900, half_stars=True, seed=3):
