@@ -66,7 +66,10 @@ class MfrecPyfunc(mlflow.pyfunc.PythonModel):
         gc.collect()
         gc.freeze()
 
-    def predict(self, context, model_input, params=None):
+    # The hint is one MLflow infers no schema from (it keeps the explicit signature() below
+    # and does no conversion of its own): without any, every process that imports this
+    # module prints MLflow's "add type hints" warning.
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[dict]:
         return answer(self.rec, model_input, params)
 
 
