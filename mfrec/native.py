@@ -5,7 +5,7 @@ a C compiler the install still succeeds). When that build is missing or was made
 sources of ``_native.c`` (a ``git pull`` since; a project run from its folder, as
 ``mlflow run .`` does in a conda environment), the first use compiles the source into the
 cache folder (``MFREC_CACHE_DIR``, see :mod:`mfrec.download`) with ``$CC`` or ``cc``, once per
-version of the source. Without any build, training uses the torch steps of :mod:`mfrec.als`,
+version of the source (and loads from there only while no other user can write to it). Without any build, training uses the torch steps of :mod:`mfrec.als`,
 which compute the same systems. The kernels run on CPU tensors only; GPUs,
 torch.distributed and fold-in use the torch steps. ``MFREC_NATIVE=0`` turns them off.
 
@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 
@@ -120,13 +121,21 @@ def _cached(digest: str):
 
     folder = default_cache_dir() / "native"
     path = folder / f"_native-{digest}-{platform.machine()}.so"
-    if path.exists():
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        return None, f"cannot write to {folder}: {e}"
+    # Loading a library runs its code: only from a folder and file no one else can write to
+    # (MFREC_CACHE_DIR may point at a shared folder).
+    unsafe = _writable_by_others(folder)
+    if unsafe:
+        return None, unsafe
+    if path.exists() and not _writable_by_others(path):
         lib, _ = _open(str(path), digest)
         if lib is not None:
             return lib, None
     cc = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc") or "cc"]
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         # Built under a temporary name and renamed, so a process that loads it (or a second
         # one compiling at the same time) never sees half a library.
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".build-", suffix=".so")
@@ -143,11 +152,24 @@ def _cached(digest: str):
         if done.returncode != 0:
             tail = " ".join(done.stderr.strip().splitlines()[-3:])
             return None, f"compiling them failed: {shlex.join(cmd)} exited with {done.returncode}: {tail}"
+        os.chmod(tmp, 0o755)  # the linker's mode follows the umask, which may let the group write
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return _open(str(path), digest)
+
+
+def _writable_by_others(path: Path) -> str | None:
+    """Why others could change ``path`` (owned by another user, or group/world-writable), or None."""
+    if not hasattr(os, "getuid"):
+        return None
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        return f"{path} belongs to another user"
+    if st.st_mode & 0o022:
+        return f"{path} is writable by other users (chmod go-w it, or set MFREC_CACHE_DIR)"
+    return None
 
 
 def available() -> bool:

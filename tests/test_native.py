@@ -100,16 +100,30 @@ def test_first_use_compiles_kernels_for_changed_sources(tmp_path):
     copy, digest = _package_copy(tmp_path, "/* changed after the install */\n")
     cache = tmp_path / "cache"
     built = cache / "native" / f"_native-{digest}-{platform.machine()}.so"
-    built.parent.mkdir(parents=True)
+    built.parent.mkdir(parents=True, mode=0o700)
     built.write_bytes(b"half a library")
     first = _sweep_in_child(copy, cache)
     assert first["origin"] == str(built) and "warning" not in first and first["kernels"] == "native"
     stamp = built.stat().st_mtime_ns
+    assert built.stat().st_mode & 0o777 == 0o755  # whatever the umask
     again = _sweep_in_child(copy, cache)
     assert again["origin"] == str(built) and built.stat().st_mtime_ns == stamp
     assert sorted(p.name for p in built.parent.iterdir()) == [built.name]  # no temporary file left
     installed = _sweep_in_child(Path(native.__file__).parents[1], cache)
     assert installed["origin"] == native.origin() and installed["numbers"] == first["numbers"] == again["numbers"]
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX permissions")
+def test_a_cache_folder_others_can_write_to_is_not_loaded_from(tmp_path):
+    """Loading a library runs its code: not from a folder another user could put one in."""
+    copy, digest = _package_copy(tmp_path, "/* changed */\n")
+    shared = tmp_path / "shared" / "native"
+    shared.mkdir(parents=True)
+    shared.chmod(0o777)
+    out = _sweep_in_child(copy, shared.parent)
+    assert out["origin"] == "None" and out["kernels"] == "torch"
+    assert f"{shared} is writable by other users" in out["warning"]
+    assert list(shared.iterdir()) == []  # nothing compiled into it either
 
 
 def test_without_a_compiler_training_takes_the_torch_steps_and_says_why(tmp_path):
