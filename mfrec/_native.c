@@ -5,7 +5,8 @@
  * each row's system is summed, assembled, factorised and solved while it sits in L1,
  * which is the difference between a memory-bound and a compute-bound sweep on a CPU.
  * The mathematics and the table layouts are those of als.py, which stays the reference
- * (and the path for GPUs, torch.distributed and fold-in); tests check both agree.
+ * (and the path for GPUs and torch.distributed); tests check both agree. Fold-in of new
+ * customers at serving time runs the user step's two kernels too (als._native_users).
  *
  * Called through ctypes (which releases the GIL), so rows can be split over threads.
  * `pip install` builds it as the extension module mfrec._native (the module init only

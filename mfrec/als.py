@@ -401,7 +401,8 @@ def _user_constants(item_factors, item_choice_bias, config, catalogue=None) -> t
 
 
 def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user: Csr, config,
-                distributed: bool = False, catalogue: tuple | None = None, out: tuple | None = None):
+                distributed: bool = False, catalogue: tuple | None = None, out: tuple | None = None,
+                native_kernels: bool = False):
     """The user step: exact (bias, rating vector, choice vector) of every row of ``by_user``.
 
     Returns ``(bias (N,), p (N, k), c (N, k), squared rating error at the solution)``.
@@ -411,7 +412,13 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
     per-item tables then cost a handful of rows, not the catalogue); the choice term's
     Gramian still sums over the whole catalogue. ``out`` is (bias, p, c) to write into
     (training passes the model's own parameters), else they are new tensors.
+    ``native_kernels``: solve through the CPU kernels where they apply (:func:`_native_users`;
+    training's sweeps use them through :class:`_NativeSweep` instead).
     """
+    if native_kernels and not distributed and out is None:
+        solved = _native_users(item_factors, item_bias, item_choice_bias, global_mean, by_user, config, catalogue)
+        if solved is not None:
+            return solved
     q = item_factors
     n, k = by_user.shape[0], q.shape[1]
     dtype, device = q.dtype, q.device
@@ -477,6 +484,37 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
         if w0 > 0:
             c[rows] = x_all[:k, m:].T
     return bias, p, c, sq_error
+
+
+def _native_users(item_factors, item_bias, item_choice_bias, global_mean, by_user: Csr, config, catalogue):
+    """:func:`solve_users` through the kernels of the training's user step (mfrec_user_table and
+    mfrec_user_rows, one call each; the torch steps are ~265 operations, which is what a
+    fold-in request cost), or None where they do not apply (not built, not a CPU, not float32).
+    The choice system's catalogue part is :func:`_user_constants`', as in the torch step."""
+    lib = native.library()
+    if (lib is None or item_factors.device.type != "cpu" or item_factors.dtype != torch.float32
+            or by_user.crow.dtype != torch.int32):
+        return None
+    ptr = native.ptr
+    q, item_bias, choice_bias = (t.detach().contiguous() for t in (item_factors, item_bias, item_choice_bias))
+    n, k = by_user.shape[0], q.shape[1]
+    w0, w1 = _weights(config)
+    implicit = w0 > 0
+    table = torch.empty(len(q), lib.mfrec_table_stride(1, k, int(implicit)))
+    shared_c, offset_c = torch.empty(k, k), torch.empty(k)
+    lib.mfrec_user_table(len(q), k, int(implicit), w1, w1 - w0, w0, float(config.reg), ptr(q), ptr(choice_bias),
+                         ptr(table), ptr(shared_c), ptr(offset_c))
+    if implicit:  # these rows may be a few rated films: the catalogue's terms come from the caller
+        _, shared, offset = _user_constants(q, choice_bias, config, catalogue)
+        shared_c, offset_c = shared.contiguous(), offset.contiguous()
+    bias, p, c = torch.empty(n), torch.empty(n, k), torch.zeros(n, k)
+    sq_error = torch.zeros(1, dtype=torch.float64)
+    bad = lib.mfrec_user_rows(*_NativeSweep.matrix_args(by_user), ptr(table), ptr(q), ptr(item_bias),
+                              float(global_mean), k, int(implicit), w1 - w0, float(config.reg), float(config.bias_reg),
+                              ptr(shared_c), ptr(offset_c), ptr(bias), ptr(p), ptr(c), ptr(sq_error), 0, n)
+    if bad < 0:
+        raise MemoryError("the native ALS kernels could not allocate their buffers")
+    return bias, p, c, sq_error[0]
 
 
 def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr, config, distributed: bool = False,
@@ -696,18 +734,18 @@ class _NativeSweep:
         # so a sweep is four calls with ready-made arguments.
         self.item_table_args = (n_users, k, int(implicit), w1 - w0, w0, float(cfg.reg), float(cfg.bias_reg),
                                 p, c, ptr(self.item_table), ptr(self.constant))
-        self.item_rows_args = (*self._matrix_args(solver.by_item), ptr(self.item_table), p, user_bias, mu, k,
+        self.item_rows_args = (*self.matrix_args(solver.by_item), ptr(self.item_table), p, user_bias, mu, k,
                                int(implicit), w1, ptr(self.source), ptr(self.scale), ptr(self.constant),
                                q, item_bias, choice_bias)
         self.user_table_args = (n_items, k, int(implicit), w1, w1 - w0, w0, float(cfg.reg), q, choice_bias,
                                 ptr(self.user_table), ptr(self.shared_c), ptr(self.offset_c))
-        self.user_rows_args = (*self._matrix_args(solver.by_user), ptr(self.user_table), q, item_bias, mu, k,
+        self.user_rows_args = (*self.matrix_args(solver.by_user), ptr(self.user_table), q, item_bias, mu, k,
                                int(implicit), w1 - w0, float(cfg.reg), float(cfg.bias_reg), ptr(self.shared_c),
                                ptr(self.offset_c), user_bias, p, c)
         self.matrices = (solver.by_item, solver.by_user)  # the CSR arrays the arguments point into
 
     @staticmethod
-    def _matrix_args(csr: "Csr") -> tuple:
+    def matrix_args(csr: "Csr") -> tuple:
         return (native.ptr(csr.crow), native.ptr(csr.cols), int(csr.cols.dtype == torch.uint16),
                 native.ptr(csr.ratings), int(csr.ratings.dtype == torch.uint8), float(csr.scale))
 

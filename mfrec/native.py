@@ -5,9 +5,10 @@ a C compiler the install still succeeds). When that build is missing or was made
 sources of ``_native.c`` (a ``git pull`` since; a project run from its folder, as
 ``mlflow run .`` does in a conda environment), the first use compiles the source into the
 cache folder (``MFREC_CACHE_DIR``, see :mod:`mfrec.download`) with ``$CC`` or ``cc``, once per
-version of the source (and loads from there only while no other user can write to it). Without any build, training uses the torch steps of :mod:`mfrec.als`,
-which compute the same systems. The kernels run on CPU tensors only; GPUs,
-torch.distributed and fold-in use the torch steps. ``MFREC_NATIVE=0`` turns them off.
+version of the source (and loads from there only while no other user can write to it).
+Without any build, training and fold-in use the torch steps of :mod:`mfrec.als`, which
+compute the same systems. The kernels run on CPU tensors only; GPUs and torch.distributed
+use the torch steps. ``MFREC_NATIVE=0`` turns them off.
 
 ctypes releases the GIL while a kernel runs: the row kernels take a range of rows, so
 a large step splits its rows over threads (:func:`run_split`), and two fits can sweep at
@@ -73,7 +74,7 @@ def library():
             why_not = f"{why_not}; {why_not_cached}"
     if lib is None:
         if why_not:
-            warnings.warn(f"mfrec's native kernels are unavailable ({why_not}); training uses the slower torch "
+            warnings.warn(f"mfrec's native kernels are unavailable ({why_not}); training and fold-in use the slower torch "
                           "steps (install a C compiler, or rebuild: pip install -e .)", RuntimeWarning,
                           stacklevel=2)
         return None

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mfrec import _build, als, native, workflow
+from mfrec import _build, als, native, scoring, workflow
 from mfrec import train as training
 from mfrec.interactions import IdIndex, Interactions
 from mfrec.model import MatrixFactorization
@@ -171,6 +171,32 @@ def test_native_sweeps_match_the_torch_steps(implicit_weight, half_stars, compac
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), name
     if implicit_weight == 0:
         assert not fast.user_choice_factors.any() and not fast.item_logit_bias.any()
+
+
+@needs_native
+@pytest.mark.parametrize("implicit_weight", [2.0, 0.0])
+def test_fold_in_through_the_kernels_matches_the_torch_step(implicit_weight, monkeypatch):
+    """Serving's fold-in solves its customers' user step through the kernels: the same
+    answers as the torch step, for customers of 1 to 40 ratings of most of the catalogue."""
+    users, items, ratings = _ratings()
+    config = TrainConfig(n_factors=5, implicit_weight=implicit_weight, reg=1.5, bias_reg=3.0)
+    model, _, _ = _sweeps(users, items, ratings, config, 70, 50)
+    rng = np.random.default_rng(4)
+    counts = [1, 3, 40, 7, 2]
+    customers = np.repeat(np.arange(len(counts)), counts)
+    rated = np.concatenate([rng.choice(45, c, replace=False) for c in counts])
+    stars = rng.integers(1, 11, len(rated)) * 0.5
+    fast = scoring.fold_in(model, customers, rated, stars, len(counts), config)
+    monkeypatch.setattr(native, "library", lambda: None)
+    slow = scoring.fold_in(model, customers, rated, stars, len(counts), config)
+    for name in ("bias", "factors", "choice"):
+        assert torch.allclose(getattr(fast, name), getattr(slow, name), atol=1e-5, rtol=1e-5), name
+    assert torch.equal(fast.choice, slow.choice) if implicit_weight == 0 else fast.choice.abs().max() > 0.01
+    monkeypatch.undo()
+    csr = als.Csr(torch.zeros(3, dtype=torch.int32), torch.arange(3, dtype=torch.int32), torch.tensor([4.0, 3.5, 1.0]), 1, 3)
+    q = model.item_factors[:3]
+    assert als._native_users(q, model.item_bias[:3], model.item_logit_bias[:3], model.global_mean, csr, config,
+                             als.catalogue_terms(model.item_factors, model.item_logit_bias)) is not None
 
 
 @needs_native
