@@ -66,6 +66,26 @@ def write_outputs(result: clustering.ClusterResult, meta, vectors, folder: Path)
     return paths
 
 
+def parse_params(n_clusters=clustering.DEFAULT_N_CLUSTERS, seed=0, normalize=clustering.DEFAULT_NORMALIZE,
+                 min_ratings=clustering.DEFAULT_MIN_RATINGS, n_init=clustering.DEFAULT_N_INIT) -> dict:
+    """The step's parameters as numbers and bools, checked as far as they can be without the
+    embeddings (``main`` calls this before its first step)."""
+    values = {
+        "n_clusters": parse_number("n_clusters", n_clusters, int),
+        "seed": parse_number("seed", seed, int),
+        "normalize": parse_bool("normalize", normalize),
+        "min_ratings": parse_number("min_ratings", min_ratings, int),
+        "n_init": parse_number("n_init", n_init, int),
+    }
+    if values["n_clusters"] < 2:
+        raise ConfigError(f"n_clusters must be >= 2, got {values['n_clusters']}")
+    if values["min_ratings"] < 0:
+        raise ConfigError(f"min_ratings must be >= 0, got {values['min_ratings']}")
+    if values["n_init"] < 1:
+        raise ConfigError(f"n_init must be >= 1, got {values['n_init']}")
+    return values
+
+
 def run_cluster(embeddings: str, n_clusters=clustering.DEFAULT_N_CLUSTERS, seed=0,
                 normalize=clustering.DEFAULT_NORMALIZE, min_ratings=clustering.DEFAULT_MIN_RATINGS,
                 n_init=clustering.DEFAULT_N_INIT, out_dir=None) -> dict:
@@ -91,16 +111,7 @@ def run_cluster(embeddings: str, n_clusters=clustering.DEFAULT_N_CLUSTERS, seed=
     """
     if not str(embeddings or "").strip():
         raise ConfigError("parameter embeddings is required: an embeddings folder or its MLflow artifact URI")
-    values = {
-        "embeddings": str(embeddings),
-        "n_clusters": parse_number("n_clusters", n_clusters, int),
-        "seed": parse_number("seed", seed, int),
-        "normalize": parse_bool("normalize", normalize),
-        "min_ratings": parse_number("min_ratings", min_ratings, int),
-        "n_init": parse_number("n_init", n_init, int),
-    }
-    if values["n_init"] < 1:
-        raise ConfigError(f"n_init must be >= 1, got {values['n_init']}")
+    values = {"embeddings": str(embeddings), **parse_params(n_clusters, seed, normalize, min_ratings, n_init)}
     with active_or_new_run() as run:
         # Only params the run lacks: `mlflow run` already logged its own, as strings, and
         # re-logging one in another form ("10" vs 10) is an error.

@@ -73,7 +73,8 @@ def parser_for(prog: str, description: str, defaults: dict,
     """An argparse parser taking ``--some-key`` and ``--some_key`` for each default, plus
     ``--output-json``. Values stay strings, exactly as received, so logged params match what
     mlflow logged."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    # No abbreviations: `-P n_factor=16` must be refused, not read as n_factors.
+    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
     for key, default in defaults.items():
         flags = [f"--{key.replace('_', '-')}"] + ([f"--{key}"] if "_" in key else [])
         extra = {"nargs": "?", "const": ""} if key in OPTIONAL_VALUES else {}

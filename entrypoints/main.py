@@ -18,12 +18,13 @@ from entrypoints import prepare as prepare_step
 from entrypoints import train as train_step
 from entrypoints.common import finish, parser_for, system_metrics_available, fail_on_termination, top_level_run
 from mfrec import tracking
+from mfrec.device import resolve_device
 from mfrec.errors import MfrecError
 from mfrec.recommender import Recommender
 
 DEFAULTS = {**prepare_step.DEFAULTS, **{k: v for k, v in train_step.DEFAULTS.items() if k != "prepared"},
             "n_clusters": "10", "model_name": "mfrec"}
-# Metrics the top-level run repeats from its steps (interface.md's headline metrics).
+# Metrics the top-level run repeats from its steps (the README's "What a run logs").
 HEADLINE_PREFIXES = ("test_", "baseline_", "cluster_", "train_seconds", "epochs_run", "best_")
 
 
@@ -40,6 +41,15 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def check_params(values: dict) -> None:
+    """Refuse a bad parameter of any step before the first step runs (a bad ``n_clusters``
+    surfaced only after training, a bad ``n_factors`` after preparing)."""
+    config = train_step.config_from(values)
+    config.validate()
+    resolve_device(config.device, needs_sparse=config.solver == "als")
+    cluster_step.parse_params(values["n_clusters"], values["seed"])
+
+
 def run_pipeline(values: dict, progress=None) -> dict:
     """Run all steps under the active run (which becomes their parent)."""
     parent = mlflow.active_run()
@@ -49,6 +59,7 @@ def run_pipeline(values: dict, progress=None) -> dict:
     if commit:
         tags["mfrec.git_commit"] = commit
     mlflow.set_tags(tags)
+    check_params(values)
 
     with mlflow.start_run(run_name="prepare", nested=True):
         prepared = prepare_step.run_prepare({k: values[k] for k in prepare_step.DEFAULTS}, progress=bool(progress))
@@ -79,7 +90,7 @@ def run_pipeline(values: dict, progress=None) -> dict:
             mlflow.log_artifact(str(artifact), sub)
         model = tracking.log_pyfunc(folder)
     decision = tracking.register(model.model_uri, values["model_name"], trained["metrics"]["test_rmse"],
-                                 trained["data_sha256"], parent.info.run_id)
+                                 trained["prepare_key"], parent.info.run_id, trained["data_sha256"])
     return {"run_id": parent.info.run_id, "model_uri": model.model_uri, "registered": decision,
             "metrics": headline, "prepared_uri": prepared["prepared_uri"]}
 

@@ -127,7 +127,7 @@ def mlflow_uris(uri: str):
 
 
 def register_recommender(rec, root: Path, name: str = MODEL_NAME, clusters: bool = True,
-                         test_rmse: float = 1.0, data_sha256: str = "test") -> str:
+                         test_rmse: float = 1.0, prepare_key: str = "test") -> str:
     """Save ``rec`` (plus KMeans clusters, as the pipeline does), log and register it.
 
     Everything lives under ``root``: ``mlflow.db`` and ``artifacts/``. Returns the sqlite
@@ -158,7 +158,7 @@ def register_recommender(rec, root: Path, name: str = MODEL_NAME, clusters: bool
         experiment_id = client.create_experiment("mfrec-serving", artifact_location=(root / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=experiment_id, run_name="serving-fixture") as run:
             info = tracking.log_pyfunc(folder)
-            tracking.register(info.model_uri, name, test_rmse, data_sha256, run.info.run_id)
+            tracking.register(info.model_uri, name, test_rmse, prepare_key, run.info.run_id)
     return uri
 
 

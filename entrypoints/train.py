@@ -80,6 +80,7 @@ def run_train(args: dict, progress=None) -> dict:
         "recommender_uri": f"runs:/{run_id}/recommender",
         "embeddings_uri": f"runs:/{run_id}/embeddings",
         "data_sha256": manifest.get("data_sha256", ""),
+        "prepare_key": manifest.get("prepare_key", ""),
         "device": outcome.device,
         "kernels": outcome.kernels,
         "history": outcome.history,

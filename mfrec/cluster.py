@@ -77,7 +77,8 @@ def check_n_clusters(n_clusters: int, n_movies: int, min_ratings: int) -> None:
     if n_clusters > n_movies:
         raise ConfigError(
             f"n_clusters={n_clusters} is more than the {n_movies} movies to cluster "
-            f"(movies with >= {min_ratings} training ratings); lower n_clusters or min_ratings"
+            f"(movies with >= {min_ratings} training ratings); lower n_clusters (or min_ratings, which "
+            f"python -m entrypoints.cluster takes)"
         )
 
 

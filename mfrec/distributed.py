@@ -29,7 +29,8 @@ from mfrec.workflow import train_and_evaluate
 
 def main(argv=None) -> int:
     defaults = TrainConfig()
-    parser = argparse.ArgumentParser(prog="torchrun ... -m mfrec.distributed", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="torchrun ... -m mfrec.distributed", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
     parser.add_argument("--prepared", required=True, help="a prepared folder")
     parser.add_argument("--out", required=True, help="folder for the model and metrics.json (rank 0)")
     for name in ("n_factors", "epochs", "batch_size", "seed"):

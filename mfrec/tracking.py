@@ -278,15 +278,18 @@ def finite_metrics(metrics: dict) -> dict:
             and math.isfinite(float(v))}
 
 
-def register(model_uri: str, name: str, test_rmse: float, data_sha256: str, run_id: str) -> dict:
+def register(model_uri: str, name: str, test_rmse: float, prepare_key: str, run_id: str,
+             data_sha256: str = "") -> dict:
     """Register a version and move alias ``champion`` to it only if it beats the champion.
 
-    It must beat the current champion's ``test_rmse`` on the same prepared data (same
-    manifest checksum); without a champion, it becomes one. The decision is tagged on the
-    run and on the version.
+    It must beat the current champion's ``test_rmse`` on the same prepared data: the same
+    ``prepare_key`` (the data's content *and* the split: method, fractions, seed; a test RMSE
+    on another split measures another test set). Without a champion, it becomes one. The
+    decision is tagged on the run and on the version.
     """
     client = mlflow.MlflowClient()
     version = mlflow.register_model(model_uri, name, tags={"test_rmse": repr(float(test_rmse)),
+                                                            "prepare_key": prepare_key,
                                                             "data_sha256": data_sha256, "run_id": run_id})
     try:
         champion = client.get_model_version_by_alias(name, "champion")
@@ -294,8 +297,12 @@ def register(model_uri: str, name: str, test_rmse: float, data_sha256: str, run_
         champion = None
     if champion is None:
         promote, reason = True, "no champion yet"
-    elif champion.tags.get("data_sha256") != data_sha256:
-        promote, reason = False, f"champion v{champion.version} was evaluated on other prepared data"
+    elif "prepare_key" not in champion.tags:
+        promote, reason = False, (f"champion v{champion.version} has no prepare_key tag (registered by an older "
+                                  "mfrec, which compared models across splits): move the alias by hand")
+    elif not prepare_key or champion.tags["prepare_key"] != prepare_key:
+        promote, reason = False, (f"champion v{champion.version} was evaluated on other prepared data "
+                                  "(another dataset or split)")
     else:
         best = float(champion.tags.get("test_rmse", "inf"))
         promote = test_rmse < best

@@ -138,3 +138,21 @@ def test_sigterm_waits_for_a_database_call_to_return():
         for sig, handler in saved.items():
             signal.signal(sig, handler)
         engine.dispose()
+
+
+def test_bad_parameters_of_any_step_fail_before_the_first_step(shared_zip, tmp_path):
+    """A bad cluster or training parameter is refused before anything is prepared or trained
+    (it surfaced after training before), the run ends FAILED; a misspelt parameter is refused
+    (argparse read `--n_factor` as `--n_factors` before)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for bad, message in ((["--n-clusters", "0"], "n_clusters must be >= 2, got 0"),
+                         (["--n-factors", "0"], "n_factors must be >= 1, got 0")):
+        proc = pipeline(tmp_path, uri, "--data-path", str(shared_zip), *bad)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1 and f"pipeline failed: {message}" in err, err
+    runs = MlflowClient(uri).search_runs(["0"])
+    assert sorted(r.info.run_name for r in runs) == ["mf-k0-ml-latest-small-random-s0", "mf-k8-ml-latest-small-random-s0"]
+    assert {r.info.status for r in runs} == {"FAILED"}  # and no prepare/train/cluster child runs
+    proc = pipeline(tmp_path, uri, "--data-path", str(shared_zip), "--n_factor", "16")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "unrecognized arguments: --n_factor 16" in err

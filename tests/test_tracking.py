@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import mlflow
+import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from mfrec import tracking
@@ -33,3 +35,33 @@ def test_importing_the_pyfunc_model_prints_no_warning():
     done = subprocess.run([sys.executable, "-W", "always", "-c", "import mfrec.tracking"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
+
+
+class _Constant(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> list:
+        return [0.0] * len(model_input)
+
+
+def test_the_champion_is_challenged_only_on_the_same_prepared_data(tmp_path, monkeypatch):
+    """A test RMSE on another split (seed, method, fractions) or dataset measures another
+    test set: such a model is registered but does not take the alias, however low its RMSE."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
+        uri = mlflow.pyfunc.log_model(name="m", python_model=_Constant(), pip_requirements=["mlflow"]).model_uri
+
+    def challenge(rmse, key):
+        return tracking.register(uri, "mfrec", rmse, key, run.info.run_id, data_sha256="d")
+
+    assert challenge(0.90, "split-A")["decision"] == "promoted: no champion yet"
+    assert challenge(0.95, "split-A")["decision"] == "kept champion: test_rmse 0.9500 >= champion v1's 0.9000"
+    other = challenge(0.50, "split-B")  # e.g. seed=2: lower RMSE on an easier test set
+    assert not other["promoted"] and "other prepared data" in other["decision"]
+    assert challenge(0.85, "split-A")["promoted"]
+    champion = client.get_model_version_by_alias("mfrec", "champion")
+    assert str(champion.version) == "4" and champion.tags["prepare_key"] == "split-A"
+    assert client.get_model_version("mfrec", "3").tags["champion_decision"] == other["decision"]
+    client.delete_model_version_tag("mfrec", "4", "prepare_key")  # as an older mfrec registered it
+    legacy = challenge(0.10, "split-A")
+    assert not legacy["promoted"] and "no prepare_key tag" in legacy["decision"]
