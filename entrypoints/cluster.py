@@ -142,7 +142,8 @@ def main(argv=None) -> int:
     values = {k: getattr(args, k) for k in DEFAULTS}
     try:
         # The local copies are only needed until they are logged.
-        with tempfile.TemporaryDirectory(prefix="mfrec-cluster-") as tmp, top_level_run():
+        name = f"cluster-n{values['n_clusters']}-s{values['seed']}"  # a standalone step is otherwise named at random
+        with tempfile.TemporaryDirectory(prefix="mfrec-cluster-") as tmp, top_level_run(run_name=name):
             result = run_cluster(**values, out_dir=tmp)
     except MfrecError as exc:
         print(f"cluster failed: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -127,15 +128,21 @@ def _prepare_and_log(loaded: Loaded, params: dict) -> dict:
         prepared = load_prepared(out, verify=False)
         frames = {"train.parquet": prepared.train, "val.parquet": prepared.val,
                   "test.parquet": prepared.test}
-        source = _dataset_source(loaded)
-        for name, context in CONTEXTS.items():
-            split_name = name.removesuffix(".parquet")
-            dataset = mlflow.data.from_pandas(
-                frames[name], source=source, name=f"{loaded.dataset}-{split_name}",
-                # Digest column is 36 characters wide; 32 hex digits of sha256 name the file.
-                digest=manifest["files"][name]["sha256"][:32],
-            )
-            mlflow.log_input(dataset, context=context)
+        with warnings.catch_warnings():
+            # Two MLflow hints printed in every run that do not apply here: a local path
+            # "can be interpreted in multiple ways" (its registry lists the same source class
+            # twice), and integer columns "cannot represent missing values" (ours have none).
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+            source = _dataset_source(loaded)
+            for name, context in CONTEXTS.items():
+                split_name = name.removesuffix(".parquet")
+                dataset = mlflow.data.from_pandas(
+                    frames[name], source=source, name=f"{loaded.dataset}-{split_name}",
+                    # Digest column is 36 characters wide; 32 hex digits of sha256 name the file.
+                    digest=manifest["files"][name]["sha256"][:32],
+                )
+                mlflow.log_input(dataset, context=context)
     return manifest
 
 
@@ -163,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     values = {k: getattr(args, k) for k in DEFAULTS}
     try:
-        with top_level_run():
+        # Named like main's runs (a standalone step otherwise gets a random name).
+        with top_level_run(run_name=f"prepare-{values['dataset']}-{values['split']}-s{values['seed']}"):
             result = run_prepare(values, progress=args.progress)
     except MfrecError as exc:
         print(f"prepare failed: {exc}", file=sys.stderr)

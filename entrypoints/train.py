@@ -93,7 +93,8 @@ def main(argv=None) -> int:
     args = parser_for("python -m entrypoints.train", __doc__.split("\n\n")[0], DEFAULTS).parse_args(argv)
     values = {k: getattr(args, k) for k in DEFAULTS}
     try:
-        with top_level_run():
+        # Named like main's runs (a standalone step otherwise gets a random name).
+        with top_level_run(run_name=f"train-k{values['n_factors']}-{values['solver']}-s{values['seed']}"):
             result = run_train(values)
     except MfrecError as exc:
         print(f"train failed: {exc}", file=sys.stderr)

@@ -12,7 +12,7 @@ from mfrec.recommender import Recommender, csr_from_pairs
 def evaluate(rec: Recommender, train: pd.DataFrame, test: pd.DataFrame, k: int = 10) -> dict:
     """Rating and ranking metrics on ``test`` (``train`` = the ratings ``rec`` was fitted on).
 
-    Returns the metric names of interface.md: ``test_rmse``, ``test_mae``,
+    Returns the metric names the README's "What a run logs" lists: ``test_rmse``, ``test_mae``,
     ``test_precision_at_10``, ``test_recall_at_10``, ``test_ndcg_at_10`` and baselines.
     """
     pred = rec.predict(test["userId"].to_numpy(), test["movieId"].to_numpy())["prediction"].to_numpy()

@@ -1,6 +1,6 @@
 """Accuracy metrics: rating error and top-k ranking quality.
 
-Ranking follows docs (interface.md): for each test user, rank every movie that appears in
+Ranking: for each test user, rank every movie that appears in
 training and is not among the user's training ratings; relevant = the user's test ratings
 >= 4.0 (on such candidate movies); users with no relevant movie are skipped.
 """

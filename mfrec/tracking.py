@@ -45,7 +45,7 @@ def bad_request(message: str) -> MlflowException:
 
 
 class MfrecPyfunc(mlflow.pyfunc.PythonModel):
-    """Answers ``predict``, ``recommend``, ``similar`` and ``fold_in`` requests (interface.md)."""
+    """Answers ``predict``, ``recommend``, ``similar`` and ``fold_in`` requests (docs/serving.md)."""
 
     def load_context(self, context):
         import torch

@@ -36,6 +36,7 @@ def test_prepare_entry_point_logs_and_reuses(tracking_server, shared_zip, tmp_pa
     (run,) = client.search_runs([exp.experiment_id])
     run_id = run.info.run_id
     assert run.info.status == "FINISHED"
+    assert run.info.run_name == "prepare-ml-latest-small-random-s0"  # not a random name
     assert first_uri == f"runs:/{run_id}/prepared" == run.data.tags["mfrec.prepared_uri"]
     assert "mfrec.reused_from" not in run.data.tags
     assert run.data.params["data_path"] == str(shared_zip)

@@ -1,4 +1,4 @@
-"""The REST contract of interface.md, over real HTTP against ``mlflow models serve``.
+"""The REST contract of docs/serving.md, over real HTTP against ``mlflow models serve``.
 
 The ``served_model`` session fixture (conftest.py) trains nothing itself: it logs the
 session's ``trained_small`` recommender as a models-from-code pyfunc in a sqlite store,
