@@ -39,9 +39,34 @@ MAX_ID = 2**53
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+# Longest echo of the request that an error message keeps (BadRequest).
+ECHO_LIMIT = 1000
+
+
+class BadRequest(MlflowException):
+    """A refused request: MLflow's scoring server answers it with HTTP 400 and the message.
+
+    The server rewrites the message to ``Failed to predict data '<the request>'. Error: ...``,
+    the request printed whole for an ``inputs`` payload: a 100,001-row request, refused for
+    its size, came back as a 0.6-2.9 MB error. A rewrite that long keeps the request's length
+    instead of its text.
+    """
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        original = getattr(self, "_message", None)
+        if original is not None and len(value) > len(original) + ECHO_LIMIT:
+            value = f"Failed to predict data ({len(value) - len(original):,} characters, not echoed). \nError: {original}"
+        self._message = value
+
+
 def bad_request(message: str) -> MlflowException:
     """An error MLflow's scoring server turns into HTTP 400 with ``message``."""
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+    return BadRequest(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 class MfrecPyfunc(mlflow.pyfunc.PythonModel):
