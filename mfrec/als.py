@@ -182,6 +182,8 @@ class Csr:
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, ratings: torch.Tensor, n_rows: int, n_cols: int,
                  scratch: "Scratch | None" = None):
         n, device = len(ratings), ratings.device
+        if not len(rows) == len(cols) == n:  # the native fill reads n of each
+            raise ValueError(f"rows, columns and ratings differ in length: {len(rows)}, {len(cols)}, {n}")
         index_dtype = torch.int32 if max(n, n_rows, n_cols) < 2**31 else torch.long
         # uint16 has no index_put: the chunked build writes through an int16 view (same bits).
         compact = device.type == "cpu" and n_cols <= 2**16 and n > BLOCK_RATINGS
@@ -506,7 +508,7 @@ def _native_users(item_factors, item_bias, item_choice_bias, global_mean, by_use
                          ptr(table), ptr(shared_c), ptr(offset_c))
     if implicit:  # these rows may be a few rated films: the catalogue's terms come from the caller
         _, shared, offset = _user_constants(q, choice_bias, config, catalogue)
-        shared_c, offset_c = shared.contiguous(), offset.contiguous()
+        shared_c, offset_c = (t.to(torch.float32).contiguous() for t in (shared, offset))
     bias, p, c = torch.empty(n), torch.empty(n, k), torch.zeros(n, k)
     sq_error = torch.zeros(1, dtype=torch.float64)
     bad = lib.mfrec_user_rows(*_NativeSweep.matrix_args(by_user), ptr(table), ptr(q), ptr(item_bias),

@@ -17,14 +17,16 @@ once (training.EpochChoice).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
 import platform
 import shlex
 import shutil
+import stat
 import subprocess
-import tempfile
+import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -84,7 +86,7 @@ def library():
 def origin() -> str | None:
     """Path of the loaded kernels (None when there are none)."""
     lib = library()
-    return None if lib is None else lib._name
+    return None if lib is None else getattr(lib, "mfrec_path", lib._name)
 
 
 def _open(path: str, digest: str | None):
@@ -116,60 +118,101 @@ def _installed(digest: str | None):
     return _open(_native.__file__, digest)
 
 
+# Linux: the cache folder is opened once and every later step goes through that descriptor.
+_PINNED = os.path.isdir("/proc/self/fd")
+
+
 def _cached(digest: str):
-    """The cache folder's build of the kernels for ``digest``, compiled first when missing."""
+    """The cache folder's build of the kernels for ``digest``, compiled first when missing.
+
+    Loading a library runs its code, so only a build no other user could have written is
+    loaded: the folder is made 0700 and refused when others can write to it, and on Linux
+    the compile, the rename and the load all go through the folder as opened for that check
+    (``/proc/self/fd``), so whoever can rename its path meanwhile (a shared
+    ``MFREC_CACHE_DIR``) changes nothing. Elsewhere no folder above it may be writable by
+    others either.
+    """
     from mfrec.download import default_cache_dir
 
     folder = default_cache_dir() / "native"
-    path = folder / f"_native-{digest}-{platform.machine()}.so"
+    name = f"_native-{digest}-{platform.machine()}.so"
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0))
     except OSError as e:
-        return None, f"cannot write to {folder}: {e}"
-    # Loading a library runs its code: only from a folder and file no one else can write to
-    # (MFREC_CACHE_DIR may point at a shared folder).
-    unsafe = _writable_by_others(folder)
-    if unsafe:
-        return None, unsafe
-    if path.exists() and not _writable_by_others(path):
-        lib, _ = _open(str(path), digest)
+        return None, f"cannot use {folder}: {e}"
+    tmp = f".build-{os.getpid()}-{uuid.uuid4().hex[:8]}.so"
+    try:
+        unsafe = _others_can_write(os.fstat(dfd), folder) or (None if _PINNED else _unsafe_above(folder))
+        if unsafe:
+            return None, unsafe
+        lib, _ = _load(dfd, folder, name, digest)
         if lib is not None:
             return lib, None
-    cc = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc") or "cc"]
-    try:
+        cc = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc") or "cc"]
         # Built under a temporary name and renamed, so a process that loads it (or a second
         # one compiling at the same time) never sees half a library.
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".build-", suffix=".so")
-        os.close(fd)
-    except OSError as e:
-        return None, f"cannot write to {folder}: {e}"
-    try:
+        out = f"/proc/self/fd/{dfd}/{tmp}" if _PINNED else str(folder / tmp)
         cmd = [*cc, *_build.FLAGS, "-shared", "-fPIC", "-DMFREC_NO_PYTHON",
-               f"-DMFREC_SOURCE_DIGEST={_build.digest_macro(digest)}", str(_build.SOURCE), "-o", tmp, "-lm"]
+               f"-DMFREC_SOURCE_DIGEST={_build.digest_macro(digest)}", str(_build.SOURCE), "-o", out, "-lm"]
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT)
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT, pass_fds=(dfd,))
         except (OSError, subprocess.TimeoutExpired) as e:
             return None, f"compiling them failed: {shlex.join(cmd)}: {e}"
         if done.returncode != 0:
             tail = " ".join(done.stderr.strip().splitlines()[-3:])
             return None, f"compiling them failed: {shlex.join(cmd)} exited with {done.returncode}: {tail}"
-        os.chmod(tmp, 0o755)  # the linker's mode follows the umask, which may let the group write
-        os.replace(tmp, path)
+        os.chmod(tmp, 0o755, dir_fd=dfd)  # the linker's mode follows the umask, which may let the group write
+        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        return _load(dfd, folder, name, digest)
+    except OSError as e:
+        return None, f"cannot use {folder}: {e}"
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return _open(str(path), digest)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dfd)
+        os.close(dfd)
 
 
-def _writable_by_others(path: Path) -> str | None:
-    """Why others could change ``path`` (owned by another user, or group/world-writable), or None."""
+def _load(dfd: int, folder: Path, name: str, digest: str):
+    """``_open`` of the build ``name`` in the opened folder ``dfd``; ``(None, None)`` if none."""
+    try:
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0), dir_fd=dfd)
+    except FileNotFoundError:
+        return None, None
+    try:
+        unsafe = _others_can_write(os.fstat(fd), folder / name)
+        if unsafe:
+            return None, unsafe
+        lib, why = _open(f"/proc/self/fd/{fd}" if _PINNED else str(folder / name), digest)
+    finally:
+        os.close(fd)
+    if lib is not None:
+        lib.mfrec_path = str(folder / name)
+    return lib, why
+
+
+def _others_can_write(st: os.stat_result, path: Path) -> str | None:
+    """Why others could change what ``st`` describes (another owner, group/world-writable), or None."""
     if not hasattr(os, "getuid"):
         return None
-    st = path.stat()
     if st.st_uid != os.getuid():
         return f"{path} belongs to another user"
     if st.st_mode & 0o022:
         return f"{path} is writable by other users (chmod go-w it, or set MFREC_CACHE_DIR)"
+    return None
+
+
+def _unsafe_above(folder: Path) -> str | None:
+    """Why another user could replace ``folder`` through a folder above it, or None: each must
+    belong to this user or root and be writable by no one else, unless sticky (/tmp)."""
+    if not hasattr(os, "getuid"):
+        return None
+    for parent in folder.resolve().parents:
+        st = parent.stat()
+        if st.st_uid not in (os.getuid(), 0):
+            return f"{parent} belongs to another user"
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            return f"{parent} is writable by other users (set MFREC_CACHE_DIR to a private folder)"
     return None
 
 

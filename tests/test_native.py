@@ -77,7 +77,8 @@ def _sweep_in_child(package_parent, cache, **env):
     """Three sweeps in a fresh process that imports mfrec from ``package_parent``: which
     kernels it found, any warning, and a digest of the resulting numbers."""
     done = subprocess.run([sys.executable, "-c", _SWEEP_IN_CHILD], cwd=package_parent, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "MFREC_CACHE_DIR": str(cache), **env})
+                          text=True, timeout=300,
+                          env={**os.environ, "MFREC_CACHE_DIR": str(cache), "MFREC_NATIVE": "1", **env})
     assert done.returncode == 0, done.stderr
     return dict(line.split(": ", 1) for line in done.stdout.splitlines())
 
@@ -124,6 +125,26 @@ def test_a_cache_folder_others_can_write_to_is_not_loaded_from(tmp_path):
     assert out["origin"] == "None" and out["kernels"] == "torch"
     assert f"{shared} is writable by other users" in out["warning"]
     assert list(shared.iterdir()) == []  # nothing compiled into it either
+
+
+@pytest.mark.skipif(not native._PINNED or not hasattr(os, "getuid"), reason="Linux: /proc/self/fd")
+def test_a_shared_folder_above_the_cache_cannot_swap_the_build(tmp_path, monkeypatch):
+    """Under a folder others can write to (a shared MFREC_CACHE_DIR), another user could rename
+    the private native/ folder and put their own in its place mid-compile: every step goes
+    through the folder as opened and checked, so the build is compiled and loaded from it."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("MFREC_CACHE_DIR", str(shared))
+    digest = _build.source_digest()
+    lib, why = native._cached(digest)
+    built = shared / "native" / f"_native-{digest}-{platform.machine()}.so"
+    assert why is None and lib.mfrec_path == str(built) and lib.mfrec_table_stride(1, 8, 1) > 0
+    assert (shared / "native").stat().st_mode & 0o777 == 0o700
+    # Without a descriptor to go through (not Linux), only paths: then no folder above may be shared.
+    monkeypatch.setattr(native, "_PINNED", False)
+    lib, why = native._cached(digest)
+    assert lib is None and why == f"{shared} is writable by other users (set MFREC_CACHE_DIR to a private folder)"
 
 
 def test_without_a_compiler_training_takes_the_torch_steps_and_says_why(tmp_path):
@@ -372,6 +393,8 @@ def test_a_validation_phase_refused_at_the_start_stops_the_refit():
 
 def test_indices_past_the_tables_are_refused_before_any_kernel_runs():
     users, items, ratings = _ratings()
+    with pytest.raises(ValueError, match="differ in length: 2, 900, 900"):
+        als.Csr(users[:2], items, ratings, 70, 50)  # the native fill would read past the rows
     with pytest.raises(ValueError, match="row index is 69, past the matrix's 60 rows"):
         als.Csr(users, items, ratings, 60, 50)
     with pytest.raises(ValueError, match=r"column indices span 0\.\.49, outside the matrix's 40 columns"):

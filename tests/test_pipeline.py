@@ -43,8 +43,11 @@ def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tr
     common = [f"data_path={shared_zip}", f"model_name={model_name}"]
     # Few epochs: the default model's accuracy is asserted in test_train.py on the same code.
     proc = mlflow_run(tracking_server, experiment, tmp_path, *common, "n_factors=8", "epochs=6")
-    # A clean log: no Python warning (MLflow's type-hint and dataset hints were in every run).
-    assert "Warning" not in proc.stderr, proc.stderr
+    # A clean log: no Python warning (MLflow's type-hint and dataset hints were in every run),
+    # but the one that says the kernels could not be built, on a machine without a compiler.
+    warned = [line for line in proc.stderr.splitlines()
+              if "Warning" in line and "native kernels are unavailable" not in line]
+    assert not warned, proc.stderr
     mlflow_run(tracking_server, experiment, tmp_path, *common, "n_factors=4", "epochs=4")
 
     exp = client.get_experiment_by_name(experiment)
