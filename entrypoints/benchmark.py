@@ -37,7 +37,7 @@ import pandas as pd
 from mfrec import bench, tracking
 from mfrec.errors import ConfigError, MfrecError
 from entrypoints import model_server
-from entrypoints.common import parse_number, parser_for, top_level_run
+from entrypoints.common import at_least, parse_bool, parse_number, parser_for, top_level_run
 
 DEFAULTS = {
     "data_path": "", "scale": "synthetic-25m", "notebook_epochs": "3", "serve_requests": "2000",
@@ -65,15 +65,6 @@ mlflow.models.set_model(Identity())
 def build_parser() -> argparse.ArgumentParser:
     return parser_for("python -m entrypoints.benchmark", __doc__.split("\n\n")[0], DEFAULTS,
                       output_help="also write results.json here")
-
-
-def _flag(name: str, value) -> bool:
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"parameter {name} must be true or false, got {value!r}")
 
 
 def _section(results: dict, name: str, fn, progress_json: Path | None = None):
@@ -121,13 +112,8 @@ def run_benchmark(values: dict, workdir: Path, progress_json: Path | None = None
     from mfrec.train import TrainConfig
 
     numbers = {k: parse_number(k, values[k], kind) for k, kind in NUMBERS.items()}
-    if numbers["notebook_epochs"] < 1:
-        raise ConfigError(f"notebook_epochs must be >= 1, got {numbers['notebook_epochs']}")
-    if numbers["throughput_epochs"] < 1:
-        raise ConfigError(f"throughput_epochs must be >= 1, got {numbers['throughput_epochs']}")
-    if numbers["serve_requests"] < 0:
-        raise ConfigError(f"serve_requests must be >= 0, got {numbers['serve_requests']}")
-    rating_only = _flag("rating_only_variant", values["rating_only_variant"])
+    at_least(numbers, {"notebook_epochs": 1, "throughput_epochs": 1, "serve_requests": 0})
+    rating_only = parse_bool("rating_only_variant", values["rating_only_variant"])
     workers = _worker_counts(values["serve_workers"])
     scale = values["scale"].strip()
     if scale.lower() not in ("", "none", "skip"):

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import mlflow
 
-from entrypoints.common import active_or_new_run, finish, parse_number, parser_for, fail_on_termination, top_level_run
+from entrypoints.common import (active_or_new_run, at_least, fail_on_termination, finish, parse_bool, parse_number,
+                                parser_for, top_level_run)
 from mfrec import cluster as clustering
 from mfrec import tracking
 from mfrec.embeddings import read_item_embeddings
@@ -32,18 +33,6 @@ DEFAULTS = {
     "n_init": str(clustering.DEFAULT_N_INIT),
 }
 ARTIFACT_DIR = "clusters"
-
-
-def parse_bool(name: str, value) -> bool:
-    """``True``/``False`` from a bool or the strings MLproject passes (true/false, 1/0, yes/no)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "y"):
-        return True
-    if text in ("false", "0", "no", "n"):
-        return False
-    raise ConfigError(f"parameter {name} must be true or false, got {value!r}")
 
 
 def write_outputs(result: clustering.ClusterResult, meta, vectors, folder: Path) -> dict:
@@ -77,12 +66,7 @@ def parse_params(n_clusters=clustering.DEFAULT_N_CLUSTERS, seed=0, normalize=clu
         "min_ratings": parse_number("min_ratings", min_ratings, int),
         "n_init": parse_number("n_init", n_init, int),
     }
-    if values["n_clusters"] < 2:
-        raise ConfigError(f"n_clusters must be >= 2, got {values['n_clusters']}")
-    if values["min_ratings"] < 0:
-        raise ConfigError(f"min_ratings must be >= 0, got {values['min_ratings']}")
-    if values["n_init"] < 1:
-        raise ConfigError(f"n_init must be >= 1, got {values['n_init']}")
+    at_least(values, {"n_clusters": 2, "min_ratings": 0, "n_init": 1})
     return values
 
 

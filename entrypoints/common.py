@@ -182,3 +182,28 @@ def parse_number(name: str, value, kind):
         return kind(value)
     except (TypeError, ValueError):
         raise ConfigError(f"parameter {name} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+
+
+def at_least(values: dict, bounds: dict) -> None:
+    """ConfigError naming the first of ``bounds`` ({parameter: lowest allowed value}) that
+    ``values`` has below its bound."""
+    from mfrec.errors import ConfigError
+
+    for name, low in bounds.items():
+        if values[name] < low:
+            raise ConfigError(f"{name} must be >= {low}, got {values[name]}")
+
+
+def parse_bool(name: str, value) -> bool:
+    """``True``/``False`` from a bool or the strings MLproject passes (true/false, 1/0, yes/no,
+    y/n, on/off), or a clear error naming the parameter."""
+    from mfrec.errors import ConfigError
+
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "y", "on"):
+        return True
+    if text in ("false", "0", "no", "n", "off"):
+        return False
+    raise ConfigError(f"parameter {name} must be true or false, got {value!r}")
