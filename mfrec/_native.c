@@ -120,40 +120,40 @@ HOT static double row_sums(const csr_t *m, int64_t j0, int64_t j1, const float *
  * upper triangles are read; the lower ones are not touched), x is D x G and receives the
  * solutions. A lane whose system is not positive definite gets NaN. Returns how many of
  * the first n lanes (the rows in use; the others hold whatever the caller left) did. */
-static inline __attribute__((always_inline)) int solve_body(float *A, float *x, int D, int n) {
-    for (int j = 0; j < D; j++) {
+static inline __attribute__((always_inline)) int solve_body(float *A, float *x, int64_t D, int n) {
+    for (int64_t j = 0; j < D; j++) {
         const float *pivot = A + (j * D + j) * G;
-        for (int i = j + 1; i < D; i++) {
+        for (int64_t i = j + 1; i < D; i++) {
             float factor[G];
             const float *aji = A + (j * D + i) * G;
-            for (int g = 0; g < G; g++) factor[g] = aji[g] / pivot[g];
-            for (int l = i; l < D; l++) {
+            for (int64_t g = 0; g < G; g++) factor[g] = aji[g] / pivot[g];
+            for (int64_t l = i; l < D; l++) {
                 float *ail = A + (i * D + l) * G;
                 const float *ajl = A + (j * D + l) * G;
-                for (int g = 0; g < G; g++) ail[g] -= factor[g] * ajl[g];
+                for (int64_t g = 0; g < G; g++) ail[g] -= factor[g] * ajl[g];
             }
             float *xi = x + i * G;
             const float *xj = x + j * G;
-            for (int g = 0; g < G; g++) xi[g] -= factor[g] * xj[g];
+            for (int64_t g = 0; g < G; g++) xi[g] -= factor[g] * xj[g];
         }
     }
     int bad = 0;
-    for (int g = 0; g < G; g++) {
+    for (int64_t g = 0; g < G; g++) {
         int ok = 1;
-        for (int j = 0; j < D; j++) ok &= A[(j * D + j) * G + g] > 0;  /* false for NaN too */
+        for (int64_t j = 0; j < D; j++) ok &= A[(j * D + j) * G + g] > 0;  /* false for NaN too */
         if (!ok) {
             bad += g < n;
-            for (int j = 0; j < D; j++) A[(j * D + j) * G + g] = NAN;
+            for (int64_t j = 0; j < D; j++) A[(j * D + j) * G + g] = NAN;
         }
     }
-    for (int j = D - 1; j >= 0; j--) {
+    for (int64_t j = D - 1; j >= 0; j--) {
         float *xj = x + j * G;
         const float *ajj = A + (j * D + j) * G;
-        for (int g = 0; g < G; g++) xj[g] /= ajj[g];
-        for (int i = 0; i < j; i++) {
+        for (int64_t g = 0; g < G; g++) xj[g] /= ajj[g];
+        for (int64_t i = 0; i < j; i++) {
             float *xi = x + i * G;
             const float *aij = A + (i * D + j) * G;
-            for (int g = 0; g < G; g++) xi[g] -= aij[g] * xj[g];
+            for (int64_t g = 0; g < G; g++) xi[g] -= aij[g] * xj[g];
         }
     }
     return bad;
@@ -161,7 +161,8 @@ static inline __attribute__((always_inline)) int solve_body(float *A, float *x, 
 
 /* solve_body with D a constant for the sizes k = 8 gives (item step 10, user step 9 and 8),
  * so the compiler unrolls and schedules them: the same operations in the same order, so the
- * same numbers as the general loop. */
+ * same numbers as the general loop. (Its indices are 64-bit: with 32-bit ones and the
+ * -fwrapv in Python's build flags, the general loop ran at about half speed for k = 16-32.) */
 HOT static int solve_group(float *A, float *x, int D, int n) {
     switch (D) {
     case 8: return solve_body(A, x, 8, n);
