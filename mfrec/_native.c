@@ -103,7 +103,7 @@ HOT static double row_sums(const csr_t *m, int64_t j0, int64_t j1, const float *
         int64_t col = col_at(m, j);
         float z = rating_at(m, j) - mu - col_bias[col];
         const float *f = factors + col * k;
-        for (int a = 0; a < k; a++) rhs[a] += z * f[a];
+        for (int64_t a = 0; a < k; a++) rhs[a] += z * f[a];
         rhs[k] += z;
         sq += (double)z * z;
     }
@@ -161,8 +161,9 @@ static inline __attribute__((always_inline)) int solve_body(float *A, float *x, 
 
 /* solve_body with D a constant for the sizes k = 8 gives (item step 10, user step 9 and 8),
  * so the compiler unrolls and schedules them: the same operations in the same order, so the
- * same numbers as the general loop. (Its indices are 64-bit: with 32-bit ones and the
- * -fwrapv in Python's build flags, the general loop ran at about half speed for k = 16-32.) */
+ * same numbers as the general loop. (Loop indices here are 64-bit throughout: with 32-bit
+ * ones, under the -fwrapv in Python's build flags, the general solve ran at about half
+ * speed for k = 16-32 and the other loops 5-10 % slower.) */
 HOT static int solve_group(float *A, float *x, int D, int n) {
     switch (D) {
     case 8: return solve_body(A, x, 8, n);
@@ -175,9 +176,9 @@ HOT static int solve_group(float *A, float *x, int D, int n) {
 /* Row-wise packed upper triangle of x x^T (x of length n) added times s into out. */
 static inline void packed_outer_add(float *out, const float *x, int n, float s) {
     int e = 0;
-    for (int a = 0; a < n; a++) {
+    for (int64_t a = 0; a < n; a++) {
         float xa = s * x[a];
-        for (int b = a; b < n; b++) out[e++] += xa * x[b];
+        for (int64_t b = a; b < n; b++) out[e++] += xa * x[b];
     }
 }
 
@@ -239,19 +240,19 @@ void mfrec_item_table(int64_t n_users, int k, int implicit, float s, float w0, f
             packed_outer_add(row, cu, k, s);
             memcpy(row + kk + k, cu, sizeof(float) * k);
             if (cc) {
-                for (int a = 0; a < k; a++) {
+                for (int64_t a = 0; a < k; a++) {
                     csum[a] += cu[a];
-                    for (int b = a; b < k; b++) cc[a * k + b] += (double)cu[a] * cu[b];
+                    for (int64_t b = a; b < k; b++) cc[a * k + b] += (double)cu[a] * cu[b];
                 }
             }
         }
         row[width - 1] = 1.0f;
     }
     memset(constant, 0, sizeof(float) * D * D);
-    for (int a = 0; a < D; a++) constant[a * D + a] = a < k ? reg : bias_reg;
+    for (int64_t a = 0; a < D; a++) constant[a * D + a] = a < k ? reg : bias_reg;
     if (implicit && cc) {
-        for (int a = 0; a < k; a++) {
-            for (int b = a; b < k; b++) {
+        for (int64_t a = 0; a < k; a++) {
+            for (int64_t b = a; b < k; b++) {
                 constant[a * D + b] += (float)(w0 * cc[a * k + b]);
                 constant[b * D + a] = constant[a * D + b];
             }
@@ -285,26 +286,26 @@ HOT int64_t mfrec_item_rows(const int32_t *crow, const void *cols, int cols_u16,
         int n = hi - first < G ? (int)(hi - first) : G;
         memset(sums, 0, sizeof(float) * G * stride);
         memset(rhs, 0, sizeof(float) * G * (k + 1));
-        for (int g = 0; g < n; g++)
+        for (int64_t g = 0; g < n; g++)
             row_sums(&m, crow[first + g], crow[first + g + 1], table, stride, p, user_bias, mu, k,
                      sums + g * stride, rhs + g * (k + 1));
-        for (int a = 0; a < D; a++)  /* the upper triangle: all that solve_group reads */
-            for (int e = a * D + a; e < a * D + D; e++) {
+        for (int64_t a = 0; a < D; a++)  /* the upper triangle: all that solve_group reads */
+            for (int64_t e = a * D + a; e < a * D + D; e++) {
                 const float *col = sums + source[e];
                 float sc = entry_scale[e], c0 = constant[e];
-                for (int g = 0; g < G; g++) A[e * G + g] = col[g * stride] * sc + c0;
+                for (int64_t g = 0; g < G; g++) A[e * G + g] = col[g * stride] * sc + c0;
             }
-        for (int a = 0; a <= k; a++)
-            for (int g = 0; g < G; g++) x[a * G + g] = rhs[g * (k + 1) + a];
+        for (int64_t a = 0; a <= k; a++)
+            for (int64_t g = 0; g < G; g++) x[a * G + g] = rhs[g * (k + 1) + a];
         if (implicit) {
-            for (int a = 0; a < k; a++)
-                for (int g = 0; g < G; g++) x[a * G + g] += w1 * sums[g * stride + kk + k + a];
-            for (int g = 0; g < G; g++) x[(k + 1) * G + g] = w1 * sums[g * stride + width - 1];
+            for (int64_t a = 0; a < k; a++)
+                for (int64_t g = 0; g < G; g++) x[a * G + g] += w1 * sums[g * stride + kk + k + a];
+            for (int64_t g = 0; g < G; g++) x[(k + 1) * G + g] = w1 * sums[g * stride + width - 1];
         }
         bad += solve_group(A, x, D, n);  /* lanes past n solve the constant system, unused */
-        for (int g = 0; g < n; g++) {
+        for (int64_t g = 0; g < n; g++) {
             int64_t i = first + g;
-            for (int a = 0; a < k; a++) factors[i * k + a] = x[a * G + g];
+            for (int64_t a = 0; a < k; a++) factors[i * k + a] = x[a * G + g];
             bias[i] = x[k * G + g];
             if (implicit) choice_bias[i] = x[(k + 1) * G + g];
         }
@@ -332,17 +333,17 @@ HOT void mfrec_user_table(int64_t n_items, int k, int implicit, float w1, float 
         memset(row, 0, sizeof(float) * stride);
         const float *qi = q + i * k;
         int e = 0;
-        for (int a = 0; a < k; a++) {  /* packed (q, 1)(q, 1)^T, row by row */
-            for (int b = a; b < k; b++) row[e++] = qi[a] * qi[b];
+        for (int64_t a = 0; a < k; a++) {  /* packed (q, 1)(q, 1)^T, row by row */
+            for (int64_t b = a; b < k; b++) row[e++] = qi[a] * qi[b];
             row[e++] = qi[a];
         }
         row[e] = 1.0f;
         if (implicit) {
             float weight = w1 - s * choice_bias[i];
-            for (int a = 0; a < k; a++) row[P + a] = qi[a] * weight;
+            for (int64_t a = 0; a < k; a++) row[P + a] = qi[a] * weight;
             if (part && total) {
                 for (int64_t t = 0; t < stride; t++) part[t] += row[t];
-                for (int a = 0; a < k; a++) part[stride + a] += qi[a] * choice_bias[i];
+                for (int64_t a = 0; a < k; a++) part[stride + a] += qi[a] * choice_bias[i];
                 if ((i + 1) % SUM_BLOCK == 0 || i + 1 == n_items) {
                     for (int64_t t = 0; t < stride + k; t++) {
                         total[t] += part[t];
@@ -354,8 +355,8 @@ HOT void mfrec_user_table(int64_t n_items, int k, int implicit, float w1, float 
     }
     if (implicit) {
         int ok = part && total, e = 0;
-        for (int a = 0; a < k; a++, e++) {  /* e walks the packed (q, 1) block; skip the q_a column */
-            for (int b = a; b < k; b++, e++)
+        for (int64_t a = 0; a < k; a++, e++) {  /* e walks the packed (q, 1) block; skip the q_a column */
+            for (int64_t b = a; b < k; b++, e++)
                 shared_c[a * k + b] = shared_c[b * k + a] = ok ? (float)(w0 * total[e]) : NAN;
             shared_c[a * k + a] += reg;
             offset_c[a] = ok ? (float)(w0 * total[stride + a]) : NAN;  /* NaN: out of memory, fails loudly */
@@ -382,54 +383,54 @@ HOT int64_t mfrec_user_rows(const int32_t *crow, const void *cols, int cols_u16,
     double sq[G];  /* each row's sum of squared residuals */
     float *sums = work, *rhs = sums + G * stride, *A = rhs + G * D, *x = A + D * D * G;
     float *Ac = x + D * G, *xc = Ac + D * D * G, *prior = xc + D * G;
-    for (int a = 0; a < D; a++) prior[a] = a < k ? reg : bias_reg;
+    for (int64_t a = 0; a < D; a++) prior[a] = a < k ? reg : bias_reg;
     int64_t bad = 0;
     double sq_total = 0.0;
     for (int64_t first = lo; first < hi; first += G) {
         int n = hi - first < G ? (int)(hi - first) : G;
         memset(sums, 0, sizeof(float) * G * stride);
         memset(rhs, 0, sizeof(float) * G * D);
-        for (int g = 0; g < n; g++)
+        for (int64_t g = 0; g < n; g++)
             sq[g] = row_sums(&m, crow[first + g], crow[first + g + 1], table, stride, q, item_bias, mu, k,
                              sums + g * stride, rhs + g * D);
         int e = 0;
-        for (int a = 0; a < D; a++)
-            for (int t = a; t < D; t++, e++) {
+        for (int64_t a = 0; a < D; a++)
+            for (int64_t t = a; t < D; t++, e++) {
                 float *dst = A + (a * D + t) * G;
-                for (int g = 0; g < G; g++) dst[g] = sums[g * stride + e];
+                for (int64_t g = 0; g < G; g++) dst[g] = sums[g * stride + e];
             }
         if (implicit) {
-            for (int a = 0; a < k; a++)
-                for (int t = a; t < k; t++) {
+            for (int64_t a = 0; a < k; a++)
+                for (int64_t t = a; t < k; t++) {
                     float *dst = Ac + (a * k + t) * G;
                     const float *src = A + (a * D + t) * G;
-                    for (int g = 0; g < G; g++) dst[g] = s * src[g] + shared_c[a * k + t];
+                    for (int64_t g = 0; g < G; g++) dst[g] = s * src[g] + shared_c[a * k + t];
                 }
-            for (int a = 0; a < k; a++)
-                for (int g = 0; g < G; g++) xc[a * G + g] = sums[g * stride + P + a] - offset_c[a];
+            for (int64_t a = 0; a < k; a++)
+                for (int64_t g = 0; g < G; g++) xc[a * G + g] = sums[g * stride + P + a] - offset_c[a];
         }
-        for (int a = 0; a < D; a++)
-            for (int g = 0; g < G; g++) A[(a * D + a) * G + g] += prior[a];
-        for (int a = 0; a < D; a++)
-            for (int g = 0; g < G; g++) x[a * G + g] = rhs[g * D + a];
+        for (int64_t a = 0; a < D; a++)
+            for (int64_t g = 0; g < G; g++) A[(a * D + a) * G + g] += prior[a];
+        for (int64_t a = 0; a < D; a++)
+            for (int64_t g = 0; g < G; g++) x[a * G + g] = rhs[g * D + a];
         /* Lanes past n hold the prior alone and zero right-hand sides; unused. */
         bad += solve_group(A, x, D, n);
         if (implicit) bad += solve_group(Ac, xc, k, n);
-        for (int g = 0; g < n; g++) {
+        for (int64_t g = 0; g < n; g++) {
             /* Squared rating error at the solution without another pass over the ratings:
              * with (F + L) x = b, sum (z - f.x)^2 = sum z^2 - x.b - x^T L x. */
             double xb = 0.0, xlx = 0.0;
-            for (int a = 0; a < D; a++) {
+            for (int64_t a = 0; a < D; a++) {
                 float xa = x[a * G + g];
                 xb += (double)xa * rhs[g * D + a];
                 xlx += (double)prior[a] * xa * xa;
             }
             sq_total += sq[g] - xb - xlx;  /* NaN when the system was not positive definite */
             int64_t u = first + g;
-            for (int a = 0; a < k; a++) p[u * k + a] = x[a * G + g];
+            for (int64_t a = 0; a < k; a++) p[u * k + a] = x[a * G + g];
             bias[u] = x[k * G + g];
             if (implicit)
-                for (int a = 0; a < k; a++) c[u * k + a] = xc[a * G + g];
+                for (int64_t a = 0; a < k; a++) c[u * k + a] = xc[a * G + g];
         }
     }
     *sq_error = sq_total;
