@@ -74,12 +74,10 @@ def library():
         lib, why_not_cached = _cached(digest)
         if lib is None:
             why_not = f"{why_not}; {why_not_cached}"
-    if lib is None:
-        if why_not:
-            warnings.warn(f"mfrec's native kernels are unavailable ({why_not}); training and fold-in use the slower torch "
-                          "steps (install a C compiler, or rebuild: pip install -e .)", RuntimeWarning,
-                          stacklevel=2)
-        return None
+    if lib is None and why_not:
+        warnings.warn(f"mfrec's native kernels are unavailable ({why_not}); training and fold-in use the "
+                      "slower torch steps (install a C compiler, or rebuild: pip install -e .)", RuntimeWarning,
+                      stacklevel=2)
     return lib
 
 
