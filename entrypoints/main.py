@@ -73,7 +73,7 @@ def run_pipeline(values: dict, progress=None) -> dict:
     for record in trained["history"]:
         to_parent(record)
     to_parent.flush()
-    mlflow.set_tags({"mfrec.device": trained["device"], "mfrec.kernels": trained["kernels"]})
+    mlflow.set_tags({"mfrec.device": trained["device"]})
 
     with tempfile.TemporaryDirectory(prefix="mfrec-register-") as tmp:
         with mlflow.start_run(run_name="cluster", nested=True):

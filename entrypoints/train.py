@@ -62,7 +62,7 @@ def run_train(args: dict, progress=None) -> dict:
             raise
         log_epoch.flush()
         mlflow.log_metrics(tracking.finite_metrics(outcome.metrics))
-        mlflow.set_tags({"mfrec.device": outcome.device, "mfrec.kernels": outcome.kernels,
+        mlflow.set_tags({"mfrec.device": outcome.device,
                          "mfrec.dataset": manifest.get("dataset", ""),
                          "mfrec.data_sha256": manifest.get("data_sha256", "")})
         out = Path(tmp)
@@ -82,7 +82,6 @@ def run_train(args: dict, progress=None) -> dict:
         "data_sha256": manifest.get("data_sha256", ""),
         "prepare_key": manifest.get("prepare_key", ""),
         "device": outcome.device,
-        "kernels": outcome.kernels,
         "history": outcome.history,
         "metrics": outcome.metrics,
     }
@@ -102,7 +101,7 @@ def main(argv=None) -> int:
     m = result["metrics"]
     return finish(result, args.output_json,
                   f"test_rmse={m['test_rmse']:.4f} test_ndcg_at_10={m['test_ndcg_at_10']:.4f} "
-                  f"train_seconds={m['train_seconds']:.2f} device={result['device']} kernels={result['kernels']}")
+                  f"train_seconds={m['train_seconds']:.2f} device={result['device']}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import weakref
 
 import torch
 
-from mfrec import native
 from mfrec.model import MatrixFactorization
 
 
@@ -199,19 +198,7 @@ class Csr:
         torch.cumsum(counts, 0, out=self.crow[1:])
         self.scale = 0.5 if _half_stars(ratings, self.CHUNK) else 1.0
         code_dtype = torch.uint8 if self.scale == 0.5 else torch.float32
-        lib = native.library()
-        if (lib is not None and device.type == "cpu" and col_dtype != torch.long and
-                rows.dtype == cols.dtype == torch.int32 and ratings.dtype == torch.float32):
-            # A counting sort in one pass (the same order as the stable sorts below).
-            self.cols = torch.empty(n, dtype=col_dtype)
-            self.ratings = torch.empty(n, dtype=code_dtype)
-            rows, cols, ratings = rows.contiguous(), cols.contiguous(), ratings.contiguous()
-            fill = self.crow[:-1].clone()  # next free slot of each row
-            lib.mfrec_csr_fill(n, native.ptr(rows), native.ptr(cols), native.ptr(ratings),
-                               native.ptr(fill), native.ptr(self.cols),
-                               int(col_dtype == torch.uint16), native.ptr(self.ratings),
-                               int(code_dtype == torch.uint8), self.scale)
-        elif n <= self.CHUNK:
+        if n <= self.CHUNK:
             # One chunk: its stable sort order is the CSR order (the merge below would
             # compute dest = arange(n)).
             order = torch.argsort(rows.to(torch.long), stable=True)
@@ -403,8 +390,7 @@ def _user_constants(item_factors, item_choice_bias, config, catalogue=None) -> t
 
 
 def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user: Csr, config,
-                distributed: bool = False, catalogue: tuple | None = None, out: tuple | None = None,
-                native_kernels: bool = False):
+                distributed: bool = False, catalogue: tuple | None = None, out: tuple | None = None):
     """The user step: exact (bias, rating vector, choice vector) of every row of ``by_user``.
 
     Returns ``(bias (N,), p (N, k), c (N, k), squared rating error at the solution)``.
@@ -414,13 +400,7 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
     per-item tables then cost a handful of rows, not the catalogue); the choice term's
     Gramian still sums over the whole catalogue. ``out`` is (bias, p, c) to write into
     (training passes the model's own parameters), else they are new tensors.
-    ``native_kernels``: solve through the CPU kernels where they apply (:func:`_native_users`;
-    training's sweeps use them through :class:`_NativeSweep` instead).
     """
-    if native_kernels and not distributed and out is None:
-        solved = _native_users(item_factors, item_bias, item_choice_bias, global_mean, by_user, config, catalogue)
-        if solved is not None:
-            return solved
     q = item_factors
     n, k = by_user.shape[0], q.shape[1]
     dtype, device = q.dtype, q.device
@@ -486,37 +466,6 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
         if w0 > 0:
             c[rows] = x_all[:k, m:].T
     return bias, p, c, sq_error
-
-
-def _native_users(item_factors, item_bias, item_choice_bias, global_mean, by_user: Csr, config, catalogue):
-    """:func:`solve_users` through the kernels of the training's user step (mfrec_user_table and
-    mfrec_user_rows, one call each; the torch steps are ~265 operations, which is what a
-    fold-in request cost), or None where they do not apply (not built, not a CPU, not float32).
-    The choice system's catalogue part is :func:`_user_constants`', as in the torch step."""
-    lib = native.library()
-    if (lib is None or item_factors.device.type != "cpu" or item_factors.dtype != torch.float32
-            or by_user.crow.dtype != torch.int32):
-        return None
-    ptr = native.ptr
-    q, item_bias, choice_bias = (t.detach().contiguous() for t in (item_factors, item_bias, item_choice_bias))
-    n, k = by_user.shape[0], q.shape[1]
-    w0, w1 = _weights(config)
-    implicit = w0 > 0
-    table = torch.empty(len(q), lib.mfrec_table_stride(1, k, int(implicit)))
-    shared_c, offset_c = torch.empty(k, k), torch.empty(k)
-    lib.mfrec_user_table(len(q), k, int(implicit), w1, w1 - w0, w0, float(config.reg), ptr(q), ptr(choice_bias),
-                         ptr(table), ptr(shared_c), ptr(offset_c))
-    if implicit:  # these rows may be a few rated films: the catalogue's terms come from the caller
-        _, shared, offset = _user_constants(q, choice_bias, config, catalogue)
-        shared_c, offset_c = (t.to(torch.float32).contiguous() for t in (shared, offset))
-    bias, p, c = torch.empty(n), torch.empty(n, k), torch.zeros(n, k)
-    sq_error = torch.zeros(1, dtype=torch.float64)
-    bad = lib.mfrec_user_rows(*_NativeSweep.matrix_args(by_user), ptr(table), ptr(q), ptr(item_bias),
-                              float(global_mean), k, int(implicit), w1 - w0, float(config.reg), float(config.bias_reg),
-                              ptr(shared_c), ptr(offset_c), ptr(bias), ptr(p), ptr(c), ptr(sq_error), 0, n)
-    if bad < 0:
-        raise MemoryError("the native ALS kernels could not allocate their buffers")
-    return bias, p, c, sq_error[0]
 
 
 def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr, config, distributed: bool = False,
@@ -636,8 +585,7 @@ class AlsSolver:
     """One :meth:`epoch` = one sweep (items, then users) over ratings already on the device."""
 
     def __init__(self, model: MatrixFactorization, users: torch.Tensor, items: torch.Tensor,
-                 ratings: torch.Tensor, config, distributed: bool = False, native_kernels: bool = True,
-                 threads: int | None = None):
+                 ratings: torch.Tensor, config, distributed: bool = False):
         self.model = model
         self.config = config
         self.distributed = distributed
@@ -652,8 +600,6 @@ class AlsSolver:
             for csr in (self.by_user, self.by_item):
                 csr.plan_blocks(_reduce(csr.row_counts())[0])
 
-        self.kernels = _NativeSweep.create(self, threads) if native_kernels else None
-
     def divergence_advice(self) -> str:
         return f"the least-squares sweeps diverged: try a larger reg (now {self.config.reg})"
 
@@ -663,104 +609,9 @@ class AlsSolver:
     def epoch(self) -> float:
         """One sweep; returns the training MSE of the ratings after it."""
         m, cfg, dist = self.model, self.config, self.distributed
-        if self.kernels is not None:
-            return self.kernels.sweep() / self.n_ratings
         # Each step writes its solutions straight into the parameters it solves for.
         solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean, self.by_item, cfg, dist,
                     out=(m.item_factors, m.item_bias, m.item_logit_bias))
         *_, sq_error = solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean, self.by_user,
                                    cfg, dist, out=(m.user_bias, m.user_factors, m.user_choice_factors))
         return float(sq_error) / self.n_ratings
-
-
-def split_threads(n_ratings: float) -> int:
-    """Threads a native sweep over ``n_ratings`` splits its rows over: one below
-    ``SPLIT_RATINGS`` (handing work to a thread costs more than it saves there; a refit can
-    run alongside the validation phase instead), else torch's thread count."""
-    if n_ratings < SPLIT_RATINGS:
-        return 1
-    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
-
-
-# Ratings from which a native sweep splits its rows over threads.
-SPLIT_RATINGS = 1 << 20
-
-
-class _NativeSweep:
-    """The sweep of :class:`AlsSolver` through the fused CPU kernels (mfrec/_native.c): the
-    same systems as :func:`solve_items` and :func:`solve_users`, but each group of rows is
-    summed, assembled and solved while it is in cache, instead of ~50 whole-array torch
-    operations per step (ml-latest-small: 2.1-2.6 against 4.2-4.9 ms a sweep; the 25M
-    synthetic set 0.45-0.49 against 0.62 s). Large sets split each step's rows over threads."""
-
-    @classmethod
-    def create(cls, solver: "AlsSolver", threads: int | None = None) -> "_NativeSweep | None":
-        """The kernels for ``solver``, or None where they do not apply (not built, not a
-        CPU, distributed, or a matrix too large for 32-bit offsets)."""
-        lib = native.library()
-        params = list(solver.model.parameters())
-        usable = (lib is not None and not solver.distributed
-                  and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in params)
-                  and all(csr.crow.dtype == torch.int32 for csr in (solver.by_user, solver.by_item)))
-        return cls(lib, solver, threads) if usable else None
-
-    def __init__(self, lib, solver: "AlsSolver", threads: int | None = None):
-        self.lib = lib
-        if threads is None:
-            threads = split_threads(solver.n_ratings)
-        m, cfg, ptr = solver.model, solver.config, native.ptr
-        k = m.n_factors
-        w0, w1 = _weights(cfg)
-        implicit = w0 > 0
-        if not implicit:  # no choice loss: no choice vectors or choice biases (the kernels skip them)
-            m.item_logit_bias.detach().zero_()
-            m.user_choice_factors.detach().zero_()
-        n_users, n_items = m.user_factors.shape[0], m.item_factors.shape[0]
-        D = k + 2 if implicit else k + 1
-        # The tables' rows as long as the kernels write them (mfrec_table_stride), and the
-        # constants the table builds compute alongside.
-        f32 = torch.float32
-        self.item_table = torch.empty(n_users, lib.mfrec_table_stride(0, k, int(implicit)), dtype=f32)
-        self.user_table = torch.empty(n_items, lib.mfrec_table_stride(1, k, int(implicit)), dtype=f32)
-        self.constant = torch.empty(D, D, dtype=f32)
-        self.shared_c, self.offset_c = torch.empty(k, k, dtype=f32), torch.empty(k, dtype=f32)
-        self.source, self.scale = _item_layout(k, implicit, w1 - w0, torch.device("cpu"))
-        self.item_bounds = native.split_rows(solver.by_item.crow, threads)
-        self.user_bounds = native.split_rows(solver.by_user.crow, threads)
-        self.sq = torch.zeros(len(self.user_bounds) - 1, dtype=torch.float64)
-        params = (m.user_factors, m.user_choice_factors, m.user_bias, m.item_factors, m.item_bias, m.item_logit_bias)
-        p, c, user_bias, q, item_bias, choice_bias = (ptr(t.detach()) for t in params)
-        self.params = params  # the kernels write into these; keep them alive
-        mu = float(m.global_mean)
-        # Every argument is fixed for the solver's life (the parameters are written in place),
-        # so a sweep is four calls with ready-made arguments.
-        self.item_table_args = (n_users, k, int(implicit), w1 - w0, w0, float(cfg.reg), float(cfg.bias_reg),
-                                p, c, ptr(self.item_table), ptr(self.constant))
-        self.item_rows_args = (*self.matrix_args(solver.by_item), ptr(self.item_table), p, user_bias, mu, k,
-                               int(implicit), w1, ptr(self.source), ptr(self.scale), ptr(self.constant),
-                               q, item_bias, choice_bias)
-        self.user_table_args = (n_items, k, int(implicit), w1, w1 - w0, w0, float(cfg.reg), q, choice_bias,
-                                ptr(self.user_table), ptr(self.shared_c), ptr(self.offset_c))
-        self.user_rows_args = (*self.matrix_args(solver.by_user), ptr(self.user_table), q, item_bias, mu, k,
-                               int(implicit), w1 - w0, float(cfg.reg), float(cfg.bias_reg), ptr(self.shared_c),
-                               ptr(self.offset_c), user_bias, p, c)
-        self.matrices = (solver.by_item, solver.by_user)  # the CSR arrays the arguments point into
-
-    @staticmethod
-    def matrix_args(csr: "Csr") -> tuple:
-        return (native.ptr(csr.crow), native.ptr(csr.cols), int(csr.cols.dtype == torch.uint16),
-                native.ptr(csr.ratings), int(csr.ratings.dtype == torch.uint8), float(csr.scale))
-
-    def sweep(self) -> float:
-        """One sweep (items, then users) into the model's parameters; the squared rating
-        error, NaN when a system was not positive definite (its solution is NaN too)."""
-        lib = self.lib
-        lib.mfrec_item_table(*self.item_table_args)
-        bad = native.run_split(lambda _, lo, hi: lib.mfrec_item_rows(*self.item_rows_args, lo, hi), self.item_bounds)
-        lib.mfrec_user_table(*self.user_table_args)
-        sq = self.sq.data_ptr()
-        bad += native.run_split(lambda part, lo, hi: lib.mfrec_user_rows(*self.user_rows_args, sq + 8 * part, lo, hi),
-                                self.user_bounds)
-        if min(bad) < 0:
-            raise MemoryError("the native ALS kernels could not allocate their per-thread buffers")
-        return float("nan") if max(bad) > 0 else float(self.sq.sum())

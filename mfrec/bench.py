@@ -271,13 +271,11 @@ def mfrec_benchmark(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, 
         "refit_alone_seconds": median_alone[0],  # id indexing + fit()
         "refit_fit_seconds": median_alone[1],  # fit() alone
         "refit_alone_runs": [list(a) for a in alone],
-        "refit_alongside": bool(outcome.metrics.get("refit_alongside", 0)),
         "test_rmse": float(m["test_rmse"]),
         "test_mae": float(m["test_mae"]),
         "test_ndcg_at_10": float(m["test_ndcg_at_10"]),
         "ratings_per_second": len(train) / float(np.median(steady)),
         "device": outcome.device,
-        "kernels": outcome.kernels,
     }
     return figures, outcome
 
@@ -397,7 +395,6 @@ def throughput_child(folder: str | Path, epochs: int, overrides: Optional[dict] 
         "epochs": epochs,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.as_params().items()},
         "torch_threads": torch.get_num_threads(),
-        "kernels": result.kernels,
         "epoch_seconds": [float(g) for g in gaps],
         "steady_epoch_seconds": float(np.mean(steady)),
         "ratings_per_second": shape["ratings"] / float(np.mean(steady)),
@@ -566,11 +563,9 @@ def markdown_table(results: dict) -> str:
         add("notebook loop", "throughput", f"{nb['ratings_per_second']:,.0f} ratings/s", "")
     if mf:
         add("mfrec default", "epoch time", f"{mf['median_epoch_seconds']:.3f} s",
-            f"median, {mf['train_rows']:,} rows, solver {mf['config'].get('solver', 'adam')}, "
-            f"{mf.get('kernels', 'torch')} kernels")
+            f"median, {mf['train_rows']:,} rows, solver {mf['config'].get('solver', 'adam')}")
         runs = mf.get("train_seconds_runs", [mf["train_seconds"]])
-        how = ("alongside them, done {:.3f} s after" if mf.get("refit_alongside") else "then {:.3f} s more").format(
-            mf["refit_seconds"])
+        how = "then {:.3f} s more".format(mf["refit_seconds"])
         add("mfrec default", "train_seconds", f"{mf['train_seconds']:.3f} s",
             f"median of {len(runs)} run(s) (first {runs[0]:.3f} s): {mf['epochs_run']} validation epochs "
             f"({mf['select_seconds']:.3f} s) + refit of {mf['best_epoch']} on {mf['refit_rows']:,} rows ({how}; "
@@ -607,7 +602,7 @@ def markdown_table(results: dict) -> str:
             add("scale", "skipped", "", tp["skipped"])
         else:
             cfg = tp["config"]
-            label = f"default config, implicit_weight={cfg['implicit_weight']}, {tp.get('kernels', 'torch')} kernels"
+            label = f"default config, implicit_weight={cfg['implicit_weight']}"
             add("scale", f"dataset {tp['dataset']}",
                 f"{tp['ratings']:,} ratings", f"{tp['users']:,} users x {tp['items']:,} items")
             add("scale", f"epoch throughput ({label})", f"{tp['ratings_per_second']:,.0f} ratings/s",

@@ -155,13 +155,11 @@ def fold_in(model, customers: np.ndarray, items: np.ndarray, ratings: np.ndarray
     # Only the rated films enter the per-rating tables (their own column numbers here); the
     # whole catalogue enters through the choice term's Gramian.
     rated, columns = np.unique(np.asarray(items, dtype=np.int64), return_inverse=True)
-    # int32 indices and float32 ratings: the native kernels' one-pass build of the matrix.
     by_user = als.Csr(torch.as_tensor(np.asarray(customers, dtype=np.int32)),
                       torch.from_numpy(columns.reshape(-1).astype(np.int32)),
                       torch.tensor(ratings, dtype=q.dtype), n_customers, len(rated))
     rated = torch.from_numpy(rated)
     bias, factors, choice, _ = als.solve_users(q[rated], model.item_bias[rated], model.item_logit_bias[rated],
                                                model.global_mean, by_user, config,
-                                               catalogue=catalogue or als.catalogue_terms(q, model.item_logit_bias),
-                                               native_kernels=True)
+                                               catalogue=catalogue or als.catalogue_terms(q, model.item_logit_bias))
     return FoldedUsers(bias, factors, choice)

@@ -75,7 +75,6 @@ class MfrecPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         import torch
 
-        from mfrec import native
         from mfrec.recommender import Recommender
 
         # A request is one small matrix product and the server runs requests in threads, so
@@ -85,7 +84,6 @@ class MfrecPyfunc(mlflow.pyfunc.PythonModel):
         self.rec = Recommender.load(context.artifacts["recommender"])
         self.rec.known_lists(exclude_seen=True)  # ranked now, not in the first requests
         self.rec.similar_lists()
-        native.library()  # fold-in's kernels (compiled now if this machine has no build of them)
         # Move everything loaded so far (MLflow, pandas, torch, the model: ~500k objects) out
         # of the cyclic garbage collector's reach: its full collections otherwise walk them
         # all, a ~10 ms stall every few thousand requests. (Process-wide: cycles among those

@@ -7,13 +7,10 @@ per rating, per-row Python objects would cost more than the arithmetic.
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import math
 import os
 import random
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
@@ -24,10 +21,10 @@ from tqdm.auto import tqdm
 
 from mfrec.device import resolve_device
 from mfrec.errors import ConfigError, TrainingError
-from mfrec.als import AlsSolver, split_threads
+from mfrec.als import AlsSolver
 from mfrec.interactions import Interactions
 from mfrec.model import MatrixFactorization
-from mfrec import native, scoring
+from mfrec import scoring
 
 
 SOLVERS = ("als", "adam")
@@ -128,8 +125,6 @@ class FitResult:
     best_val_rmse: float = float("nan")
     seconds: float = 0.0
     device: str = "cpu"
-    # What ran the sweeps: "native" (mfrec/_native.c) or "torch".
-    kernels: str = "torch"
 
 
 EpochCallback = Callable[[dict], None]
@@ -141,95 +136,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class EpochChoice:
-    """The epoch count a validation phase is choosing, shared with a refit running alongside.
-
-    The refit (:func:`fit` with ``follow=``) may run its sweep ``e`` once the validation
-    phase (:func:`fit` with ``val`` and ``choice=``) has finished epoch ``e - 1``, and
-    keeps the states of its last epochs until the choice is made; then it stops at, or
-    rewinds to, the chosen epoch. Its model is the one a refit started afterwards would
-    train (same seed, same sweeps); the two phases just overlap in time.
-    """
-
-    class Aborted(Exception):
-        """The validation phase failed; the refit following it stops."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._done = 0
-        self._chosen = None
-        self._aborted = False
-
-    def report(self, epoch: int) -> None:
-        """The validation phase finished ``epoch``."""
-        with self._cond:
-            self._done = epoch
-            self._cond.notify_all()
-
-    def choose(self, epoch: int) -> None:
-        """The validation phase is over and chose ``epoch``."""
-        with self._cond:
-            self._chosen = epoch
-            self._cond.notify_all()
-
-    def abort(self) -> None:
-        """The validation phase failed (no effect once it chose)."""
-        with self._cond:
-            if self._chosen is None:
-                self._aborted = True
-                self._cond.notify_all()
-
-    def wait(self, epoch: Optional[int] = None) -> Optional[int]:
-        """Block until the validation phase has finished ``epoch`` (None: until it chose);
-        the chosen count, or None while there is none."""
-        with self._cond:
-            while not self._aborted and self._chosen is None and (epoch is None or self._done < epoch):
-                self._cond.wait()
-            if self._aborted:
-                raise EpochChoice.Aborted()
-            return self._chosen
-
-
-def refit_alongside(config: TrainConfig, n_ratings: int) -> bool:
-    """Whether a refit on ``n_ratings`` should run alongside the validation phase
-    (:class:`EpochChoice`) rather than after it: ALS through the native kernels on a CPU,
-    not distributed, torch allowed two threads or more, and a set small enough that each
-    phase's sweep is one thread anyway (:func:`mfrec.als.split_threads`), so the two phases
-    use two cores instead of one."""
-    return (config.solver == "als" and native.available() and _distributed_rank()[1] == 1
-            and torch.get_num_threads() > 1 and split_threads(n_ratings) == 1
-            and resolve_device(config.device, needs_sparse=True).type == "cpu")
-
-
-def load_kernels(config: TrainConfig, device: torch.device | None = None) -> None:
-    """Load the native kernels that ALS on a CPU uses (compiling them the first time, ~3 s)
-    before any clock starts: that is set-up, not training time."""
-    device = device or resolve_device(config.device, needs_sparse=config.solver == "als")
-    if config.solver == "als" and device.type == "cpu":
-        native.library()
-
-
-@contextlib.contextmanager
-def one_torch_thread():
-    """torch's operations on one thread while two fits run at once: a parallel operation of
-    one fit waits for a core the other fit is busy on (measured: 3.5 instead of 2.8 ms per
-    epoch on two cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def fit(
     train: Interactions,
     config: TrainConfig,
     val: Optional[Interactions] = None,
     epochs: Optional[int] = None,
     on_epoch: Optional[EpochCallback] = None,
-    choice: Optional[EpochChoice] = None,
-    follow: Optional[EpochChoice] = None,
 ) -> FitResult:
     """Fit a model on ``train``; with ``val``, stop early on validation RMSE and keep the best epoch.
 
@@ -245,25 +157,7 @@ def fit(
         Overrides ``config.epochs`` (the refit uses the epoch count validation chose).
     on_epoch:
         Called after every epoch with ``{"epoch", "train_loss", "val_rmse"}``.
-    choice:
-        With ``val``: reports each epoch and the epoch count chosen to a refit running
-        alongside (``follow``); aborts it if this fit fails.
-    follow:
-        Train for the epoch count that a validation phase running at the same time is
-        choosing (:class:`EpochChoice`) instead of ``epochs``.
     """
-    try:
-        result = _checked_fit(train, config, val, epochs, on_epoch, choice, follow)
-    except BaseException:
-        if choice is not None:
-            choice.abort()  # whatever failed, a refit following this fit must not wait on it
-        raise
-    if choice is not None:
-        choice.choose(result.best_epoch)
-    return result
-
-
-def _checked_fit(train, config, val, epochs, on_epoch, choice, follow) -> FitResult:
     config.validate()
     if len(train) == 0:
         raise TrainingError("the training set is empty")
@@ -274,7 +168,6 @@ def _checked_fit(train, config, val, epochs, on_epoch, choice, follow) -> FitRes
                             f"{train.n_items} items): build them with the IdIndex they came from")
     n_epochs = epochs or config.epochs
     device = resolve_device(config.device, needs_sparse=config.solver == "als")
-    load_kernels(config, device)
     # ALS on a CPU uses only deterministic kernels (row-parallel sparse products, fixed-order
     # reductions); leaving the global switch alone also skips its ~1 s import of torch's
     # compiler stack.
@@ -285,13 +178,13 @@ def _checked_fit(train, config, val, epochs, on_epoch, choice, follow) -> FitRes
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _fit(train, config, val, n_epochs, device, on_epoch, choice, follow)
+        return _fit(train, config, val, n_epochs, device, on_epoch)
     finally:
         if switch:
             torch.use_deterministic_algorithms(was_deterministic)
 
 
-def _fit(train, config, val, n_epochs, device, on_epoch, choice=None, follow=None) -> FitResult:
+def _fit(train, config, val, n_epochs, device, on_epoch) -> FitResult:
     seed_everything(config.seed)
     start = time.perf_counter()
 
@@ -303,7 +196,6 @@ def _fit(train, config, val, n_epochs, device, on_epoch, choice=None, follow=Non
     ratings = _as_tensor(train.ratings, torch.float32, device)
     # The mean in float64 from numpy: one summation order, whatever torch's thread count.
     mean = float(np.mean(train.ratings, dtype=np.float64))
-    # Its own generator, seeded like the global one: a fit running alongside draws from its own.
     model = MatrixFactorization(
         train.n_users, train.n_items, config.n_factors, mean, config.init_std,
         generator=torch.Generator().manual_seed(config.seed),
@@ -313,8 +205,7 @@ def _fit(train, config, val, n_epochs, device, on_epoch, choice=None, follow=Non
         # Every rank builds its shard's sparse matrices and all-reduces the per-row sums.
         if world > 1:
             users, items, ratings = (t[rank::world] for t in (users, items, ratings))
-        solver = AlsSolver(model, users, items, ratings, config, distributed=world > 1,
-                           threads=1 if (choice or follow) else None)
+        solver = AlsSolver(model, users, items, ratings, config, distributed=world > 1)
         del users, items, ratings
     else:
         solver = _AdamSolver(model, users, items, ratings, config, device, index_dtype, rank, world)
@@ -323,33 +214,15 @@ def _fit(train, config, val, n_epochs, device, on_epoch, choice=None, follow=Non
         val_items = torch.tensor(val.items, dtype=torch.long, device=device)
         val_ratings = torch.tensor(val.ratings, dtype=torch.float32, device=device)
 
-    show = (config.progress if config.progress is not None else sys.stderr.isatty()) and rank == 0 and not follow
+    show = (config.progress if config.progress is not None else sys.stderr.isatty()) and rank == 0
     bar = tqdm(range(1, n_epochs + 1), desc="train", unit="epoch", disable=not show, leave=False)
-    result = FitResult(model=model, device=str(device),
-                       kernels="native" if getattr(solver, "kernels", None) is not None else "torch")
+    result = FitResult(model=model, device=str(device))
     best_state, best_rmse = None, float("inf")
     progress_rmse, since_progress = float("inf"), 0
-    # A follower keeps the states of the epochs the validation phase may still choose: the
-    # best epoch is at most patience + 1 before the phase's last, and the follower is at
-    # most one epoch ahead of it.
-    recent = collections.deque(maxlen=config.patience + 3) if follow else None
-    chosen, swept = None, 0
     for epoch in bar:
-        if follow is not None:
-            chosen = follow.wait(epoch - 1)
-            if chosen is not None and epoch > chosen:
-                break
         train_loss = solver.epoch()
-        swept = epoch
         if not math.isfinite(train_loss):
-            if follow is not None and chosen is None:
-                # Only an error if this epoch is one the refit needs.
-                chosen = follow.wait()
-            if follow is None or epoch <= chosen:
-                raise TrainingError(
-                    f"training loss became {train_loss} at epoch {epoch}; {solver.divergence_advice()}"
-                )
-            break
+            raise TrainingError(f"training loss became {train_loss} at epoch {epoch}; {solver.divergence_advice()}")
         record = {"epoch": epoch, "train_loss": train_loss}
         if val is not None:
             model.eval()
@@ -362,11 +235,6 @@ def _fit(train, config, val, n_epochs, device, on_epoch, choice=None, follow=Non
         result.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        if follow is not None:
-            if chosen is None:
-                recent.append((epoch, _state(model)))
-            elif epoch == chosen:
-                break
         if val is not None:
             if record["val_rmse"] < best_rmse:
                 best_rmse = record["val_rmse"]
@@ -378,15 +246,7 @@ def _fit(train, config, val, n_epochs, device, on_epoch, choice=None, follow=Non
                 since_progress += 1
                 if since_progress > config.patience:
                     break
-            if choice is not None:
-                choice.report(epoch)
     bar.close()
-    if follow is not None:
-        if chosen is None:
-            chosen = follow.wait()
-        if swept > chosen:  # ran ahead of the choice: back to the chosen epoch
-            model.load_state_dict(dict(recent)[chosen])
-            del result.history[chosen:]
     if best_state is not None:
         model.load_state_dict(best_state)
         result.best_val_rmse = best_rmse

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -22,7 +21,6 @@ class TrainOutcome:
     history: list = field(default_factory=list)
     best_epoch: int = 0
     device: str = "cpu"
-    kernels: str = "torch"  # what ran the sweeps (train.FitResult.kernels)
 
 
 def train_and_evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, movies: pd.DataFrame,
@@ -34,32 +32,15 @@ def train_and_evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFram
     (``refit=False`` keeps the validation-phase model, trained on ``train`` only).
     """
     config.validate()
-    training.load_kernels(config)
     started = time.perf_counter()
     users, items = IdIndex(train["userId"]), IdIndex(train["movieId"])
     tr = Interactions.from_frame(train, users, items)
     va = Interactions.from_frame(val, users, items) if len(val) else None
-    refit = refit and va is not None
-    alongside = refit and training.refit_alongside(config, len(train) + len(val))
-    if alongside:
-        # The refit runs in a second thread while validation chooses its epoch count
-        # (training.EpochChoice): the same model as refitting afterwards, in about the
-        # time of the validation phase alone.
-        choice = training.EpochChoice()
-        with training.one_torch_thread(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="mfrec-refit") as pool:
-            refit_job = pool.submit(_refit, train, val, config, choice)
-            try:
-                first = training.fit(tr, config, val=va, on_epoch=on_epoch, choice=choice)
-            finally:
-                choice.abort()  # no effect once chosen; else the refit must not wait for a choice
-            selected = time.perf_counter()
-            fit_frame, users, items, result = refit_job.result()
-    else:
-        first = training.fit(tr, config, val=va, on_epoch=on_epoch)
-        fit_frame, result = train, first
-        selected = time.perf_counter()
-        if refit:
-            fit_frame, users, items, result = _refit(train, val, config, epochs=first.best_epoch)
+    first = training.fit(tr, config, val=va, on_epoch=on_epoch)
+    fit_frame, result = train, first
+    selected = time.perf_counter()
+    if refit and va is not None:
+        fit_frame, users, items, result = _refit(train, val, config, epochs=first.best_epoch)
     finished = time.perf_counter()
     meta = {
         "rating_range": list(config.rating_range),
@@ -75,24 +56,20 @@ def train_and_evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFram
         "select_seconds": selected - started,
         "refit_seconds": finished - selected,
         # The refit's fit() alone, without indexing the ids (a peer's fit time excludes its
-        # own data preparation too, e.g. Surprise's build_full_trainset); NaN when it ran
-        # alongside the validation phase (time it by itself with refit_alone).
-        "refit_fit_seconds": result.seconds if result is not first and not alongside else float("nan"),
-        "refit_alongside": float(alongside),
+        # own data preparation too, e.g. Surprise's build_full_trainset).
+        "refit_fit_seconds": result.seconds if result is not first else float("nan"),
         "epochs_run": len(first.history),
         "best_epoch": first.best_epoch,
         "best_val_rmse": first.best_val_rmse,
     })
-    return TrainOutcome(rec, scores, first.history, first.best_epoch, first.device, result.kernels)
+    return TrainOutcome(rec, scores, first.history, first.best_epoch, first.device)
 
 
-def _refit(train: pd.DataFrame, val: pd.DataFrame, config: training.TrainConfig,
-           follow: Optional[training.EpochChoice] = None, epochs: Optional[int] = None):
-    """Fit on train + val for ``epochs`` (or the count ``follow`` chooses); returns the frame,
-    its id indexes and the fit."""
+def _refit(train: pd.DataFrame, val: pd.DataFrame, config: training.TrainConfig, epochs: int):
+    """Fit on train + val for ``epochs``; returns the frame, its id indexes and the fit."""
     frame = pd.concat([train, val], ignore_index=True)
     users, items = IdIndex(frame["userId"]), IdIndex(frame["movieId"])
-    result = training.fit(Interactions.from_frame(frame, users, items), config, epochs=epochs, follow=follow)
+    result = training.fit(Interactions.from_frame(frame, users, items), config, epochs=epochs)
     return frame, users, items, result
 
 

@@ -316,7 +316,7 @@ def test_sweep_temporaries_come_from_one_reserved_arena(implicit_weight, monkeyp
             assert csr.scratch.needed == len(csr.scratch.arena) > 0, step  # every get() fitted
             reserved[step] = csr.scratch.needed
     # In training both steps share one arena: it ends the size of the larger step's reserve.
-    solver = als.AlsSolver(model, users, items, ratings, config, native_kernels=False)
+    solver = als.AlsSolver(model, users, items, ratings, config)
     solver.epoch()
     solver.epoch()
     assert len(solver.by_user.scratch.arena) == solver.by_user.scratch.needed == max(reserved.values())
