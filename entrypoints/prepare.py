@@ -12,7 +12,6 @@ run's ``prepared/`` folder. The last stdout line is the prepared folder's URI.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -20,56 +19,36 @@ import warnings
 from pathlib import Path
 
 import mlflow
-
-from entrypoints.common import active_or_new_run, fail_on_termination, parser_for, top_level_run
-from mfrec import tracking
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from entrypoints.common import parser_for
+from entrypoints.params import PREPARE_DEFAULTS, prepare_config
+from mfrec import tracking
+from mfrec.data.prepare import (MANIFEST, MOVIES_FILE, RATING_FILES, Loaded, PrepareConfig, load_dataset,
+                                load_prepared, prepare_key, prepare_loaded)
 from mfrec.errors import MfrecError
-from mfrec.prepare import (MANIFEST, MOVIES_FILE, RATING_FILES, Loaded, load_dataset,
-                           load_prepared, prepare_key, prepare_loaded, split_params)
 
-DEFAULTS = {
-    "dataset": "ml-latest-small", "data_path": "", "split": "random",
-    "test_fraction": "0.2", "val_fraction": "0.1", "seed": "0",
-}
 ARTIFACT_DIR = "prepared"
 TAG_KEY, TAG_URI, TAG_REUSED = "mfrec.prepare_key", "mfrec.prepared_uri", "mfrec.reused_from"
 CONTEXTS = {"train.parquet": "training", "val.parquet": "validation", "test.parquet": "test"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = parser_for("python -m entrypoints.prepare", __doc__.split("\n\n")[0], DEFAULTS,
-                        output_help="write {run_id, prepared_uri, reused_from, manifest} here")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no download progress bar")
-    return parser
+def run_prepare(config: PrepareConfig, progress: bool = True) -> dict:
+    """Prepare (or reuse) the dataset ``config`` describes inside the active MLflow run.
 
-
-def run_prepare(args: dict, progress: bool = True) -> dict:
-    """Prepare (or reuse) the dataset described by ``args`` inside the active MLflow run.
-
-    Args:
-        args: any of ``dataset``, ``data_path``, ``split``, ``test_fraction``,
-            ``val_fraction``, ``seed`` (strings or numbers); missing keys take the defaults.
-        progress: show a download progress bar (terminal only).
-
-    Returns:
-        ``{"run_id", "prepared_uri", "reused_from", "manifest"}``; ``reused_from`` is ``None``
-        when this run did the work.
+    Returns ``{"run_id", "prepared_uri", "reused_from", "manifest"}``; ``reused_from`` is
+    ``None`` when this run did the work.
     """
-    values = {k: args.get(k) if args.get(k) is not None else d for k, d in DEFAULTS.items()}
-    with active_or_new_run() as run:
+    with tracking.active_or_new_run() as run:
         run_id = run.info.run_id
-        client = MlflowClient()
-        tracking.log_new_params({k: str(v) for k, v in values.items()})
-        params = split_params(values["split"], values["test_fraction"],
-                              values["val_fraction"], values["seed"])
-        loaded = load_dataset(values["dataset"], values["data_path"], progress=progress)
-        key = prepare_key(loaded.data_sha256, params["method"], params["test_fraction"],
-                          params["val_fraction"], params["seed"])
-        earlier = find_reusable(client, run.info.experiment_id, key, exclude_run=run_id)
+        split = config.split
+        tracking.log_new_params({"dataset": config.dataset, "data_path": config.data_path, "split": split.method,
+                                 "test_fraction": split.test_fraction, "val_fraction": split.val_fraction,
+                                 "seed": split.seed})
+        loaded = load_dataset(config.dataset, config.data_path, progress=progress)
+        key = prepare_key(loaded.data_sha256, config.split)
+        earlier = find_reusable(MlflowClient(), run.info.experiment_id, key, exclude_run=run_id)
         if earlier:
             reused_from, manifest = earlier
             prepared_uri = f"runs:/{reused_from}/{ARTIFACT_DIR}"
@@ -79,7 +58,7 @@ def run_prepare(args: dict, progress: bool = True) -> dict:
         else:
             reused_from = None
             prepared_uri = f"runs:/{run_id}/{ARTIFACT_DIR}"
-            manifest = _prepare_and_log(loaded, params)
+            manifest = _prepare_and_log(loaded, config)
         mlflow.set_tags({TAG_KEY: key, TAG_URI: prepared_uri,
                          "mfrec.data_sha256": manifest["data_sha256"],
                          "mfrec.dataset": manifest["dataset"]})
@@ -119,19 +98,17 @@ def find_reusable(client: MlflowClient, experiment_id: str, key: str,
     return None
 
 
-def _prepare_and_log(loaded: Loaded, params: dict) -> dict:
+def _prepare_and_log(loaded: Loaded, config: PrepareConfig) -> dict:
     with tempfile.TemporaryDirectory(prefix="mfrec-prepare-") as tmp:
         out = Path(tmp) / ARTIFACT_DIR
-        manifest = prepare_loaded(loaded, out, params["method"], params["test_fraction"],
-                                  params["val_fraction"], params["seed"])
+        manifest = prepare_loaded(loaded, config.split, out)
         mlflow.log_artifacts(str(out), artifact_path=ARTIFACT_DIR)
         prepared = load_prepared(out, verify=False)
         frames = {"train.parquet": prepared.train, "val.parquet": prepared.val,
                   "test.parquet": prepared.test}
         with warnings.catch_warnings():
-            # Two MLflow hints printed in every run that do not apply here: a local path
-            # "can be interpreted in multiple ways" (its registry lists the same source class
-            # twice), and integer columns "cannot represent missing values" (ours have none).
+            # Two MLflow hints that do not apply here: a local path "can be interpreted in
+            # multiple ways", and integer columns "cannot represent missing values" (ours have none).
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
             warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
             source = _dataset_source(loaded)
@@ -166,13 +143,17 @@ def _count_metrics(manifest: dict) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    fail_on_termination()
-    args = build_parser().parse_args(argv)
-    values = {k: getattr(args, k) for k in DEFAULTS}
+    tracking.fail_on_termination()
+    parser = parser_for("python -m entrypoints.prepare", __doc__.split("\n\n")[0], PREPARE_DEFAULTS,
+                        output_help="write {run_id, prepared_uri, reused_from, manifest} here")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no download progress bar")
+    args = parser.parse_args(argv)
+    values = {k: getattr(args, k) for k in PREPARE_DEFAULTS}
     try:
         # Named like main's runs (a standalone step otherwise gets a random name).
-        with top_level_run(run_name=f"prepare-{values['dataset']}-{values['split']}-s{values['seed']}"):
-            result = run_prepare(values, progress=args.progress)
+        with tracking.top_level_run(run_name=f"prepare-{values['dataset']}-{values['split']}-s{values['seed']}"):
+            tracking.log_new_params(values)  # as received, like `mlflow run` logs them
+            result = run_prepare(prepare_config(values), progress=args.progress)
     except MfrecError as exc:
         print(f"prepare failed: {exc}", file=sys.stderr)
         return 1

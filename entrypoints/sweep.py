@@ -13,12 +13,13 @@ import sys
 
 import mlflow
 
-from entrypoints import main as pipeline
-from entrypoints.common import finish, parser_for, fail_on_termination, top_level_run
+from entrypoints.common import finish, parser_for
+from entrypoints.main import run_pipeline
+from entrypoints.params import PIPELINE_DEFAULTS, PipelineConfig
 from mfrec import tracking
 from mfrec.errors import ConfigError, MfrecError
 
-DEFAULTS = {**{k: v for k, v in pipeline.DEFAULTS.items() if k != "n_factors"}, "n_factors_list": "4,8,16,32,64"}
+DEFAULTS = {**{k: v for k, v in PIPELINE_DEFAULTS.items() if k != "n_factors"}, "n_factors_list": "4,8,16,32,64"}
 
 
 def factor_list(text: str) -> list[int]:
@@ -31,26 +32,28 @@ def factor_list(text: str) -> list[int]:
     return values
 
 
-def run_sweep(values: dict, progress=None) -> dict:
-    tracking.log_new_params(values)
-    mlflow.set_tag("mlflow.runName", f"sweep-k{values['n_factors_list'].replace(',', '-')}")
+def run_sweep(config: PipelineConfig, factors: list[int], progress=None) -> dict:
+    mlflow.set_tag("mlflow.runName", f"sweep-k{'-'.join(map(str, factors))}")
     results = {}
-    for k in factor_list(values["n_factors_list"]):
-        child = {**{key: v for key, v in values.items() if key != "n_factors_list"}, "n_factors": str(k)}
-        with mlflow.start_run(run_name=pipeline.run_name(child), nested=True):
-            results[k] = pipeline.run_pipeline(child, progress=progress)
+    for k in factors:
+        child = config.with_factors(k)
+        with mlflow.start_run(run_name=child.run_name(), nested=True):
+            results[k] = run_pipeline(child, progress=progress)
     return {"runs": {k: r["run_id"] for k, r in results.items()},
             "metrics": {k: {m: r["metrics"][m] for m in ("test_rmse", "test_ndcg_at_10", "train_seconds")}
                         for k, r in results.items()}}
 
 
 def main(argv=None) -> int:
-    fail_on_termination()
+    tracking.fail_on_termination()
     args = parser_for("python -m entrypoints.sweep", __doc__.split("\n\n")[0], DEFAULTS).parse_args(argv)
     values = {k: getattr(args, k) for k in DEFAULTS}
     try:
-        with top_level_run():
-            result = run_sweep(values)
+        with tracking.top_level_run():
+            tracking.log_new_params(values)
+            factors = factor_list(values["n_factors_list"])
+            config = PipelineConfig.from_params({**values, "n_factors": str(factors[0])})
+            result = run_sweep(config, factors)
     except MfrecError as exc:
         print(f"sweep failed: {exc}", file=sys.stderr)
         return 1

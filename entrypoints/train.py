@@ -10,60 +10,41 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import mlflow
 
-from entrypoints.common import active_or_new_run, finish, parse_number, parser_for, fail_on_termination, top_level_run
+from entrypoints.common import finish, parser_for
+from entrypoints.params import TRAIN_DEFAULTS, ranking_config, train_config
 from mfrec import tracking
-from mfrec.embeddings import write_embeddings
+from mfrec.clustering.embeddings import write_embeddings
+from mfrec.clustering.plots import learning_curve_png
+from mfrec.data.prepare import load_prepared
 from mfrec.errors import MfrecError
-from mfrec.plots import learning_curve_png
-from mfrec.prepare import load_prepared
-from mfrec.train import TrainConfig
+from mfrec.serving.bundle import RankingConfig
+from mfrec.training.config import TrainConfig
 from mfrec.workflow import train_and_evaluate
 
-_TC = TrainConfig()
-DEFAULTS = {
-    "prepared": "", "n_factors": str(_TC.n_factors), "solver": _TC.solver, "epochs": str(_TC.epochs),
-    "batch_size": str(_TC.batch_size), "lr": str(_TC.lr), "reg": str(_TC.reg),
-    "implicit_weight": str(_TC.implicit_weight), "confidence": str(_TC.confidence),
-    "genre_weight": str(_TC.genre_weight), "device": _TC.device, "seed": str(_TC.seed),
-}
-NUMBERS = {"n_factors": int, "epochs": int, "batch_size": int, "lr": float, "reg": float,
-           "implicit_weight": float, "confidence": float, "genre_weight": float, "seed": int}
 
-
-def config_from(values: dict, progress=None) -> TrainConfig:
-    numbers = {k: parse_number(k, values[k], kind) for k, kind in NUMBERS.items()}
-    return TrainConfig(**numbers, solver=values["solver"], device=values["device"], progress=progress)
-
-
-def run_train(args: dict, progress=None) -> dict:
-    """Train on ``args['prepared']`` inside the active run; returns URIs and metrics."""
-    values = {k: args.get(k) if args.get(k) not in (None,) else d for k, d in DEFAULTS.items()}
-    if not values["prepared"]:
-        raise MfrecError("parameter prepared is required: a prepared folder or its MLflow artifact URI")
-    with active_or_new_run() as run, tempfile.TemporaryDirectory(prefix="mfrec-train-") as tmp:
-        tracking.log_new_params(values)
-        config = config_from(values, progress)
-        config.validate()
-        prepared = load_prepared(tracking.resolve_local(values["prepared"], tmp))
+def run_train(prepared_uri: str, config: TrainConfig, ranking: RankingConfig) -> dict:
+    """Train on the prepared folder (or its artifact URI) inside the active run; returns URIs and metrics."""
+    with tracking.active_or_new_run() as run, tempfile.TemporaryDirectory(prefix="mfrec-train-") as tmp:
+        tracking.log_new_params({"prepared": prepared_uri, **config.as_params(), **asdict(ranking)})
+        prepared = load_prepared(tracking.resolve_local(prepared_uri, tmp))
         manifest = prepared.manifest
-        config.rating_range = tuple(manifest.get("rating_scale", config.rating_range))
-
+        config = replace(config, rating_range=tuple(manifest.get("rating_scale", config.rating_range)))
         log_epoch = tracking.EpochMetrics(run.info.run_id)
         try:
             outcome = train_and_evaluate(prepared.train, prepared.val, prepared.test, prepared.movies, config,
-                                         on_epoch=log_epoch)
+                                         ranking, on_epoch=log_epoch)
         except BaseException:
             with contextlib.suppress(Exception):  # the epochs so far; the training error is the news
                 log_epoch.flush()
             raise
         log_epoch.flush()
         mlflow.log_metrics(tracking.finite_metrics(outcome.metrics))
-        mlflow.set_tags({"mfrec.device": outcome.device,
-                         "mfrec.dataset": manifest.get("dataset", ""),
+        mlflow.set_tags({"mfrec.device": outcome.device, "mfrec.dataset": manifest.get("dataset", ""),
                          "mfrec.data_sha256": manifest.get("data_sha256", "")})
         out = Path(tmp)
         outcome.recommender.save(out / "recommender")
@@ -88,13 +69,17 @@ def run_train(args: dict, progress=None) -> dict:
 
 
 def main(argv=None) -> int:
-    fail_on_termination()
-    args = parser_for("python -m entrypoints.train", __doc__.split("\n\n")[0], DEFAULTS).parse_args(argv)
-    values = {k: getattr(args, k) for k in DEFAULTS}
+    tracking.fail_on_termination()
+    defaults = {"prepared": "", **TRAIN_DEFAULTS}
+    args = parser_for("python -m entrypoints.train", __doc__.split("\n\n")[0], defaults).parse_args(argv)
+    values = {k: getattr(args, k) for k in defaults}
     try:
+        if not values["prepared"]:
+            raise MfrecError("parameter prepared is required: a prepared folder or its MLflow artifact URI")
         # Named like main's runs (a standalone step otherwise gets a random name).
-        with top_level_run(run_name=f"train-k{values['n_factors']}-{values['solver']}-s{values['seed']}"):
-            result = run_train(values)
+        with tracking.top_level_run(run_name=f"train-k{values['n_factors']}-{values['solver']}-s{values['seed']}"):
+            tracking.log_new_params(values)  # as received, like `mlflow run` logs them
+            result = run_train(values["prepared"], train_config(values), ranking_config(values))
     except MfrecError as exc:
         print(f"train failed: {exc}", file=sys.stderr)
         return 1

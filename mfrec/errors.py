@@ -23,3 +23,7 @@ class ConfigError(MfrecError):
 
 class TrainingError(MfrecError):
     """Training diverged or could not run."""
+
+
+class RequestError(MfrecError):
+    """A served model's request is refused (HTTP 400); the message names the problem."""

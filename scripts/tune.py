@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mfrec.evaluate import evaluate  # noqa: E402
-from mfrec.prepare import load_prepared, prepare  # noqa: E402
-from mfrec.train import TrainConfig  # noqa: E402
+from mfrec.evaluation.evaluate import evaluate  # noqa: E402
+from mfrec.data.prepare import PrepareConfig, load_prepared, prepare  # noqa: E402
+from mfrec.training.config import TrainConfig  # noqa: E402
 from mfrec.workflow import train_and_evaluate  # noqa: E402
 
 GRIDS = {
@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--n-factors", type=int, default=8)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        prepare(args.dataset, args.data_path, out_dir=Path(tmp) / "p", progress=False)
+        prepare(PrepareConfig(args.dataset, args.data_path), Path(tmp) / "p", progress=False)
         p = load_prepared(Path(tmp) / "p")
     grid = GRIDS[args.grid]
     keys = list(grid)
@@ -55,8 +55,7 @@ def main() -> None:
         m = out.metrics
         ndcg = []
         for weight in RATING_WEIGHTS:  # the ranking blend: choice logit + weight * predicted rating
-            out.recommender.rating_weight = weight
-            ndcg.append(evaluate(out.recommender, p.train, p.val)["test_ndcg_at_10"])
+            ndcg.append(evaluate(out.recommender.with_ranking(rating_weight=weight), p.train, p.val)["test_ndcg_at_10"])
         print("| " + " | ".join(str(v) for v in combo) + f" | {out.best_epoch} | {m['test_rmse']:.4f} | "
               + " | ".join(f"{v:.4f}" for v in ndcg) + f" | {m['train_seconds']:.2f} |", flush=True)
 

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from mfrec.evaluate import fold_in_ndcg  # noqa: E402
-from mfrec.prepare import load_prepared, prepare  # noqa: E402
-from mfrec.train import TrainConfig  # noqa: E402
+from mfrec.evaluation.evaluate import fold_in_ndcg  # noqa: E402
+from mfrec.data.prepare import PrepareConfig, load_prepared, prepare  # noqa: E402
+from mfrec.training.config import TrainConfig  # noqa: E402
 from mfrec.workflow import train_and_evaluate  # noqa: E402
 
 WEIGHTS = (1.0, 0.3, 0.1, 0.03, 0.01)
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        prepare(args.dataset, args.data_path, out_dir=Path(tmp) / "p", progress=False)
+        prepare(PrepareConfig(args.dataset, args.data_path), Path(tmp) / "p", progress=False)
         p = load_prepared(Path(tmp) / "p")
     rec = train_and_evaluate(p.train, p.val, p.val, p.movies, TrainConfig(progress=False), refit=False).recommender
     print("| films told | " + " | ".join(f"weight {w}" for w in WEIGHTS) + " |")
@@ -55,13 +55,12 @@ def main() -> None:
     print("\n| genre prior | " + " | ".join(f"weight {w}" for w in GENRE_WEIGHTS) + " |")
     print("|---|" + "---|" * len(GENRE_WEIGHTS))
     for prior in GENRE_PRIORS:
-        rec.meta["train_config"]["genre_prior"] = prior
         cells = []
         for w in GENRE_WEIGHTS:
-            ndcg = np.mean([fold_in_ndcg(rec, p.train, p.val, n, seed=args.seed + s, genre_weight=w)
+            setting = rec.with_ranking(genre_prior=prior, fold_in_genre_weight=w)
+            ndcg = np.mean([fold_in_ndcg(setting, p.train, p.val, n, seed=args.seed + s)
                             for n in (3, 5, 10) for s in range(3)])
-            rec.meta["train_config"]["fold_in_genre_weight"] = w
-            pixar = rec.fold_in(np.zeros(5, int), PIXAR, np.full(5, 5.0), k=10)
+            pixar = setting.fold_in(np.zeros(5, int), PIXAR, np.full(5, 5.0), k=10).to_frame()
             share = pixar["genres"].str.contains("Animation|Children").mean()
             cells.append(f"{ndcg:.4f} ({share:.0%})")
         print(f"| {prior:g} | " + " | ".join(cells) + " |", flush=True)

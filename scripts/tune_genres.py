@@ -4,7 +4,7 @@
 
 Fits the default model on the 72% train split and scores its ``recommend`` ranking (every
 training film excluded) on the validation ratings with the pipeline's NDCG@10, over the
-genre weight and prior (mfrec/genres.py). Prints a markdown table. The fold-in weight is
+genre weight and prior (mfrec/serving/genres.py). Prints a markdown table. The fold-in weight is
 chosen by scripts/tune_fold_in.py.
 """
 
@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mfrec.metrics import ranking_metrics, relevant_sets  # noqa: E402
-from mfrec.prepare import load_prepared, prepare  # noqa: E402
-from mfrec.train import TrainConfig  # noqa: E402
+from mfrec.evaluation.metrics import ranking_metrics, relevant_sets  # noqa: E402
+from mfrec.data.prepare import PrepareConfig, load_prepared, prepare  # noqa: E402
+from mfrec.training.config import TrainConfig  # noqa: E402
 from mfrec.workflow import train_and_evaluate  # noqa: E402
 
 WEIGHTS = (0.0, 0.05, 0.07, 0.08, 0.1, 0.12, 0.15)
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="ml-latest-small")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        prepare(args.dataset, args.data_path, out_dir=Path(tmp) / "p", progress=False)
+        prepare(PrepareConfig(args.dataset, args.data_path), Path(tmp) / "p", progress=False)
         p = load_prepared(Path(tmp) / "p")
     rec = train_and_evaluate(p.train, p.val, p.val, p.movies, TrainConfig(progress=False), refit=False).recommender
     users, relevant = relevant_sets(p.val, rec.user_index.index(p.val["userId"].to_numpy()),
@@ -42,8 +42,8 @@ def main() -> None:
     for prior in PRIORS:
         cells = []
         for w in WEIGHTS:
-            rec.meta["train_config"].update(genre_prior=prior, genre_weight=w)
-            ndcg = ranking_metrics(lambda rows, k: rec.top_items(rows, k)[0], users, relevant, 10)["ndcg_at_10"]
+            setting = rec.with_ranking(genre_prior=prior, genre_weight=w)
+            ndcg = ranking_metrics(lambda rows, k: setting.ranker.top_items(rows, k)[0], users, relevant, 10)["ndcg_at_10"]
             cells.append(f"{ndcg:.4f}")
         print(f"| {prior:g} | " + " | ".join(cells) + " |", flush=True)
 

@@ -164,10 +164,10 @@ def tracking_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def prepared_small(shared_zip, tmp_path_factory):
     """The real ml-latest-small, prepared with the default seeded random 72/8/20 split."""
-    from mfrec.prepare import load_prepared, prepare
+    from mfrec.data.prepare import PrepareConfig, load_prepared, prepare
 
     out = tmp_path_factory.mktemp("prepared") / "prepared"
-    prepare("ml-latest-small", shared_zip, out_dir=out, progress=False)
+    prepare(PrepareConfig(data_path=str(shared_zip)), out, progress=False)
     return load_prepared(out)
 
 
@@ -180,7 +180,7 @@ def small_split(prepared_small):
 @pytest.fixture(scope="session")
 def trained_small(small_split):
     """The default model trained once per session (validation epoch choice, refit on 80%)."""
-    from mfrec.train import TrainConfig
+    from mfrec.training.config import TrainConfig
     from mfrec.workflow import train_and_evaluate
 
     train, val, test, movies = small_split
@@ -192,9 +192,9 @@ def served_model(trained_small, tmp_path_factory):
     """``trained_small`` logged, registered as ``models:/mfrec@champion`` in a sqlite store and
     served by a real ``mlflow models serve --env-manager local`` on a free loopback port.
 
-    Yields a :class:`entrypoints.model_server.ServedModel` (``.url``, ``.invocations``, ``.proc``).
+    Yields a :class:`benchmarks.served.ServedModel` (``.url``, ``.invocations``, ``.proc``).
     """
-    from entrypoints.model_server import register_recommender, start_model_server, stop_model_server
+    from benchmarks.served import register_recommender, start_model_server, stop_model_server
 
     root = tmp_path_factory.mktemp("served-model")
     uri = register_recommender(trained_small.recommender, root, test_rmse=trained_small.metrics["test_rmse"])

@@ -1,5 +1,5 @@
 """Helpers shared by test modules: the repository, the venv's tools; ports, HTTP readiness and
-process stopping come from :mod:`entrypoints.model_server` (the benchmark uses them too)."""
+process stopping come from :mod:`benchmarks.served` (the benchmark uses them too)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ VENV_BIN = Path(sys.executable).parent
 
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
-from entrypoints.model_server import free_port, stop_process, wait_http  # noqa: E402,F401
+from benchmarks.served import free_port, stop_process, wait_http  # noqa: E402,F401
 
 
 def venv_env(**extra: str) -> dict[str, str]:

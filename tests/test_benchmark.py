@@ -16,9 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mfrec import bench
-from mfrec import train as training
-from mfrec.train import TrainConfig
+from benchmarks import report, rest, scale, training
+from mfrec.training.config import TrainConfig
 
 
 def _positive(*values):
@@ -28,7 +27,7 @@ def _positive(*values):
 
 @pytest.fixture(scope="module")
 def tiny_split():
-    from mfrec.synthetic import generate
+    from mfrec.data.synthetic import generate
 
     data = generate(4000, 60, 400, seed=0)
     ratings = data.ratings
@@ -40,7 +39,7 @@ def tiny_split():
 
 def test_notebook_loop_is_timed_and_extrapolated(tiny_split):
     train, val, test, _ = tiny_split
-    out = bench.notebook_benchmark(pd.concat([train, val]), test, epochs=1, seed=0)
+    out = training.notebook_benchmark(pd.concat([train, val]), test, epochs=1, seed=0)
     assert out["epochs_run"] == 1 and len(out["epoch_seconds"]) == 1
     assert out["batch_size"] == 128 and out["lr"] == 1e-3 and out["n_factors"] == 8
     assert out["full_run_seconds_is_extrapolated"] is True
@@ -51,44 +50,41 @@ def test_notebook_loop_is_timed_and_extrapolated(tiny_split):
 
 def test_notebook_full_run_is_measured_when_all_epochs_run(tiny_split):
     train, _, test, _ = tiny_split
-    out = bench.notebook_benchmark(train.iloc[:500], test, epochs=2, full_epochs=2)
+    out = training.notebook_benchmark(train.iloc[:500], test, epochs=2, full_epochs=2)
     assert out["full_run_seconds_is_extrapolated"] is False
     assert out["full_run_seconds"] == pytest.approx(sum(out["epoch_seconds"]))
     with pytest.raises(ValueError):
-        bench.notebook_benchmark(train, test, epochs=0)
+        training.notebook_benchmark(train, test, epochs=0)
 
 
 def test_mfrec_benchmark_and_comparison(tiny_split):
     train, val, test, movies = tiny_split
-    figures, outcome = bench.mfrec_benchmark(train, val, test, movies, TrainConfig(epochs=3, progress=False))
+    figures, outcome = training.mfrec_benchmark(train, val, test, movies, TrainConfig(epochs=3, progress=False))
     assert figures["epochs_run"] == len(figures["epoch_seconds"]) <= 3
     assert figures["refit_rows"] == len(train) + len(val)
     _positive(figures["median_epoch_seconds"], figures["train_seconds"], figures["test_rmse"],
               figures["ratings_per_second"])
     assert outcome.recommender is not None
-    notebook = bench.notebook_benchmark(train, test, epochs=1)
-    cmp_ = bench.compare(notebook, figures)
-    _positive(cmp_["notebook_full_over_mfrec_train"], cmp_["notebook_full_over_mfrec_refit"],
-              cmp_["notebook_epoch_over_mfrec_epoch"], figures["refit_seconds"], figures["select_seconds"])
+    notebook = training.notebook_benchmark(train, test, epochs=1)
+    cmp_ = training.compare(notebook, figures)
+    _positive(cmp_["notebook_full_over_mfrec_train"], cmp_["notebook_epoch_over_mfrec_epoch"],
+              figures["refit_seconds"], figures["select_seconds"])
     assert figures["refit_seconds"] + figures["select_seconds"] == pytest.approx(figures["train_seconds"])
     assert math.isfinite(cmp_["rmse_notebook_minus_mfrec"])
     assert "surprise_fit_over_mfrec_train" not in cmp_
-    with_surprise = bench.compare(notebook, figures, {"build_seconds": 0.1, "fit_seconds": 0.2, "test_rmse": 0.9})
-    # Like for like with a peer's fit: the refit timed by itself (with and without indexing).
-    assert with_surprise["surprise_fit_over_mfrec_refit"] == pytest.approx(0.2 / figures["refit_alone_seconds"])
-    assert with_surprise["surprise_build_fit_over_mfrec_refit"] == pytest.approx(0.3 / figures["refit_alone_seconds"])
+    with_surprise = training.compare(notebook, figures, {"build_seconds": 0.1, "fit_seconds": 0.2, "test_rmse": 0.9})
+    # Like for like with a peer's fit: the refit's fit() with fixed settings on train+val.
     assert with_surprise["surprise_fit_over_mfrec_refit_fit"] == pytest.approx(0.2 / figures["refit_fit_seconds"])
-    assert 0 < figures["refit_fit_seconds"] < figures["refit_alone_seconds"]
-    assert len(figures["refit_alone_runs"]) == bench.TIMING_REPEATS
-    # Timed bench.TIMING_REPEATS times; the figures are the median run's.
+    assert 0 < figures["refit_fit_seconds"] < figures["refit_seconds"]
+    # Timed training.TIMING_REPEATS times; the figures are the median run's.
     runs = figures["train_seconds_runs"]
-    assert figures["repeats"] == len(runs) == bench.TIMING_REPEATS >= 3
+    assert figures["repeats"] == len(runs) == training.TIMING_REPEATS >= 3
     assert figures["train_seconds"] == sorted(runs)[(len(runs) - 1) // 2]
 
 
 def test_surprise_runs_or_says_why_not(tiny_split):
     train, _, test, _ = tiny_split
-    out = bench.surprise_benchmark(train, test, seed=0)
+    out = training.surprise_benchmark(train, test, seed=0)
     try:
         import surprise  # noqa: F401
     except Exception:  # noqa: BLE001
@@ -96,15 +92,15 @@ def test_surprise_runs_or_says_why_not(tiny_split):
         return
     assert out["n_factors"] == 8 and out["random_state"] == 0
     _positive(out["fit_seconds"], out["test_rmse"], out["test_mae"])
-    assert len(out["fit_seconds_runs"]) == bench.TIMING_REPEATS
+    assert len(out["fit_seconds_runs"]) == training.TIMING_REPEATS
     assert out["fit_seconds"] == pytest.approx(float(np.median(out["fit_seconds_runs"])))
 
 
 def test_throughput_child_reports_rate_and_peak_rss(tmp_path):
-    out = bench.throughput_benchmark("synthetic-3k", epochs=2, workdir=tmp_path,
+    out = scale.throughput_benchmark("synthetic-3k", epochs=2, workdir=tmp_path,
                                      overrides={"implicit_weight": 0.0})
     assert out["dataset"] == "synthetic-3k" and out["ratings"] == 3000
-    assert out["raw_bytes"] == 3000 * bench.RAW_BYTES_PER_RATING
+    assert out["raw_bytes"] == 3000 * 12
     assert len(out["epoch_seconds"]) == 2 and out["config"]["implicit_weight"] == 0.0
     _positive(out["ratings_per_second"], out["peak_rss_bytes"], out["peak_rss_over_raw"], out["fit_seconds"])
     assert out["peak_rss_bytes"] >= out["rss_after_imports_bytes"] > 0
@@ -149,25 +145,25 @@ def echo_server():
 
 @pytest.mark.parametrize("concurrency", [1, 3])
 def test_load_test_reports_latency_and_rate(echo_server, concurrency):
-    bodies = bench.recommend_bodies([1, 2, 3], k=10)
+    bodies = rest.recommend_bodies([1, 2, 3], k=10)
     assert json.loads(bodies[0]) == {"dataframe_records": [{"userId": 1}], "params": {"task": "recommend", "k": 10}}
-    out = bench.load_test(echo_server(), bodies, n_requests=10, concurrency=concurrency, warmup=2)
+    out = rest.load_test(echo_server(), bodies, n_requests=10, concurrency=concurrency, warmup=2)
     assert out["requests"] == 10 and out["errors"] == 0 and out["concurrency"] == concurrency
     _positive(out["p50_ms"], out["p99_ms"], out["requests_per_second"])
     assert out["p50_ms"] <= out["p99_ms"] <= out["max_ms"]
 
 
 def test_load_test_counts_error_answers(echo_server):
-    out = bench.load_test(echo_server(status=500), bench.recommend_bodies([1]), n_requests=4, warmup=0)
+    out = rest.load_test(echo_server(status=500), rest.recommend_bodies([1]), n_requests=4, warmup=0)
     assert out["errors"] == 4
 
 
 def test_entry_point_logs_table_and_json(tmp_path, monkeypatch):
     """The whole entry point on tiny data with the REST part skipped."""
     import mlflow
-    from entrypoints.model_server import mlflow_uris
+    from benchmarks.served import mlflow_uris
 
-    from entrypoints import benchmark
+    from benchmarks import run as benchmark
 
     monkeypatch.chdir(tmp_path)
     out_json = tmp_path / "results.json"
@@ -195,7 +191,7 @@ def test_entry_point_logs_table_and_json(tmp_path, monkeypatch):
 
 
 def test_entry_point_rejects_bad_parameters(tmp_path, monkeypatch):
-    from entrypoints import benchmark
+    from benchmarks import run as benchmark
 
     monkeypatch.chdir(tmp_path)
     assert benchmark.main(["--notebook-epochs", "0", "--scale", "none", "--serve-requests", "0"]) == 1
@@ -206,15 +202,15 @@ def test_entry_point_rejects_bad_parameters(tmp_path, monkeypatch):
 
 def test_a_failing_section_is_reported_and_the_rest_still_logged(tmp_path, monkeypatch):
     import mlflow
-    from entrypoints.model_server import mlflow_uris
+    from benchmarks.served import mlflow_uris
 
-    from entrypoints import benchmark
+    from benchmarks import run as benchmark
 
     def broken(*args, **kwargs):
         raise RuntimeError("child died")
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(bench, "throughput_benchmark", broken)
+    monkeypatch.setattr(scale, "throughput_benchmark", broken)
     out_json = tmp_path / "results.json"
     with mlflow_uris(f"sqlite:///{tmp_path / 'mlflow.db'}"):
         rc = benchmark.main(["--dataset", "synthetic-3k", "--scale", "synthetic-2k", "--notebook-epochs", "1",
@@ -232,20 +228,20 @@ def test_a_failing_section_is_reported_and_the_rest_still_logged(tmp_path, monke
 def test_rest_benchmark_serves_both_models(tiny_split, tmp_path, monkeypatch):
     """Real ``mlflow models serve`` processes, a handful of requests each, inside what looks
     like an ``mlflow run`` (whose run id must not leak into the private model stores)."""
-    from entrypoints import benchmark
+    from benchmarks import run as benchmark
 
     monkeypatch.setenv("MLFLOW_RUN_ID", "0123456789abcdef0123456789abcdef")
 
     train, val, test, movies = tiny_split
-    _, outcome = bench.mfrec_benchmark(train, val, test, movies, TrainConfig(epochs=2, progress=False))
-    out = benchmark.rest_benchmark(outcome.recommender, tmp_path, n_requests=6, concurrency=(1, 2), workers=(1, 2))
+    _, outcome = training.mfrec_benchmark(train, val, test, movies, TrainConfig(epochs=2, progress=False))
+    out = rest.rest_benchmark(outcome.recommender, tmp_path, n_requests=6, concurrency=(1, 2), workers=(1, 2))
     for model in ("mfrec", "identity"):
         assert [(r["workers"], r["concurrency"]) for r in out[model]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
         for run in out[model]:
             assert run["requests"] == 6 and run["errors"] == 0
             _positive(run["p50_ms"], run["p99_ms"], run["requests_per_second"])
-    metrics = bench.flat_metrics({"serving": out})
+    metrics = report.flat_metrics({"serving": out})
     assert {"serve_mfrec_c1_p50_ms", "serve_identity_c2_requests_per_second", "serve_mfrec_w2_c2_p99_ms"} <= set(metrics)
-    table = bench.markdown_table({"serving": out})
+    table = report.markdown_table({"serving": out})
     assert "| REST | identity, 2 client(s) |" in table and "| REST | mfrec, 2 client(s), 2 workers |" in table
     assert os.environ["MLFLOW_RUN_ID"] == "0123456789abcdef0123456789abcdef"  # restored

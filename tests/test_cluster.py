@@ -16,12 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import REPO_ROOT, venv_env
-from mfrec.cluster import (DEFAULT_MIN_RATINGS, cluster_movies, genre_purity, prepare_vectors,
+from mfrec.clustering.kmeans import (ClusterConfig, cluster_movies, genre_purity, prepare_vectors,
                            shuffled_genre_purity)
-from mfrec.embeddings import read_item_embeddings, write_embeddings
+from mfrec.clustering.embeddings import read_item_embeddings, write_embeddings
 from mfrec.errors import ConfigError, DataError
-from mfrec.plots import clusters_png, learning_curve_png
-from mfrec.report import cluster_report_markdown
+from mfrec.clustering.plots import clusters_png, learning_curve_png
+from mfrec.clustering.report import cluster_report_markdown
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Measured on this split (seed 0, ALS model): purity 0.55 vs 0.43 shuffled, ratio 1.27 (1.23-1.27 over
@@ -43,7 +43,7 @@ def embeddings(embeddings_dir):
 @pytest.fixture(scope="module")
 def clustered(embeddings):
     meta, vectors = embeddings
-    return cluster_movies(meta, vectors, n_clusters=10, seed=0)
+    return cluster_movies(meta, vectors, ClusterConfig(n_clusters=10, seed=0))
 
 
 def write_items(path, frame: pd.DataFrame, vectors=None):
@@ -90,7 +90,7 @@ def test_every_movie_gets_a_cluster_and_rare_ones_the_nearest_centroid(clustered
     a = clustered.assignments
     assert list(a.columns[:6]) == ["movieId", "title", "genres", "n_ratings", "cluster", "distance"]
     assert len(a) == len(meta) and a["cluster"].between(0, 9).all()
-    np.testing.assert_array_equal(a["fitted"], meta["n_ratings"] >= DEFAULT_MIN_RATINGS)
+    np.testing.assert_array_equal(a["fitted"], meta["n_ratings"] >= ClusterConfig.min_ratings)
     assert clustered.metrics["cluster_movies_fitted"] == a["fitted"].sum() > 1000
     assert a.loc[a["fitted"], "cluster"].nunique() == 10
     x = prepare_vectors(vectors, normalize=True)
@@ -120,7 +120,7 @@ def test_franchise_films_share_clusters(clustered):
 
 
 def test_same_seed_same_labels(clustered, embeddings):
-    again = cluster_movies(*embeddings, n_clusters=10, seed=0)
+    again = cluster_movies(*embeddings, ClusterConfig(n_clusters=10, seed=0))
     np.testing.assert_array_equal(again.assignments["cluster"], clustered.assignments["cluster"])
     assert again.metrics == clustered.metrics
 
@@ -172,14 +172,14 @@ def test_plots_are_written_as_png(tmp_path, clustered, embeddings, trained_small
 # ---------------------------------------------------------------------- bad input
 def test_n_clusters_below_two_is_refused(embeddings):
     with pytest.raises(ConfigError, match=r"n_clusters must be >= 2, got 1"):
-        cluster_movies(*embeddings, n_clusters=1)
+        ClusterConfig(n_clusters=1)
 
 
 def test_more_clusters_than_movies_is_refused(embeddings):
     meta, _ = embeddings
-    n_fitted = int((meta["n_ratings"] >= DEFAULT_MIN_RATINGS).sum())
+    n_fitted = int((meta["n_ratings"] >= ClusterConfig.min_ratings).sum())
     with pytest.raises(ConfigError, match=rf"n_clusters={n_fitted + 1} is more than the {n_fitted} movies"):
-        cluster_movies(*embeddings, n_clusters=n_fitted + 1)
+        cluster_movies(*embeddings, ClusterConfig(n_clusters=n_fitted + 1))
 
 
 def test_missing_embeddings_folder_is_named(tmp_path):
@@ -251,9 +251,10 @@ def test_entrypoint_logs_metrics_and_artifacts(tmp_path, embeddings_dir):
 def test_run_cluster_reads_a_runs_uri_and_keeps_params_mlflow_logged(tmp_path, embeddings_dir):
     """Like ``mlflow run``: the run exists with string params; embeddings come from another run."""
     import mlflow
-    from entrypoints.model_server import mlflow_uris
+    from benchmarks.served import mlflow_uris
 
     from entrypoints.cluster import run_cluster
+    from entrypoints.params import cluster_config
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with mlflow_uris(uri):
@@ -262,9 +263,9 @@ def test_run_cluster_reads_a_runs_uri_and_keeps_params_mlflow_logged(tmp_path, e
         source = f"runs:/{train_run.info.run_id}/embeddings"
         with mlflow.start_run() as run:
             mlflow.log_params({"embeddings": source, "n_clusters": "10.0", "seed": "0"})
-            result = run_cluster(source, "10.0", "0", out_dir=tmp_path / "out")
+            result = run_cluster(source, cluster_config({"n_clusters": "10.0", "seed": "0"}), out_dir=tmp_path / "out")
         params = mlflow.get_run(run.info.run_id).data.params
-    assert params["n_clusters"] == "10.0" and params["min_ratings"] == str(DEFAULT_MIN_RATINGS)
+    assert params["n_clusters"] == "10.0" and params["min_ratings"] == str(ClusterConfig.min_ratings)
     assert result["run_id"] == run.info.run_id
     assert (tmp_path / "out" / "clusters" / "assignments.parquet").samefile(result["assignments_path"])
     saved = pd.read_parquet(result["assignments_path"])
@@ -272,12 +273,13 @@ def test_run_cluster_reads_a_runs_uri_and_keeps_params_mlflow_logged(tmp_path, e
     assert result["assignments_uri"].endswith("/clusters/assignments.parquet")
 
 
-def test_run_cluster_refuses_bad_parameters(tmp_path):
+def test_cluster_step_refuses_bad_parameters(tmp_path):
     from entrypoints.cluster import run_cluster
+    from entrypoints.params import cluster_config
 
     with pytest.raises(ConfigError, match="embeddings is required"):
-        run_cluster("", 10, 0)
+        run_cluster("", ClusterConfig(), tmp_path)
     with pytest.raises(ConfigError, match="n_clusters must be an integer, got 'ten'"):
-        run_cluster(str(tmp_path), "ten", 0)
+        cluster_config({"n_clusters": "ten"})
     with pytest.raises(ConfigError, match="normalize must be true or false, got 'maybe'"):
-        run_cluster(str(tmp_path), 10, 0, normalize="maybe")
+        cluster_config({"normalize": "maybe"})

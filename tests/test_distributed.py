@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def _torchrun(prepared, out, *args):
-    cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "mfrec.distributed",
+    cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "mfrec.training.distributed",
            "--prepared", str(prepared.path), "--out", str(out), *args]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
                           env=venv_env(PYTHONPATH=str(REPO_ROOT)))
@@ -44,9 +44,10 @@ def test_two_gloo_ranks_adam_ddp_trains_a_good_model(prepared_small, tmp_path):
 _BLOCKED_FIT = """
 import sys
 import numpy as np, torch, torch.distributed as dist
-from mfrec import als
-from mfrec.interactions import Interactions
-from mfrec.train import TrainConfig, fit
+from mfrec.training import als
+from mfrec.data.ids import Interactions
+from mfrec.training.config import TrainConfig
+from mfrec.training.fit import fit
 als.BLOCK_ROWS, als.BLOCK_RATINGS = 7, 40  # many small blocks, cut differently by each shard
 rng = np.random.default_rng(5)
 users = rng.integers(0, 60, 900).astype(np.int32)

@@ -8,8 +8,8 @@ import zipfile
 import pytest
 from helpers import free_port
 
-from mfrec.datasets import get_spec
-from mfrec.download import default_cache_dir, fetch, resolve_source
+from mfrec.data.datasets import get_spec
+from mfrec.data.download import default_cache_dir, fetch, resolve_source
 from mfrec.errors import ChecksumError, ConfigError, DataError, DownloadError
 
 SMALL = "ml-latest-small"

@@ -84,8 +84,8 @@ def test_a_failing_entry_point_run_fails_its_whole_tree(tmp_path):
     necessarily its parent's), and the SIGTERM handler is put back."""
     import mlflow
 
-    from entrypoints.common import top_level_run
-    from entrypoints.model_server import mlflow_uris
+    from mfrec.tracking import top_level_run
+    from benchmarks.served import mlflow_uris
 
     saved = signal.getsignal(signal.SIGTERM)
     with mlflow_uris(f"sqlite:///{tmp_path / 'mlflow.db'}"), contextlib.ExitStack() as restore:
@@ -116,7 +116,7 @@ def test_sigterm_waits_for_a_database_call_to_return():
 
     import sqlalchemy
 
-    from entrypoints.common import fail_on_termination
+    from mfrec.tracking import fail_on_termination
 
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGALRM)}
     engine = sqlalchemy.create_engine("sqlite://")

@@ -1,9 +1,9 @@
-"""The genre taste of new customers (mfrec/genres.py), checked by hand."""
+"""The genre taste of new customers (mfrec/serving/genres.py), checked by hand."""
 
 import numpy as np
 import pytest
 
-from mfrec import genres
+from mfrec.serving import genres
 
 
 def test_genre_matrix_skips_the_no_genre_marker():

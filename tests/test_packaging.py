@@ -44,7 +44,7 @@ def test_mlproject_entry_points_and_parameters():
 
 
 def test_train_defaults_agree_with_library():
-    from mfrec.train import TrainConfig
+    from mfrec.training.config import TrainConfig
 
     project = yaml.safe_load((ROOT / "MLproject").read_text())
     cfg = TrainConfig()

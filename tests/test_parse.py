@@ -7,9 +7,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from mfrec.datasets import get_spec
+from mfrec.data.datasets import get_spec
 from mfrec.errors import DataError
-from mfrec.parse import GENRES_100K, NO_GENRES, read_dataset
+from mfrec.data.parse import GENRES_100K, NO_GENRES, read_dataset
 
 RATINGS_HEADER = "userId,movieId,rating,timestamp\n"
 MOVIES_CSV = 'movieId,title,genres\n1,"American President, The (1995)",Comedy|Drama\n2,B (1990),\n'

@@ -9,15 +9,16 @@ import zipfile
 import pandas as pd
 import pytest
 
-import mfrec.prepare as prep
+import mfrec.data.prepare as prep
 from mfrec.errors import ChecksumError, ConfigError, DataError
-from mfrec.prepare import load_dataset, load_prepared, prepare, prepare_key
+from mfrec.data.prepare import PrepareConfig, load_dataset, load_prepared, prepare, prepare_key
+from mfrec.data.split import SplitConfig
 
 
 @pytest.fixture(scope="module")
 def prepared(shared_zip, tmp_path_factory):
     out = tmp_path_factory.mktemp("prep") / "prepared"
-    manifest = prepare(data_path=str(shared_zip), out_dir=out, progress=False)
+    manifest = prepare(PrepareConfig(data_path=str(shared_zip)), out, progress=False)
     return out, manifest
 
 
@@ -47,7 +48,7 @@ def test_manifest_checksums_match_files(prepared):
     for name, info in manifest["files"].items():
         assert sha256(out / name) == info["sha256"]
         assert len(pd.read_parquet(out / name)) == info["rows"]
-    assert manifest["prepare_key"] == prepare_key(manifest["data_sha256"], "random", 0.2, 0.1, 0)
+    assert manifest["prepare_key"] == prepare_key(manifest["data_sha256"], SplitConfig("random", 0.2, 0.1, 0))
 
 
 def test_load_prepared_roundtrip(prepared):
@@ -87,19 +88,19 @@ def test_failure_midway_leaves_no_out_dir(shared_zip, tmp_path, monkeypatch):
     monkeypatch.setattr(prep, "_write_manifest", broken)
     out = tmp_path / "prepared"
     with pytest.raises(RuntimeError, match="disk full"):
-        prepare(data_path=str(shared_zip), out_dir=out, progress=False)
+        prepare(PrepareConfig(data_path=str(shared_zip)), out, progress=False)
     assert list(tmp_path.iterdir()) == []  # neither out_dir nor a temp folder is left
 
     # An existing folder survives a failed run untouched ...
     out.mkdir()
     (out / "keep.txt").write_text("old")
     with pytest.raises(RuntimeError):
-        prepare(data_path=str(shared_zip), out_dir=out, progress=False)
+        prepare(PrepareConfig(data_path=str(shared_zip)), out, progress=False)
     assert [p.name for p in tmp_path.iterdir()] == ["prepared"]
     assert (out / "keep.txt").read_text() == "old"
     # ... and is replaced as a whole by a successful one.
     monkeypatch.undo()
-    prepare(data_path=str(shared_zip), out_dir=out, progress=False)
+    prepare(PrepareConfig(data_path=str(shared_zip)), out, progress=False)
     assert not (out / "keep.txt").exists() and (out / "manifest.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["prepared"]
 
@@ -110,10 +111,10 @@ def test_data_hash_is_independent_of_packaging(shared_zip, tmp_path):
         zf.extractall(tmp_path)
     from_dir = load_dataset("ml-latest-small", str(tmp_path), progress=False)
     assert from_zip.data_sha256 == from_dir.data_sha256
-    key = prepare_key(from_zip.data_sha256)
-    assert key == prepare_key(from_zip.data_sha256, "random", "0.2", "0.10", "0")
-    assert key != prepare_key(from_zip.data_sha256, "random", 0.2, 0.1, 1)
-    assert key != prepare_key(from_zip.data_sha256, "temporal", 0.2, 0.1, 0)
+    key = prepare_key(from_zip.data_sha256, SplitConfig())
+    assert key == prepare_key(from_zip.data_sha256, SplitConfig("random", "0.2", "0.10", "0"))
+    assert key != prepare_key(from_zip.data_sha256, SplitConfig("random", 0.2, 0.1, 1))
+    assert key != prepare_key(from_zip.data_sha256, SplitConfig("temporal", 0.2, 0.1, 0))
     # One changed rating changes the content hash.
     ratings = tmp_path / "ml-latest-small" / "ratings.csv"
     ratings.write_bytes(ratings.read_bytes().replace(b"1,1,4.0,", b"1,1,3.5,", 1))
@@ -122,21 +123,21 @@ def test_data_hash_is_independent_of_packaging(shared_zip, tmp_path):
 
 def test_bad_parameters_fail_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="split"):
-        prepare(split="sideways", out_dir=tmp_path / "o", data_path="/nonexistent")
+        PrepareConfig(data_path="/nonexistent", split=SplitConfig("sideways"))
     with pytest.raises(ConfigError, match="seed"):
-        prepare(seed="1.5", out_dir=tmp_path / "o", data_path="/nonexistent")
+        PrepareConfig(data_path="/nonexistent", split=SplitConfig(seed="1.5"))
     with pytest.raises(ConfigError, match="unknown dataset"):
-        prepare(dataset="ml-3m", out_dir=tmp_path / "o")
+        PrepareConfig(dataset="ml-3m")
     with pytest.raises(DataError, match="/nonexistent"):
-        prepare(out_dir=tmp_path / "o", data_path="/nonexistent")
+        prepare(PrepareConfig(data_path="/nonexistent"), tmp_path / "o")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_synthetic_prepares_offline(tmp_path):
-    manifest = prepare("synthetic-20k", split="temporal", out_dir=tmp_path / "s", progress=False)
+    manifest = prepare(PrepareConfig("synthetic-20k", split=SplitConfig("temporal")), tmp_path / "s", progress=False)
     assert manifest["counts"]["ratings"] == 20_000
     assert manifest["source"]["kind"] == "synthetic"
-    again = prepare("synthetic-20k", split="temporal", out_dir=tmp_path / "t", progress=False)
+    again = prepare(PrepareConfig("synthetic-20k", split=SplitConfig("temporal")), tmp_path / "t", progress=False)
     assert again["prepare_key"] == manifest["prepare_key"]  # generation does not follow seed
     p = load_prepared(tmp_path / "s")
     assert len(p.train) + len(p.val) + len(p.test) == 20_000

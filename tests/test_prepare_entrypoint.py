@@ -106,9 +106,11 @@ def test_cli_output_json_failure_and_nested_use(tracking_server, tmp_path):
     script = (
         "import json, mlflow\n"
         "from entrypoints.prepare import run_prepare\n"
+        "from mfrec.data.prepare import PrepareConfig\n"
+        "from mfrec.data.split import SplitConfig\n"
         "with mlflow.start_run(run_name='pipeline'):\n"
         "    with mlflow.start_run(run_name='prepare', nested=True):\n"
-        "        r = run_prepare({'dataset': 'synthetic-20k', 'test_fraction': '0.25'},"
+        "        r = run_prepare(PrepareConfig('synthetic-20k', split=SplitConfig(test_fraction=0.25)),"
         " progress=False)\n"
         "print(json.dumps({'run_id': r['run_id'], 'reused_from': r['reused_from']}))\n"
     )

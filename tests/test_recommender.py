@@ -5,10 +5,11 @@ import pandas as pd
 import pytest
 
 from mfrec.errors import DataError
-from mfrec.evaluate import fold_in_ndcg
-from mfrec.metrics import ranking_metrics, relevant_sets
-from mfrec import recommender as recommender_module
-from mfrec.recommender import LIST_LENGTH, Recommender
+from mfrec.evaluation.evaluate import fold_in_ndcg
+from mfrec.evaluation.metrics import ranking_metrics, relevant_sets
+from mfrec.serving import ranker as ranker_module
+from mfrec.serving.ranker import LIST_LENGTH
+from mfrec.serving.recommender import Recommender
 
 PIXAR = [1, 2355, 3114, 4886, 6377]  # Toy Story, A Bug's Life, Toy Story 2, Monsters Inc., Finding Nemo
 
@@ -17,14 +18,14 @@ def test_recommend_excludes_seen_and_is_batched(trained_small, small_split):
     rec = trained_small.recommender
     train = pd.concat(small_split[:2])
     users = [1, 2, 3, 414]
-    out = rec.recommend(users, k=20)
+    out = rec.recommend(users, k=20).to_frame()
     assert list(out["userId"].unique()) == users
     assert (out.groupby("userId").size() == 20).all()
     assert (out["source"] == "personal").all()
     for user in users:
         seen = set(train.loc[train.userId == user, "movieId"])
         assert not seen & set(out.loc[out.userId == user, "movieId"])
-    with_seen = rec.recommend([1], k=50, exclude_seen=False)
+    with_seen = rec.recommend([1], k=50, exclude_seen=False).to_frame()
     assert set(with_seen["movieId"]) & set(train.loc[train.userId == 1, "movieId"])
 
 
@@ -32,31 +33,35 @@ def test_known_users_lists_are_the_ranking_computed_on_request(trained_small, mo
     """Known users' lists, ranked once for everyone, answer what ranking on request answers
     (both exclude_seen settings, k up to the list length; equal up to rounding and the order
     of tied films); a longer k, or a model over either size limit, ranks on request."""
-    rec = trained_small.recommender
-    rows = np.arange(len(rec.user_index))
+    ranker = Recommender(trained_small.recommender.bundle).ranker  # lists of its own
+    rows = np.arange(len(ranker.bundle.user_index))
     computed = []
-    real_rank = rec._rank
-    monkeypatch.setattr(rec, "_rank", lambda *a, **kw: computed.append(a[1]) or real_rank(*a, **kw))
+    real_rank = ranker._rank
+    monkeypatch.setattr(ranker, "_rank", lambda *a, **kw: computed.append(a[1]) or real_rank(*a, **kw))
     for exclude_seen in (True, False):
-        lists = rec.known_lists(exclude_seen)
+        lists = ranker.known_lists(exclude_seen)
         assert lists is not None and lists[0].shape == (len(rows), LIST_LENGTH)
         for k in (1, 10, LIST_LENGTH, LIST_LENGTH + 1):
             computed.clear()
-            idx, val = rec.top_items(rows, k, exclude_seen)
+            idx, val = ranker.top_items(rows, k, exclude_seen)
             assert computed == ([k] if k > LIST_LENGTH else [])  # the lists answered up to their length
             ref_idx, ref_val = real_rank(rows, k, exclude_seen)
             assert idx.shape == (len(rows), k)
             _same_ranking(idx, val, ref_idx, ref_val)
-    seen = set(rec.seen_indices[rec.seen_indptr[0]:rec.seen_indptr[1]])
-    assert not seen & set(rec.top_items(rows[:1], 50, True)[0][0]) and seen & set(rec.top_items(rows[:1], 100, False)[0][0])
-    monkeypatch.setattr(recommender_module, "LIST_SCORES", len(rows) * len(rec.item_index) - 1)
-    assert rec.known_lists(True) is None
+    bundle = ranker.bundle
+    seen = set(bundle.seen_indices[bundle.seen_indptr[0]:bundle.seen_indptr[1]])
+    assert not seen & set(ranker.top_items(rows[:1], 50, True)[0][0])
+    assert seen & set(ranker.top_items(rows[:1], 100, False)[0][0])
+    ranker = Recommender(bundle).ranker
+    monkeypatch.setattr(ranker, "_rank", lambda *a, **kw: computed.append(a[1]) or real_rank(*a, **kw))
+    monkeypatch.setattr(ranker_module, "LIST_SCORES", len(rows) * ranker.n_items - 1)
+    assert ranker.known_lists(True) is None
     computed.clear()
-    rec.top_items(rows[:3], 10)
+    ranker.top_items(rows[:3], 10)
     assert computed == [10]
-    monkeypatch.undo()
-    monkeypatch.setattr(recommender_module, "LIST_ENTRIES", len(rows) * LIST_LENGTH - 1)
-    assert rec.known_lists(False) is None
+    monkeypatch.setattr(ranker_module, "LIST_SCORES", 10**12)
+    monkeypatch.setattr(ranker_module, "LIST_ENTRIES", len(rows) * LIST_LENGTH - 1)
+    assert ranker.known_lists(False) is None
 
 
 def _same_ranking(idx, val, ref_idx, ref_val, tol=1e-6):
@@ -71,44 +76,48 @@ def _same_ranking(idx, val, ref_idx, ref_val, tol=1e-6):
 def test_similar_lists_are_the_similarity_computed_on_request(trained_small, monkeypatch):
     """Every film's most similar films, found once, are what comparing on request finds;
     a longer k, or a catalogue over the size limit, compares on request."""
-    rec = trained_small.recommender
-    lists = rec.similar_lists()
+    rec = Recommender(trained_small.recommender.bundle)  # lists of its own
+    ranker = rec.ranker
+    lists = ranker.similar_lists()
     n_items = len(rec.item_index)
     assert lists is not None and lists[0].shape == (n_items, LIST_LENGTH) and not lists[0].flags.writeable
     rows = np.arange(0, n_items, 7)
-    ref_idx, ref_val = rec._similar(rows, LIST_LENGTH)
+    ref_idx, ref_val = ranker._similar(rows, LIST_LENGTH)
     _same_ranking(lists[0][rows], lists[1][rows], ref_idx, ref_val)
     assert not (lists[0] == np.arange(n_items)[:, None]).any()  # a film is never its own neighbour
     computed = []
-    real_similar = rec._similar
-    monkeypatch.setattr(rec, "_similar", lambda rows, k: computed.append(k) or real_similar(rows, k))
+    real_similar = ranker._similar
+    monkeypatch.setattr(ranker, "_similar", lambda rows, k: computed.append(k) or real_similar(rows, k))
     ids = rec.item_index.ids[rows[:5]]
     for k in (5, LIST_LENGTH, LIST_LENGTH + 1):
         computed.clear()
-        out = rec.similar(ids, k=k)
+        out = rec.similar(ids, k=k).to_frame()
         assert computed == ([k] if k > LIST_LENGTH else [])
         assert (out.groupby("movieId").size() == k).all()
         top = real_similar(rows[:5], k)
         got = out["similar_movieId"].to_numpy().reshape(5, k)
         _same_ranking(rec.item_index.index(got), out["score"].to_numpy().reshape(5, k).astype(np.float32), *top)
     with pytest.raises(RuntimeError):  # a negative k is refused (by torch), never sliced
-        rec.similar(ids[:1], k=-1)
-    monkeypatch.setattr(recommender_module, "LIST_SCORES", n_items * n_items - 1)
-    assert rec.similar_lists() is None
+        rec.similar(ids[:1], k=-1).to_frame()
+    rec = Recommender(rec.bundle)
+    ranker = rec.ranker
+    monkeypatch.setattr(ranker, "_similar", lambda rows, k: computed.append(k) or real_similar(rows, k))
+    monkeypatch.setattr(ranker_module, "LIST_SCORES", n_items * n_items - 1)
+    assert ranker.similar_lists() is None
     computed.clear()
-    rec.similar(ids[:1], k=3)
+    rec.similar(ids[:1], k=3).to_frame()
     assert computed == [3]
 
 
 def test_unknown_user_gets_popular(trained_small):
-    out = trained_small.recommender.recommend([10**9, 1], k=5)
+    out = trained_small.recommender.recommend([10**9, 1], k=5).to_frame()
     unknown = out[out.userId == 10**9]
     assert len(unknown) == 5 and (unknown["source"] == "popular").all()
     assert "Forrest Gump (1994)" in set(unknown["title"])  # the most-rated film
 
 
 def test_predict_marks_unknown_and_clips(trained_small):
-    out = trained_small.recommender.predict([1, 1, 10**9], [1, 10**9, 1])
+    out = trained_small.recommender.predict([1, 1, 10**9], [1, 10**9, 1]).to_frame()
     assert out["known"].tolist() == [True, False, False]
     assert out["prediction"].between(0.5, 5.0).all()
 
@@ -119,7 +128,7 @@ def test_predictions_are_mean_biases_and_dot_product_by_hand(trained_small):
     rec = trained_small.recommender
     m = rec.model
     user, item = rec.user_index.ids[3], rec.item_index.ids[5]
-    out = rec.predict([user, user, 10**9, 10**9], [item, 10**9, item, 10**9])
+    out = rec.predict([user, user, 10**9, 10**9], [item, 10**9, item, 10**9]).to_frame()
     mu, bu, bi = float(m.global_mean), float(m.user_bias[3]), float(m.item_bias[5])
     dot = float(m.user_factors[3] @ m.item_factors[5])
     expected = np.clip([mu + bu + bi + dot, mu + bu, mu + bi, mu], *rec.rating_range)
@@ -128,7 +137,7 @@ def test_predictions_are_mean_biases_and_dot_product_by_hand(trained_small):
 
 
 def test_similar_excludes_itself_and_finds_the_sequel(trained_small):
-    out = trained_small.recommender.similar([1, 10**9], k=20)  # Toy Story; unknown id is skipped
+    out = trained_small.recommender.similar([1, 10**9], k=20).to_frame()  # Toy Story; unknown id is skipped
     assert set(out["movieId"]) == {1}
     assert 1 not in set(out["similar_movieId"])
     assert out["score"].is_monotonic_decreasing and out["score"].max() <= 1.0 + 1e-6
@@ -136,14 +145,14 @@ def test_similar_excludes_itself_and_finds_the_sequel(trained_small):
 
 def test_fold_in_fits_a_new_customer(trained_small):
     rec = trained_small.recommender
-    out = rec.fold_in(np.zeros(5, int), PIXAR, np.full(5, 5.0), k=10)
+    out = rec.fold_in(np.zeros(5, int), PIXAR, np.full(5, 5.0), k=10).to_frame()
     assert len(out) == 10 and (out["source"] == "personal").all()
     assert not set(out["movieId"]) & set(PIXAR)  # the customer's own films are excluded
-    assert list(out["movieId"]) != list(rec.recommend([10**9], k=10)["movieId"])  # not the popular list
+    assert list(out["movieId"]) != list(rec.recommend([10**9], k=10).to_frame()["movieId"])  # not the popular list
     # Two customers in one request are fitted separately; unknown movies are ignored.
-    two = rec.fold_in([7, 7, 8], [1, 10**9, 296], [5.0, 1.0, 5.0], k=3)
+    two = rec.fold_in([7, 7, 8], [1, 10**9, 296], [5.0, 1.0, 5.0], k=3).to_frame()
     assert list(two["userId"].unique()) == [7, 8]
-    nobody = rec.fold_in([9], [10**9], [4.0], k=3)
+    nobody = rec.fold_in([9], [10**9], [4.0], k=3).to_frame()
     assert (nobody["source"] == "popular").all()
 
 
@@ -165,11 +174,11 @@ def test_fold_in_pixar_fan_gets_animation(trained_small):
     """Five 5-star Pixar films: the genre taste turns a list of popular live-action films
     (1 of 10 Animation/Children without it) into an animation-heavy one."""
     rec = trained_small.recommender
-    out = rec.fold_in(np.zeros(5, int), PIXAR, np.full(5, 5.0), k=10)
+    out = rec.fold_in(np.zeros(5, int), PIXAR, np.full(5, 5.0), k=10).to_frame()
     share = out["genres"].str.contains("Animation|Children").mean()
-    folded = rec.fold_in_users(np.zeros(5, int), rec.item_index.index(PIXAR), np.full(5, 5.0, np.float32), 1,
-                               genre_weight=0.0)
-    ranked, _ = rec.top_items(np.zeros(1, np.int64), 10 + 5, False, folded)
+    folded = rec.ranker.fold_in(np.zeros(5, int), rec.item_index.index(PIXAR), np.full(5, 5.0, np.float32), 1,
+                                genre_weight=0.0)
+    ranked, _ = rec.ranker.top_items(np.zeros(1, np.int64), 10 + 5, False, folded)
     plain = [j for j in ranked[0] if rec.item_index.ids[j] not in PIXAR][:10]
     plain_share = np.mean(["Animation" in g or "Children" in g for g in rec.column("genres")[plain]])
     print(f"Pixar fan, Animation|Children share of 10: {share:.1f} (without genre taste {plain_share:.1f})")
@@ -184,13 +193,8 @@ def test_genre_taste_lifts_known_users_ranking(trained_small, small_split):
     test = small_split[2]
     users, relevant = relevant_sets(test, rec.user_index.index(test["userId"].to_numpy()),
                                     rec.item_index.index(test["movieId"].to_numpy()))
-    config = rec.meta["train_config"]
-    saved = config["genre_weight"]
-    try:
-        config["genre_weight"] = 0.0
-        without = ranking_metrics(lambda rows, k: rec.top_items(rows, k)[0], users, relevant, 10)["ndcg_at_10"]
-    finally:
-        config["genre_weight"] = saved
+    plain = rec.with_ranking(genre_weight=0.0)
+    without = ranking_metrics(lambda rows, k: plain.ranker.top_items(rows, k)[0], users, relevant, 10)["ndcg_at_10"]
     with_taste = trained_small.metrics["test_ndcg_at_10"]
     print(f"test NDCG@10: {with_taste:.4f} with genre taste, {without:.4f} without")
     assert with_taste >= without + 0.01
@@ -210,7 +214,7 @@ def test_save_load_roundtrip_and_tamper_detection(trained_small, tmp_path):
     rec = trained_small.recommender
     rec.save(tmp_path / "m")
     again = Recommender.load(tmp_path / "m")
-    pd.testing.assert_frame_equal(rec.recommend([1, 5], k=7), again.recommend([1, 5], k=7))
+    pd.testing.assert_frame_equal(rec.recommend([1, 5], k=7).to_frame(), again.recommend([1, 5], k=7).to_frame())
     weights = tmp_path / "m" / "weights.pt"
     data = bytearray(weights.read_bytes())
     data[-100] ^= 0xFF
@@ -239,7 +243,7 @@ def test_a_model_folder_of_another_format_version_is_refused(trained_small, tmp_
     trained_small.recommender.save(tmp_path / "m")
     meta_path = tmp_path / "m" / "meta.json"
     meta = json.loads(meta_path.read_text())
-    meta["format_version"] = 2  # a model saved before users had genre votes
+    meta["format_version"] = 3  # a model saved before the ranking settings were in meta.json
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(DataError, match="format version 2; this mfrec reads version 3: retrain"):
+    with pytest.raises(DataError, match="format version 3; this mfrec reads version 4: retrain"):
         Recommender.load(tmp_path / "m")

@@ -94,7 +94,7 @@ def test_ping_health_version(served_model):
 def test_server_serves_the_registered_champion(served_model):
     import mlflow
 
-    from entrypoints.model_server import mlflow_uris
+    from benchmarks.served import mlflow_uris
 
     with mlflow_uris(served_model.tracking_uri):
         version = mlflow.MlflowClient().get_model_version_by_alias("mfrec", "champion")
@@ -436,7 +436,7 @@ def test_readme_curl_examples_work(served_model):
 def test_pyfunc_in_process_returns_the_same_rows_as_rest(served_model):
     """docs/serving.md: ``load_model(...).predict`` gives the REST rows as a list of dicts."""
     import mlflow
-    from entrypoints.model_server import mlflow_uris
+    from benchmarks.served import mlflow_uris
 
     with mlflow_uris(served_model.tracking_uri):
         model = mlflow.pyfunc.load_model(served_model.model_uri)
@@ -451,10 +451,9 @@ def test_pyfunc_in_process_returns_the_same_rows_as_rest(served_model):
 def test_answer_refuses_a_repeated_column_name(trained_small):
     """Called directly (not through MLflow's schema enforcement), the model still refuses a
     column given twice instead of silently using one of them."""
-    from mlflow.exceptions import MlflowException
-
-    from mfrec.tracking import answer
+    from mfrec.errors import RequestError
+    from mfrec.serving.contract import answer
 
     frame = pd.DataFrame([[-5, 1]], columns=["userId", "userId"])
-    with pytest.raises(MlflowException, match=r"repeated column name\(s\): userId"):
+    with pytest.raises(RequestError, match=r"repeated column name\(s\): userId"):
         answer(trained_small.recommender, frame, {"task": "recommend"})

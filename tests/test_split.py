@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mfrec.datasets import get_spec
+from mfrec.data.datasets import get_spec
 from mfrec.errors import ConfigError
-from mfrec.parse import read_dataset
-from mfrec.split import split_ratings, unseen_report
+from mfrec.data.parse import read_dataset
+from mfrec.data.split import SplitConfig, split_ratings, unseen_report
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def pairs(df):
 
 
 def test_random_sizes_and_partition(ratings):
-    train, val, test = split_ratings(ratings, "random", 0.2, 0.1, seed=0)
+    train, val, test = split_ratings(ratings, SplitConfig("random", 0.2, 0.1, seed=0))
     n = len(ratings)
     assert len(test) == round(0.2 * n) == 20_167
     assert len(val) == round(0.1 * (n - len(test))) == 8_067
@@ -39,16 +39,16 @@ def test_random_sizes_and_partition(ratings):
 
 
 def test_random_is_deterministic_per_seed(ratings):
-    a = split_ratings(ratings, "random", seed=3)
-    b = split_ratings(ratings, "random", seed=3)
-    c = split_ratings(ratings, "random", seed=4)
+    a = split_ratings(ratings, SplitConfig("random", seed=3))
+    b = split_ratings(ratings, SplitConfig("random", seed=3))
+    c = split_ratings(ratings, SplitConfig("random", seed=4))
     for x, y in zip(a, b):
         pd.testing.assert_frame_equal(x, y)
     assert not a[2].equals(c[2])
 
 
 def test_temporal_every_users_test_is_latest(ratings):
-    train, val, test = split_ratings(ratings, "temporal", 0.2, 0.1)
+    train, val, test = split_ratings(ratings, SplitConfig("temporal", 0.2, 0.1))
     assert len(train) + len(val) + len(test) == len(ratings)
     last_train = train.groupby("userId")["timestamp"].max()
     first_val = val.groupby("userId")["timestamp"].min()
@@ -65,7 +65,7 @@ def test_temporal_every_users_test_is_latest(ratings):
 def test_temporal_same_for_any_row_order(ratings):
     # Sorted input takes a fast path; shuffled input the general one. Both must agree.
     shuffled = ratings.sample(frac=1.0, random_state=1)
-    for a, b in zip(split_ratings(ratings, "temporal"), split_ratings(shuffled, "temporal")):
+    for a, b in zip(split_ratings(ratings, SplitConfig("temporal")), split_ratings(shuffled, SplitConfig("temporal"))):
         pd.testing.assert_frame_equal(a, b)
 
 
@@ -76,7 +76,7 @@ def test_temporal_ties_broken_by_movie_and_small_users_keep_train():
         "rating": np.full(8, 4.0, dtype=np.float32),
         "timestamp": np.array([10, 10, 10, 10, 10, 7, 1, 2], dtype=np.int64),
     })
-    train, val, test = split_ratings(df, "temporal", test_fraction=0.4, val_fraction=0.34)
+    train, val, test = split_ratings(df, SplitConfig("temporal", test_fraction=0.4, val_fraction=0.34))
     # User 1: 5 tied ratings -> 2 test (largest movieIds), 1 val, 2 train.
     assert test[test.userId == 1]["movieId"].tolist() == [4, 5]
     assert val[val.userId == 1]["movieId"].tolist() == [3]
@@ -94,7 +94,7 @@ def test_temporal_ordering_property(rows, test_f, val_f):
     df = pd.DataFrame(rows, columns=["userId", "movieId", "timestamp"]).astype(
         {"userId": "int32", "movieId": "int32", "timestamp": "int64"})
     df["rating"] = np.float32(3.0)
-    train, val, test = split_ratings(df, "temporal", test_f, val_f)
+    train, val, test = split_ratings(df, SplitConfig("temporal", test_f, val_f))
     assert len(train) + len(val) + len(test) == len(df)
     assert set(train["userId"]) == set(df["userId"])
     for user, group in test.groupby("userId"):
@@ -105,18 +105,18 @@ def test_temporal_ordering_property(rows, test_f, val_f):
                                             ("abc", 0.1), (float("nan"), 0.1), (None, 0.1)])
 def test_bad_fractions(ratings, test_f, val_f):
     with pytest.raises(ConfigError, match="fraction"):
-        split_ratings(ratings.head(10), "random", test_f, val_f)
+        split_ratings(ratings.head(10), SplitConfig("random", test_f, val_f))
 
 
 def test_unknown_method_and_no_training_left(ratings):
     with pytest.raises(ConfigError, match="random, temporal"):
-        split_ratings(ratings.head(10), "by-genre")
+        split_ratings(ratings.head(10), SplitConfig("by-genre"))
     with pytest.raises(ConfigError, match="no training ratings"):
-        split_ratings(ratings.head(1), "random", test_fraction=0.6)
+        split_ratings(ratings.head(1), SplitConfig("random", test_fraction=0.6))
 
 
 def test_zero_fractions_keep_everything_in_train(ratings):
-    train, val, test = split_ratings(ratings.head(100), "random", 0.0, 0.0)
+    train, val, test = split_ratings(ratings.head(100), SplitConfig("random", 0.0, 0.0))
     assert len(train) == 100 and len(val) == len(test) == 0
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mfrec.datasets import get_spec, synthetic_shape
+from mfrec.data.datasets import get_spec, synthetic_shape
 from mfrec.errors import ConfigError
-from mfrec.synthetic import GENRES, generate
+from mfrec.data.synthetic import GENRES, generate
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ def test_epoch_metrics_arrive_in_batches_with_their_steps(tmp_path):
 def test_importing_the_pyfunc_model_prints_no_warning():
     """MLflow warns about a PythonModel.predict without type hints, in every `mlflow run` and
     every server's log; the hint it gets (pd.DataFrame) is one it infers nothing from."""
-    done = subprocess.run([sys.executable, "-W", "always", "-c", "import mfrec.tracking"], capture_output=True,
+    done = subprocess.run([sys.executable, "-W", "always", "-c", "import mfrec.serving.pyfunc"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
 

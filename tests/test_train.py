@@ -1,6 +1,5 @@
 """Training and evaluation on real data: accuracy targets, determinism, failure modes."""
 
-import gc
 import itertools
 import math
 
@@ -9,13 +8,19 @@ import pandas as pd
 import pytest
 import torch
 
-from mfrec import device
-from mfrec.device import resolve_device
+from mfrec.training import device
+from mfrec.training.device import resolve_device
 from mfrec.errors import ConfigError, TrainingError
-from mfrec.interactions import IdIndex, Interactions
-from mfrec.model import MatrixFactorization
-from mfrec import als, scoring
-from mfrec.train import TrainConfig, fit
+from mfrec.data.ids import IdIndex, Interactions
+from mfrec.training.model import MatrixFactorization
+import mfrec.training.csr as csr_module
+from mfrec.serving.bundle import RankingConfig
+from mfrec.serving.fold_in import fold_in, objective_for
+from mfrec.training import als
+from mfrec.training.config import TrainConfig
+from mfrec.training.csr import Csr
+from mfrec.training.linalg import solve_spd
+from mfrec.training.fit import fit
 from mfrec.workflow import train_and_evaluate
 
 
@@ -94,28 +99,26 @@ def test_batched_spd_solver_matches_lapack(n, device):
     a = (m @ m.transpose(1, 2) + 0.1 * torch.eye(10, dtype=torch.float64)).to(device)
     b = torch.randn(n, 10, generator=gen, dtype=torch.float64).to(device)
     batch_last = a.permute(1, 2, 0).contiguous()
-    x = als.solve_spd(batch_last, b.T.contiguous()).T
+    x = solve_spd(batch_last.clone(), b.T.contiguous()).T
     assert torch.allclose(x, torch.linalg.solve(a, b), atol=1e-8)
     # Only the upper triangles are read: junk below the diagonal changes nothing.
     lower = torch.tril(torch.ones(10, 10, dtype=torch.bool), -1)
     junk = torch.randn(int(lower.sum()), n, generator=gen, dtype=torch.float64) * 1e6
     batch_last[lower.to(device)] = junk.to(device)
-    x = als.solve_spd(batch_last, b.T.contiguous()).T
-    assert torch.allclose(x, torch.linalg.solve(a, b), atol=1e-8)
     # In place: the right-hand side comes back holding the solution.
     rhs = b.T.contiguous()
-    assert als.solve_spd(batch_last.clone(), rhs, overwrite=True) is rhs
+    assert solve_spd(batch_last.clone(), rhs) is rhs
     assert torch.allclose(rhs.T, torch.linalg.solve(a, b), atol=1e-8)
     # A system that is not positive definite gives NaN (training then stops with an error),
     # never a finite wrong answer; the others are unaffected.
     indefinite = batch_last.clone()
     indefinite[1, 1, 0] = -1e3
-    x = als.solve_spd(indefinite, b.T.contiguous()).T
+    x = solve_spd(indefinite.clone(), b.T.contiguous()).T
     assert torch.isnan(x[0]).all()
     assert torch.allclose(x[1:], torch.linalg.solve(a, b)[1:], atol=1e-8)
     # Also when another system's pivot is already NaN (a NaN minimum must not hide it).
     indefinite[0, 0, 2] = float("nan")
-    x = als.solve_spd(indefinite, b.T.contiguous()).T
+    x = solve_spd(indefinite.clone(), b.T.contiguous()).T
     assert torch.isnan(x[0]).all() and torch.isnan(x[2]).all()
 
 
@@ -124,12 +127,12 @@ def test_als_sweep_ends_in_the_fold_in_solution(trained_small, small_split):
     is the training's user step, one code path."""
     rec = trained_small.recommender
     row = 17
-    seen = rec.seen_indices[rec.seen_indptr[row]:rec.seen_indptr[row + 1]]
+    seen = rec.bundle.seen_indices[rec.bundle.seen_indptr[row]:rec.bundle.seen_indptr[row + 1]]
     fitted_on = pd.concat(small_split[:2])  # the refit saw train + val
     frame = fitted_on[fitted_on["userId"] == rec.user_index.ids[row]]
-    folded = scoring.fold_in(rec.model, np.zeros(len(frame), np.int64), rec.item_index.index(frame["movieId"]),
-                             frame["rating"].to_numpy(np.float32), 1,
-                             rec.fold_in_config(unrated_weight=1.0))
+    folded = fold_in(rec.model, np.zeros(len(frame), np.int64), rec.item_index.index(frame["movieId"]),
+                     frame["rating"].to_numpy(np.float32), 1, objective_for(rec.bundle.objective, 1.0),
+                     rec.ranker.catalogue)
     assert len(frame) == len(seen)
     assert torch.allclose(folded.bias, rec.model.user_bias[row:row + 1], atol=1e-4)
     assert torch.allclose(folded.factors, rec.model.user_factors[row:row + 1], atol=1e-4)
@@ -206,7 +209,7 @@ def test_divergence_is_reported_with_epoch_and_advice():
 ])
 def test_bad_config_is_named(field, value, message):
     with pytest.raises(ConfigError, match=message):
-        TrainConfig(**{field: value}).validate()
+        TrainConfig(**{field: value})
 
 
 @pytest.mark.parametrize("chunk", [7, 40])
@@ -215,14 +218,14 @@ def test_sparse_ratings_match_a_dense_reference(half_stars, chunk, monkeypatch):
     """The chunked counting sort (small chunks force several; 40 = all ratings in one) gives
     the stable row order, and pattern / residual products equal their dense definitions,
     block by block too."""
-    monkeypatch.setattr(als.Csr, "CHUNK", chunk)
+    monkeypatch.setattr(csr_module, "BUILD_CHUNK", chunk)
     gen = torch.Generator().manual_seed(3)
     rows = torch.randint(0, 6, (40,), generator=gen, dtype=torch.int32)
     cols = torch.randint(0, 5, (40,), generator=gen, dtype=torch.int32)
     ratings = torch.randint(1, 11, (40,), generator=gen).float() * 0.5
     if not half_stars:
         ratings += 0.01
-    csr = als.Csr(rows, cols, ratings, 6, 5)
+    csr = Csr(rows, cols, ratings, 6, 5)
     order = torch.argsort(rows, stable=True)
     assert csr.scale == (0.5 if half_stars else 1.0)
     assert torch.equal(csr.cols.long(), cols[order].long())
@@ -237,16 +240,15 @@ def test_sparse_ratings_match_a_dense_reference(half_stars, chunk, monkeypatch):
     assert torch.allclose(product, resid @ table, atol=1e-5)
     assert torch.allclose(sq, ((ratings - 1.0 - col_bias[cols.long()]) ** 2).sum(), atol=1e-4)
     # Blocks of at most 4 rows and, beyond one row, 9 ratings: the products are the same.
-    monkeypatch.setattr(als, "BLOCK_ROWS", 4)
-    monkeypatch.setattr(als, "BLOCK_RATINGS", 9)
-    csr = als.Csr(rows, cols, ratings, 6, 5)
+    monkeypatch.setattr(csr_module, "BLOCK_ROWS", 4)
+    monkeypatch.setattr(csr_module, "BLOCK_RATINGS", 9)
+    csr = Csr(rows, cols, ratings, 6, 5)
     parts = list(csr.blocks())
     sizes = [(part.shape[0], len(part.cols)) for _, part in parts]
     assert len(parts) > 6 // 4 + 1 and all(rows <= 4 and (rows == 1 or n <= 9) for rows, n in sizes)
     assert [first for first, _ in parts] == [0] + list(itertools.accumulate(rows for rows, _ in sizes))[:-1]
     assert torch.allclose(torch.cat([part.pattern_product(table) for _, part in parts]), dense_count @ table,
                           atol=1e-5)
-    assert len(csr.scratch.values) == max(n for _, n in sizes)  # not one float per rating
     # More ratings than one block and at most 65,536 columns: two-byte column indices, widened
     # per block for the products (pattern and residual interleaved across blocks).
     assert csr.cols.dtype == torch.uint16 and torch.equal(csr.cols.long(), cols[order].long())
@@ -254,78 +256,49 @@ def test_sparse_ratings_match_a_dense_reference(half_stars, chunk, monkeypatch):
         rows_here = slice(first, first + part.shape[0])
         assert torch.allclose(part.pattern_product(table), (dense_count @ table)[rows_here], atol=1e-5)
         assert torch.allclose(part.residual_product(1.0, col_bias, table)[0], (resid @ table)[rows_here], atol=1e-5)
-    assert als.Csr(rows, cols, ratings, 6, 2**16 + 1).cols.dtype == torch.int32  # too many columns
+    assert Csr(rows, cols, ratings, 6, 2**16 + 1).cols.dtype == torch.int32  # too many columns
 
 
-def test_a_finished_fit_leaves_no_buffers_behind(monkeypatch):
-    """The solver's scratch (arena, values, widened indices of compact blocks) is freed when
-    fit() returns, by reference counting alone: the workflow fits twice, and a cycle would
-    keep the first fit's buffers through the second."""
-    monkeypatch.setattr(als, "BLOCK_RATINGS", 500)  # compact, several blocks
-    rng = np.random.default_rng(0)
-    users, items = rng.integers(0, 100, 5000).astype(np.int32), rng.integers(0, 300, 5000).astype(np.int32)
-    data = Interactions(users, items, (rng.integers(1, 11, 5000) / 2).astype(np.float32), 100, 300)
-
-    def scratches():
-        return sum(isinstance(o, als.Scratch) for o in gc.get_objects())
-
-    gc.collect()
-    gc.disable()
-    try:
-        before = scratches()
-        fit(data, TrainConfig(progress=False, epochs=2))
-        assert scratches() == before
-    finally:
-        gc.enable()
-
-
-def test_fold_in_unrated_weight_is_checked():
+def test_ranking_settings_are_checked():
     for bad in (0.0, 1.5, float("nan")):
         with pytest.raises(ConfigError, match="fold_in_unrated_weight must be in"):
-            TrainConfig(fold_in_unrated_weight=bad).validate()
+            RankingConfig(fold_in_unrated_weight=bad)
     for bad in (-0.1, float("inf")):
         with pytest.raises(ConfigError, match="fold_in_genre_weight must be >= 0"):
-            TrainConfig(fold_in_genre_weight=bad).validate()
+            RankingConfig(fold_in_genre_weight=bad)
     for bad in (0.0, float("nan")):
         with pytest.raises(ConfigError, match="genre_prior must be > 0"):
-            TrainConfig(genre_prior=bad).validate()
+            RankingConfig(genre_prior=bad)
 
 
 @pytest.mark.parametrize("implicit_weight", [2.0, 0.0])
-def test_sweep_temporaries_come_from_one_reserved_arena(implicit_weight, monkeypatch):
-    """Each step reserves its temporaries up front (several blocks here) and every one of
-    them fits: no fresh allocation beside the arena."""
-    monkeypatch.setattr(als, "BLOCK_ROWS", 16)
+def test_blocks_of_rows_give_the_one_block_solution(implicit_weight, monkeypatch):
+    """Both steps solved in blocks of 16 rows equal the same steps in one block."""
     gen = torch.Generator().manual_seed(4)
     users = torch.randint(0, 50, (600,), generator=gen, dtype=torch.int32)
     items = torch.randint(0, 40, (600,), generator=gen, dtype=torch.int32)
     ratings = torch.randint(1, 11, (600,), generator=gen).float() * 0.5
     config = TrainConfig(n_factors=4, implicit_weight=implicit_weight)
-    model = MatrixFactorization(50, 40, 4, float(ratings.mean()))
-    m = model
-    reserved = {}
-    with torch.no_grad():
-        for step in ("items", "users"):
-            if step == "items":
-                csr = als.Csr(items, users, ratings, 40, 50)
-                als.solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean, csr, config)
-            else:
-                csr = als.Csr(users, items, ratings, 50, 40)
-                als.solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean, csr, config)
-            assert len(csr.block_starts) > 3
-            assert csr.scratch.needed == len(csr.scratch.arena) > 0, step  # every get() fitted
-            reserved[step] = csr.scratch.needed
-    # In training both steps share one arena: it ends the size of the larger step's reserve.
-    solver = als.AlsSolver(model, users, items, ratings, config)
-    solver.epoch()
-    solver.epoch()
-    assert len(solver.by_user.scratch.arena) == solver.by_user.scratch.needed == max(reserved.values())
+    m = MatrixFactorization(50, 40, 4, float(ratings.mean()), init_std=0.5, generator=gen)
+    solved = []
+    for block_rows in (10**6, 16):
+        monkeypatch.setattr(csr_module, "BLOCK_ROWS", block_rows)
+        by_item, by_user = Csr(items, users, ratings, 40, 50), Csr(users, items, ratings, 50, 40)
+        with torch.no_grad():
+            item_side = als.solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean, by_item,
+                                        config)
+            user_side = als.solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean, by_user,
+                                        config)
+        assert len(by_user._starts()) == (2 if block_rows > 50 else 5)
+        solved.append(item_side + user_side)
+    for one_block, blocks in zip(*solved):
+        assert torch.allclose(one_block, blocks, atol=1e-5)
 
 
 def test_sampled_choice_normaliser_is_importance_corrected():
     """With a sample of the catalogue the softmax normaliser is scaled by n_items / sample:
     when every film has the same logit the estimate is exact, whatever the sample."""
-    from mfrec.train import _choice_loss
+    from mfrec.training.adam import _choice_loss
 
     model = MatrixFactorization(5, 40, 3)
     with torch.no_grad():
@@ -350,7 +323,7 @@ def test_item_step_solves_the_normal_equations_written_out(implicit_weight, conf
     """The item step's compact table (distinct entries only) gives the systems of the
     objective written out densely: sum over raters of f f^T + (w1 - w0) g g^T, plus w0 g g^T
     over every user and the prior, with f = (p, 1, 0) and g = (c, 0, 1)."""
-    monkeypatch.setattr(als, "BLOCK_ROWS", 6)
+    monkeypatch.setattr(csr_module, "BLOCK_ROWS", 6)
     gen = torch.Generator().manual_seed(7)
     n_users, n_items, k = 30, 20, 3
     users = torch.randint(0, n_users, (200,), generator=gen, dtype=torch.int32)
@@ -380,7 +353,7 @@ def test_item_step_solves_the_normal_equations_written_out(implicit_weight, conf
             b = b + w1 * g[raters].sum(0)
         expected.append(torch.linalg.solve(A, b))
     expected = torch.stack(expected)
-    csr = als.Csr(items, users, ratings, n_items, n_users)
+    csr = Csr(items, users, ratings, n_items, n_users)
     factors, bias, choice_bias = als.solve_items(p.float(), c.float(), b_u.float(), 3.0, csr, config)
     assert torch.allclose(factors.double(), expected[:, :k], atol=1e-4)
     assert torch.allclose(bias.double(), expected[:, k], atol=1e-4)

@@ -1,0 +1,1 @@
+"""Benchmarks and the model-serving fixture (not shipped with the package or a logged model)."""

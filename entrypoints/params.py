@@ -1,0 +1,122 @@
+"""The one place where MLproject's string parameters become mfrec's configs.
+
+Each value is parsed and checked here, once; the steps receive configs, never strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from mfrec.clustering.kmeans import ClusterConfig
+from mfrec.data.prepare import PrepareConfig
+from mfrec.data.split import SplitConfig
+from mfrec.errors import ConfigError
+from mfrec.serving.bundle import RankingConfig
+from mfrec.training.config import TrainConfig
+
+_SPLIT, _TRAIN, _CLUSTER = SplitConfig(), TrainConfig.__dataclass_fields__, ClusterConfig()
+PREPARE_DEFAULTS = {"dataset": PrepareConfig.dataset, "data_path": "", "split": _SPLIT.method,
+                    "test_fraction": str(_SPLIT.test_fraction), "val_fraction": str(_SPLIT.val_fraction),
+                    "seed": str(_SPLIT.seed)}
+TRAIN_NUMBERS = {"n_factors": int, "epochs": int, "batch_size": int, "lr": float, "reg": float,
+                 "implicit_weight": float, "confidence": float, "seed": int}
+TRAIN_DEFAULTS = {**{name: str(_TRAIN[name].default) for name in TRAIN_NUMBERS},
+                  "solver": _TRAIN["solver"].default, "genre_weight": str(RankingConfig.genre_weight),
+                  "device": _TRAIN["device"].default}
+CLUSTER_DEFAULTS = {"n_clusters": str(_CLUSTER.n_clusters), "seed": str(_CLUSTER.seed),
+                    "normalize": str(_CLUSTER.normalize).lower(), "min_ratings": str(_CLUSTER.min_ratings),
+                    "n_init": str(_CLUSTER.n_init)}
+PIPELINE_DEFAULTS = {**PREPARE_DEFAULTS, **TRAIN_DEFAULTS, "n_clusters": CLUSTER_DEFAULTS["n_clusters"],
+                     "model_name": "mfrec"}
+
+
+def parse_number(name: str, value, kind):
+    """``kind(value)`` or a clear error naming the parameter."""
+    try:
+        if kind is int:
+            number = float(value)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"parameter {name} must be {'an integer' if kind is int else 'a number'}, "
+                          f"got {value!r}") from None
+
+
+def parse_bool(name: str, value) -> bool:
+    """``True``/``False`` from a bool or the strings MLproject passes (true/false, 1/0, yes/no,
+    y/n, on/off), or a clear error naming the parameter."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "y", "on"):
+        return True
+    if text in ("false", "0", "no", "n", "off"):
+        return False
+    raise ConfigError(f"parameter {name} must be true or false, got {value!r}")
+
+
+def prepare_config(values: dict) -> PrepareConfig:
+    split = SplitConfig(values["split"], parse_number("test_fraction", values["test_fraction"], float),
+                        parse_number("val_fraction", values["val_fraction"], float),
+                        parse_number("seed", values["seed"], int))
+    return PrepareConfig(values["dataset"], values["data_path"] or "", split)
+
+
+def train_config(values: dict, progress=None) -> TrainConfig:
+    numbers = {name: parse_number(name, values[name], kind) for name, kind in TRAIN_NUMBERS.items()}
+    return TrainConfig(**numbers, solver=values["solver"], device=values["device"], progress=progress)
+
+
+def ranking_config(values: dict) -> RankingConfig:
+    return RankingConfig(genre_weight=parse_number("genre_weight", values["genre_weight"], float))
+
+
+def cluster_config(values: dict) -> ClusterConfig:
+    defaults = {**CLUSTER_DEFAULTS, **{k: v for k, v in values.items() if k in CLUSTER_DEFAULTS}}
+    return ClusterConfig(n_clusters=parse_number("n_clusters", defaults["n_clusters"], int),
+                         seed=parse_number("seed", defaults["seed"], int),
+                         normalize=parse_bool("normalize", defaults["normalize"]),
+                         min_ratings=parse_number("min_ratings", defaults["min_ratings"], int),
+                         n_init=parse_number("n_init", defaults["n_init"], int))
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything ``main`` runs with: prepare, train, rank, cluster, register."""
+
+    prepare: PrepareConfig
+    train: TrainConfig
+    ranking: RankingConfig
+    cluster: ClusterConfig
+    model_name: str
+
+    @classmethod
+    def from_params(cls, values: dict, progress=None) -> "PipelineConfig":
+        """Every parameter parsed and checked before the first step runs."""
+        if not str(values["model_name"]).strip():
+            raise ConfigError("parameter model_name must not be empty")
+        return cls(prepare_config(values), train_config(values, progress), ranking_config(values),
+                   cluster_config(values), values["model_name"])
+
+    def run_name(self) -> str:
+        split = self.prepare.split
+        return run_name(self.train.n_factors, self.prepare.dataset, split.method, split.seed)
+
+    def params(self) -> dict:
+        """The MLproject parameters this config was made from, as it read them."""
+        split, train = self.prepare.split, self.train
+        return {"dataset": self.prepare.dataset, "data_path": self.prepare.data_path, "split": split.method,
+                "test_fraction": split.test_fraction, "val_fraction": split.val_fraction, "seed": split.seed,
+                **{name: getattr(train, name) for name in TRAIN_DEFAULTS if name != "genre_weight"},
+                "genre_weight": self.ranking.genre_weight, "n_clusters": self.cluster.n_clusters,
+                "model_name": self.model_name}
+
+    def with_factors(self, n_factors: int) -> "PipelineConfig":
+        return replace(self, train=replace(self.train, n_factors=n_factors))
+
+
+def run_name(n_factors, dataset, split, seed) -> str:
+    """A pipeline run's name, e.g. ``mf-k8-ml-latest-small-random-s0``."""
+    return f"mf-k{n_factors}-{dataset}-{split}-s{seed}"

@@ -1,0 +1,1 @@
+"""Clustering the learned movie embeddings: the embeddings artifact, KMeans, report and plots."""

@@ -1,0 +1,1 @@
+"""Datasets: download, verify, parse, split and prepare MovieLens (or synthetic) ratings."""

@@ -1,0 +1,1 @@
+"""Serving: the fitted bundle, ranking, fold-in, and the REST contract and pyfunc model."""

@@ -1,0 +1,166 @@
+"""The fitted bundle: everything a served model answers from, saved without pickle.
+
+A bundle folder holds ``weights.pt`` (a ``weights_only`` state dict), ``items.parquet`` (one
+row per item index: movieId, title, genres, n_ratings, cluster), ``users.npz`` (user ids,
+each user's rated items, genre votes) and ``meta.json`` (settings and the files' sha256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mfrec.data.ids import IdIndex, csr_from_pairs
+from mfrec.errors import ConfigError, DataError
+from mfrec.serving import genres
+from mfrec.training.model import MatrixFactorization
+
+FORMAT_VERSION = 4  # 4: ranking settings and the training objective in meta.json
+_FILES = ("weights.pt", "meta.json", "items.parquet", "users.npz")
+OBJECTIVE_KEYS = ("reg", "bias_reg", "implicit_weight", "confidence")
+
+
+@dataclass(frozen=True)
+class RankingConfig:
+    """How a bundle ranks films; chosen on the validation split (docs/tuning.md).
+
+    A score is ``choice score + rating_weight * predicted rating + genre_weight * genre
+    taste`` (taste shrunk towards the average mix by ``genre_prior`` pseudo-films). New
+    customers use ``fold_in_genre_weight``, and their unmentioned films weigh
+    ``fold_in_unrated_weight`` times a training user's.
+    """
+
+    rating_weight: float = 0.25
+    genre_weight: float = 0.1
+    genre_prior: float = 20.0
+    fold_in_unrated_weight: float = 0.03
+    fold_in_genre_weight: float = 0.15
+
+    def __post_init__(self) -> None:
+        for name in ("rating_weight", "genre_weight", "fold_in_genre_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be >= 0, got {value}")
+        if not (math.isfinite(self.genre_prior) and self.genre_prior > 0):
+            raise ConfigError(f"genre_prior must be > 0, got {self.genre_prior}")
+        if not (math.isfinite(self.fold_in_unrated_weight) and 0 < self.fold_in_unrated_weight <= 1):
+            raise ConfigError(f"fold_in_unrated_weight must be in (0, 1], got {self.fold_in_unrated_weight}")
+
+
+@dataclass
+class Bundle:
+    """A fitted model with its id maps, movies, the films each user rated and settings."""
+
+    model: MatrixFactorization
+    user_index: IdIndex
+    item_index: IdIndex
+    items: pd.DataFrame  # one row per item index, in index order
+    seen_indptr: np.ndarray  # CSR by user row: the item rows each user rated
+    seen_indices: np.ndarray
+    genre_votes: np.ndarray  # per user: rating-weighted films per genre (mfrec.serving.genres)
+    vote_total: np.ndarray
+    meta: dict
+
+    @property
+    def rating_range(self) -> tuple:
+        return tuple(self.meta["rating_range"])
+
+    @property
+    def ranking(self) -> RankingConfig:
+        return RankingConfig(**self.meta["ranking"])
+
+    @property
+    def objective(self) -> dict:
+        """The training objective's weights (what fold-in's user step needs)."""
+        return self.meta["objective"]
+
+    @classmethod
+    def build(cls, model, user_index: IdIndex, item_index: IdIndex, ratings: pd.DataFrame, movies: pd.DataFrame,
+              train_config, ranking: RankingConfig | None = None, **meta) -> "Bundle":
+        """Assemble from a fitted model, the ratings it was fitted on and its TrainConfig."""
+        u = user_index.index(ratings["userId"].to_numpy())
+        i = item_index.index(ratings["movieId"].to_numpy())
+        indptr, indices = csr_from_pairs(u, i, len(user_index))
+        items = pd.DataFrame({"movieId": item_index.ids})
+        items = items.merge(movies[["movieId", "title", "genres"]], on="movieId", how="left")
+        items["title"] = items["title"].fillna("").astype(str)
+        items["genres"] = items["genres"].fillna(genres.NO_GENRE).astype(str)
+        items["n_ratings"] = np.bincount(i, minlength=len(item_index)).astype(np.int64)
+        items["cluster"] = -1
+        params = train_config.as_params()
+        meta = {"format_version": FORMAT_VERSION, "rating_range": list(train_config.rating_range),
+                "n_factors": train_config.n_factors, "objective": {k: params[k] for k in OBJECTIVE_KEYS},
+                "ranking": asdict(ranking or RankingConfig()), "train_config": params, **meta}
+        _, matrix = genres.genre_matrix(items["genres"].to_numpy())
+        votes, total = genres.votes(matrix, u, i, ratings["rating"].to_numpy(), len(user_index), meta["rating_range"])
+        return cls(model.cpu().eval(), user_index, item_index, items, indptr, indices, votes, total, meta)
+
+    def with_ranking(self, **changes) -> "Bundle":
+        """The same bundle ranking with other settings (the arrays are shared)."""
+        ranking = replace(self.ranking, **changes)
+        return replace(self, meta={**self.meta, "ranking": asdict(ranking)})
+
+    def with_clusters(self, assignments: pd.DataFrame) -> "Bundle":
+        """A copy whose items carry KMeans cluster ids (movieId, cluster); others keep -1."""
+        mapping = dict(zip(assignments["movieId"].to_numpy(), assignments["cluster"].to_numpy()))
+        items = self.items.copy()
+        items["cluster"] = items["movieId"].map(mapping).fillna(-1).astype(np.int64)
+        return replace(self, items=items)
+
+    def save(self, path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, path / "weights.pt")
+        self.items.to_parquet(path / "items.parquet", index=False)
+        np.savez(path / "users.npz", user_ids=self.user_index.ids, seen_indptr=self.seen_indptr,
+                 seen_indices=self.seen_indices, genre_votes=self.genre_votes, vote_total=self.vote_total)
+        meta = {**self.meta, "checksums": {name: _sha256(path / name) for name in _FILES if name != "meta.json"}}
+        tmp = path / "meta.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        os.replace(tmp, path / "meta.json")
+
+    @classmethod
+    def load(cls, path) -> "Bundle":
+        """Load a saved bundle, refusing files that are missing or altered."""
+        path = Path(path)
+        missing = [name for name in _FILES if not (path / name).is_file()]
+        if missing:
+            raise DataError(f"model folder {path} is missing {', '.join(missing)}")
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"model folder {path}: meta.json is not valid JSON ({exc})") from exc
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise DataError(f"model folder {path} has format version {meta.get('format_version')}; this mfrec "
+                            f"reads version {FORMAT_VERSION}: retrain the model with this version")
+        for name, expected in meta.pop("checksums", {}).items():
+            actual = _sha256(path / name)
+            if actual != expected:
+                raise DataError(f"model file {path / name} was altered: sha256 {actual}, expected {expected}")
+        try:
+            state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
+            arrays = np.load(path / "users.npz", allow_pickle=False)
+            items = pd.read_parquet(path / "items.parquet")
+        except Exception as exc:  # noqa: BLE001 - any parse failure means a bad artifact
+            raise DataError(f"model folder {path} could not be read: {exc}") from exc
+        n_users, k = state["user_factors"].shape
+        model = MatrixFactorization(n_users, state["item_factors"].shape[0], k)
+        model.load_state_dict(state)
+        return cls(model.eval(), IdIndex(arrays["user_ids"]), IdIndex(items["movieId"].to_numpy()), items,
+                   arrays["seen_indptr"], arrays["seen_indices"], arrays["genre_votes"], arrays["vote_total"], meta)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

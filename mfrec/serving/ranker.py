@@ -1,0 +1,197 @@
+"""Ranking over a bundle's item rows: top-k per user, similar films, fold-in, predictions.
+
+:meth:`Ranker.top_items` is the one ranking path: evaluation's NDCG and the ``recommend``
+and ``fold_in`` tasks call it. What every request reuses (tables, everyone's genre taste)
+is computed once, on first use.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from mfrec.serving import genres, scoring
+from mfrec.serving.bundle import Bundle
+from mfrec.serving.fold_in import fold_in, objective_for
+from mfrec.training import als
+from mfrec.training.model import predict_ratings, rating_tables
+
+# Rows ranked per matrix product: bounds memory at CHUNK x n_items scores.
+CHUNK = 1024
+# Known users' top-LIST_LENGTH films and every film's LIST_LENGTH most similar ones are ranked
+# once, all rows at a time, when that is at most LIST_SCORES scores and LIST_ENTRIES list
+# entries (ml-latest-small and ml-1m qualify, ml-25m does not); a request then slices them.
+LIST_LENGTH = 100
+LIST_SCORES = 100_000_000
+LIST_ENTRIES = 10_000_000
+
+
+class Ranker:
+    """Scores and ranks a bundle's items for known users, new customers and films."""
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        self.ranking = bundle.ranking
+        self.n_items = len(bundle.item_index)
+        self._memo = {}
+
+    # ------------------------------------------------------------------ state built once
+    @cached_property
+    def rating_tables(self) -> tuple:
+        """:func:`~mfrec.training.model.rating_tables` as read-only numpy arrays."""
+        with torch.no_grad():
+            return _read_only(t.numpy() for t in rating_tables(self.bundle.model))
+
+    @cached_property
+    def genre_matrix(self) -> np.ndarray:
+        return genres.genre_matrix(self.bundle.items["genres"].to_numpy())[1]
+
+    @cached_property
+    def base_rates(self) -> np.ndarray:
+        return genres.base_rates(self.bundle.genre_votes, self.bundle.vote_total)
+
+    @cached_property
+    def catalogue(self) -> tuple:
+        with torch.no_grad():
+            model = self.bundle.model
+            return als.catalogue_terms(model.item_factors, model.item_logit_bias)
+
+    @cached_property
+    def known_rows(self) -> np.ndarray:
+        """Every known user's side of the ranking score, genre taste included when it counts."""
+        weight = self.ranking.genre_weight
+        taste = self.taste(self.bundle.genre_votes, self.bundle.vote_total, weight) if weight > 0 else None
+        with torch.no_grad():
+            users = torch.arange(len(self.bundle.user_index))
+            return scoring.ranking_rows(self.bundle.model, users, self.ranking.rating_weight, None, taste).numpy()
+
+    @cached_property
+    def popular_order(self) -> np.ndarray:
+        items = self.bundle.items
+        return np.lexsort((items["movieId"].to_numpy(), -items["n_ratings"].to_numpy()))
+
+    @cached_property
+    def unit_factors(self) -> torch.Tensor:
+        return scoring.unit_factors(self.bundle.model)
+
+    def table(self, with_genres: bool) -> torch.Tensor:
+        """The items' side of the ranking score (with or without the genre columns)."""
+        key = ("table", with_genres)
+        if key not in self._memo:
+            item_genres = torch.from_numpy(self.genre_matrix) if with_genres else None
+            with torch.no_grad():
+                self._memo[key] = scoring.ranking_table(self.bundle.model, self.ranking.rating_weight, item_genres)
+        return self._memo[key]
+
+    def taste(self, counts: np.ndarray, total: np.ndarray, weight: float) -> torch.Tensor:
+        """Genre taste of users with these votes, times ``weight``."""
+        return torch.from_numpy(weight * genres.taste(counts, total, self.base_rates, self.ranking.genre_prior))
+
+    # ------------------------------------------------------------------ ranking
+    def predict(self, user_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
+        return predict_ratings(self.rating_tables, user_rows, item_rows, self.bundle.rating_range)
+
+    def top_items(self, user_rows: np.ndarray, k: int, exclude_seen: bool = True,
+                  folded: scoring.FoldedUsers | None = None, extra_seen: tuple | None = None) -> tuple:
+        """Top-k (item rows, scores) per known user row, or per ``folded`` new customer (their
+        rated films in ``extra_seen``, CSR by customer)."""
+        if folded is None and extra_seen is None:
+            listed = _sliced(self.known_lists(exclude_seen), user_rows, k, self.n_items)
+            if listed is not None:
+                return listed
+        return self._rank(user_rows, k, exclude_seen, folded, extra_seen)
+
+    def known_lists(self, exclude_seen: bool = True) -> tuple | None:
+        """Every known user's top ``LIST_LENGTH``, ranked once; None when the model is too large."""
+        n_users = len(self.bundle.user_index)
+        return self._list(("known", exclude_seen), n_users,
+                          lambda: self._rank(np.arange(n_users), LIST_LENGTH, exclude_seen))
+
+    def similar_lists(self) -> tuple | None:
+        """Every item's ``LIST_LENGTH`` most similar items, found once; None when too large."""
+        return self._list("similar", self.n_items, lambda: self._similar(np.arange(self.n_items), LIST_LENGTH))
+
+    def similar(self, item_rows: np.ndarray, k: int) -> tuple:
+        """The k most similar items (rows, cosine) to each of ``item_rows``, itself excluded."""
+        listed = _sliced(self.similar_lists(), item_rows, k, self.n_items - 1)
+        return listed if listed is not None else self._similar(item_rows, k)
+
+    def fold_in(self, customers: np.ndarray, item_rows: np.ndarray, ratings: np.ndarray, n_customers: int,
+                unrated_weight: float | None = None, genre_weight: float | None = None) -> scoring.FoldedUsers:
+        """Fit new customers (rows ``0..n_customers-1``) from their ratings of known item rows;
+        ``unrated_weight`` and ``genre_weight`` override the ranking settings' fold-in ones."""
+        ranking = self.ranking
+        objective = objective_for(self.bundle.objective, ranking.fold_in_unrated_weight
+                                  if unrated_weight is None else float(unrated_weight))
+        folded = fold_in(self.bundle.model, customers, item_rows, ratings, n_customers, objective, self.catalogue)
+        weight = ranking.fold_in_genre_weight if genre_weight is None else float(genre_weight)
+        if weight > 0:
+            counts, total = genres.votes(self.genre_matrix, customers, item_rows, ratings, n_customers,
+                                         self.bundle.rating_range)
+            folded.genre_taste = self.taste(counts, total, weight)
+        return folded
+
+    def _list(self, key, n_rows: int, make):
+        if n_rows * self.n_items > LIST_SCORES or n_rows * min(LIST_LENGTH, self.n_items) > LIST_ENTRIES:
+            return None
+        if key not in self._memo:
+            self._memo[key] = _read_only(make())
+        return self._memo[key]
+
+    @torch.no_grad()
+    def _similar(self, item_rows: np.ndarray, k: int) -> tuple:
+        k = min(k, self.n_items - 1)
+        parts = [scoring.similar_items(self.unit_factors, torch.as_tensor(item_rows[start:start + CHUNK]), k)
+                 for start in range(0, len(item_rows), CHUNK)]
+        if not parts:
+            return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+        return (np.concatenate([indices.numpy() for _, indices in parts]),
+                np.concatenate([values.numpy() for values, _ in parts]))
+
+    @torch.no_grad()
+    def _rank(self, user_rows: np.ndarray, k: int, exclude_seen: bool, folded=None, extra_seen=None) -> tuple:
+        """Score every item for each row, mask the seen ones, take the top k."""
+        b, out_idx, out_val = self.bundle, [], []
+        for start in range(0, len(user_rows), CHUNK):
+            rows = user_rows[start:start + CHUNK]
+            if folded is None:
+                vectors = torch.from_numpy(self.known_rows[rows])
+                with_genres = self.ranking.genre_weight > 0
+            else:
+                part = folded[slice(start, start + CHUNK)]
+                vectors = scoring.ranking_rows(b.model, None, self.ranking.rating_weight, part, part.genre_taste)
+                with_genres = part.genre_taste is not None
+            scores = vectors @ self.table(with_genres)
+            if exclude_seen and folded is None:
+                scores = scoring.mask_seen(scores, b.seen_indptr, b.seen_indices, rows)
+            if exclude_seen and extra_seen is not None:
+                scores = scoring.mask_seen(scores, *extra_seen, np.arange(start, start + len(rows)))
+            values, indices = scoring.top_k(scores, k)
+            out_idx.append(indices.numpy())
+            out_val.append(values.numpy())
+        if not out_idx:
+            width = min(k, self.n_items)
+            return np.zeros((0, width), np.int64), np.zeros((0, width), np.float32)
+        if len(out_idx) == 1:
+            return out_idx[0], out_val[0]
+        return np.concatenate(out_idx), np.concatenate(out_val)
+
+
+def _sliced(lists, rows, k: int, most: int) -> tuple | None:
+    """The first ``min(k, most)`` of ``lists``' (indices, scores) for ``rows``, or None when
+    there are no lists or they are too short (or k is negative: ranking refuses it)."""
+    k = min(k, most)
+    if lists is None or not 0 <= k <= lists[0].shape[1]:
+        return None
+    rows = np.asarray(rows, dtype=np.int64)
+    return lists[0][rows, :k], lists[1][rows, :k]
+
+
+def _read_only(arrays) -> tuple:
+    """``arrays`` as a tuple, each made read-only: built once and shared by every request."""
+    arrays = tuple(arrays)
+    for array in arrays:
+        array.flags.writeable = False
+    return arrays

@@ -1,0 +1,105 @@
+"""Ranking scores shared by evaluation and serving: one code path from test metrics to REST.
+
+All functions take a fitted :class:`~mfrec.training.model.MatrixFactorization` and row
+indices; id mapping lives in :mod:`mfrec.serving.bundle`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+
+@torch.no_grad()
+def ranking_table(model, rating_weight: float,
+                  item_genres: torch.Tensor | None = None) -> torch.Tensor:
+    """The items' side of a ranking score, (k + 2 [+ genres]) x items: factors, the combined
+    item bias, the genre matrix when users' genre taste is to count, and ones (for each
+    user's constant). :func:`ranking_rows` times this table is every user's score for every
+    item: ``choice score + rating_weight * predicted rating`` [+ genre score]."""
+    w = float(rating_weight)
+    q = model.item_factors
+    ones = torch.ones(len(q), 1, dtype=q.dtype, device=q.device)
+    parts = [q, (model.item_logit_bias + w * model.item_bias)[:, None]]
+    if item_genres is not None:
+        parts.append(item_genres.to(q.dtype))
+    return torch.cat(parts + [ones], 1).T.contiguous()
+
+
+@torch.no_grad()
+def ranking_rows(model, users: torch.Tensor | None, rating_weight: float,
+                 folded: "FoldedUsers | None" = None, genre_taste: torch.Tensor | None = None) -> torch.Tensor:
+    """The users' side of a ranking score, users x (k + 2 [+ genres]), matching
+    :func:`ranking_table`'s rows: learned users, or ``folded`` new customers (their fitted
+    bias and vectors), with ``genre_taste`` (users x genres, weight included) if it counts."""
+    if folded is None:
+        folded = FoldedUsers(model.user_bias[users], model.user_factors[users], model.user_choice_factors[users])
+    w = float(rating_weight)
+    # (c + w p).q + d + w (mu + b_u + b_i) [+ taste.genres]: both heads share q, so one
+    # product scores everything; the user-constant w (mu + b_u) only shifts the row.
+    p = folded.factors
+    parts = [folded.choice + w * p, torch.ones(len(p), 1, dtype=p.dtype, device=p.device)]
+    if genre_taste is not None:
+        parts.append(genre_taste.to(p.dtype))
+    parts.append((w * (model.global_mean + folded.bias))[:, None])
+    return torch.cat(parts, 1)
+
+
+def mask_seen(scores: torch.Tensor, seen_indptr: np.ndarray, seen_indices: np.ndarray, users: np.ndarray) -> torch.Tensor:
+    """Set each row's already-rated items to -inf (seen lists in CSR form, by user index)."""
+    # On the CPU, through the tensor's numpy view: cheaper than torch's index_put for one user.
+    target = scores.numpy() if scores.device.type == "cpu" else scores
+    if len(users) == 1:  # one user per request is the common case: a plain slice
+        cols = seen_indices[seen_indptr[users[0]]:seen_indptr[users[0] + 1]]
+        rows = 0
+    else:
+        starts = seen_indptr[users]
+        lengths = seen_indptr[users + 1] - starts
+        rows = np.repeat(np.arange(len(users)), lengths)
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        cols = seen_indices[np.repeat(starts, lengths) + offsets]
+    if target is scores:
+        rows = torch.as_tensor(rows, device=scores.device)
+        cols = torch.as_tensor(cols, device=scores.device)
+    target[rows, cols] = -np.inf
+    return scores
+
+
+def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k (values, indices) per row; k is capped at the number of columns."""
+    k = min(k, scores.shape[1])
+    values, indices = torch.topk(scores, k, dim=1)
+    return values, indices
+
+
+@torch.no_grad()
+def unit_factors(model) -> torch.Tensor:
+    """The item factors scaled to unit length: what :func:`similar_items` compares."""
+    return torch.nn.functional.normalize(model.item_factors, dim=1)
+
+
+@torch.no_grad()
+def similar_items(unit: torch.Tensor, items: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine-nearest items to each of ``items`` (the item itself excluded), given
+    :func:`unit_factors`."""
+    sims = unit[items] @ unit.T
+    sims[torch.arange(len(items)), items] = -torch.inf
+    return top_k(sims, k)
+
+
+@dataclass
+class FoldedUsers:
+    """Fitted parameters of users (rows): rating bias, rating vector, choice vector, and
+    optionally a genre taste (users x genres, weight included; see :mod:`mfrec.serving.genres`)."""
+
+    bias: torch.Tensor
+    factors: torch.Tensor
+    choice: torch.Tensor
+    genre_taste: torch.Tensor | None = None
+
+    def __getitem__(self, rows) -> "FoldedUsers":
+        taste = None if self.genre_taste is None else self.genre_taste[rows]
+        return FoldedUsers(self.bias[rows], self.factors[rows], self.choice[rows], taste)

@@ -1,0 +1,187 @@
+"""Fitting: epochs of a solver (ALS or Adam), validation RMSE, early stopping.
+
+The training ratings live on the device as three tensors; no DataLoader: per-row Python
+objects would cost more than the arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mfrec.data.ids import Interactions
+from mfrec.errors import TrainingError
+from mfrec.training.adam import AdamSolver
+from mfrec.training.als import AlsSolver
+from mfrec.training.config import TrainConfig
+from mfrec.training.model import MatrixFactorization, predict_ratings, rating_tables
+
+
+@dataclass
+class FitResult:
+    model: MatrixFactorization
+    history: list = field(default_factory=list)  # dicts: epoch, train_loss, val_rmse
+    best_epoch: int = 0
+    best_val_rmse: float = float("nan")
+    seconds: float = 0.0
+    device: str = "cpu"
+
+
+EpochCallback = Callable[[dict], None]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def fit(
+    train: Interactions,
+    config: TrainConfig,
+    val: Optional[Interactions] = None,
+    epochs: Optional[int] = None,
+    on_epoch: Optional[EpochCallback] = None,
+) -> FitResult:
+    """Fit a model on ``train``; with ``val``, stop early on validation RMSE and keep the best epoch.
+
+    Parameters
+    ----------
+    train:
+        Training ratings (all indices known).
+    config:
+        Hyper-parameters and device.
+    val:
+        Optional validation ratings (unknown users/items allowed: they get bias-only predictions).
+    epochs:
+        Overrides ``config.epochs`` (the refit uses the epoch count validation chose).
+    on_epoch:
+        Called after every epoch with ``{"epoch", "train_loss", "val_rmse"}``.
+    """
+    if len(train) == 0:
+        raise TrainingError("the training set is empty")
+    if (train.users < 0).any() or (train.items < 0).any():
+        raise TrainingError("training interactions contain unknown user or item indices")
+    if train.users.max() >= train.n_users or train.items.max() >= train.n_items:
+        raise TrainingError(f"training interactions index past their tables ({train.n_users} users, "
+                            f"{train.n_items} items): build them with the IdIndex they came from")
+    n_epochs = epochs or config.epochs
+    device = torch.device(config.device)
+    # ALS on a CPU uses only deterministic kernels (row-parallel sparse products, fixed-order
+    # reductions); leaving the global switch alone also skips its ~1 s import of torch's
+    # compiler stack.
+    switch = config.deterministic and (config.solver == "adam" or device.type != "cpu")
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    if switch:
+        # cuBLAS needs this set before its first use to be deterministic.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _fit(train, config, val, n_epochs, device, on_epoch)
+    finally:
+        if switch:
+            torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _fit(train, config, val, n_epochs, device, on_epoch) -> FitResult:
+    seed_everything(config.seed)
+    start = time.perf_counter()
+
+    # int32 indices where they fit (half of int64's memory; same permutations and numbers),
+    # sharing the caller's arrays instead of copying them when dtype and device allow.
+    index_dtype = torch.int32 if max(train.n_users, train.n_items, len(train)) < 2**31 else torch.long
+    users = _as_tensor(train.users, index_dtype, device)
+    items = _as_tensor(train.items, index_dtype, device)
+    ratings = _as_tensor(train.ratings, torch.float32, device)
+    # The mean in float64 from numpy: one summation order, whatever torch's thread count.
+    mean = float(np.mean(train.ratings, dtype=np.float64))
+    model = MatrixFactorization(
+        train.n_users, train.n_items, config.n_factors, mean, config.init_std,
+        generator=torch.Generator().manual_seed(config.seed),
+    ).to(device)
+    rank, world = _distributed_rank()
+    if config.solver == "als":
+        # Every rank builds its shard's sparse matrices and all-reduces the per-row sums.
+        if world > 1:
+            users, items, ratings = (t[rank::world] for t in (users, items, ratings))
+        solver = AlsSolver(model, users, items, ratings, config, distributed=world > 1)
+        del users, items, ratings
+    else:
+        solver = AdamSolver(model, users, items, ratings, config, device, index_dtype, rank, world)
+    if val is not None:
+        val_users = torch.tensor(val.users, dtype=torch.long, device=device)
+        val_items = torch.tensor(val.items, dtype=torch.long, device=device)
+        val_ratings = torch.tensor(val.ratings, dtype=torch.float32, device=device)
+
+    show = (config.progress if config.progress is not None else sys.stderr.isatty()) and rank == 0
+    bar = tqdm(range(1, n_epochs + 1), desc="train", unit="epoch", disable=not show, leave=False)
+    result = FitResult(model=model, device=str(device))
+    best_state, best_rmse = None, float("inf")
+    progress_rmse, since_progress = float("inf"), 0
+    for epoch in bar:
+        train_loss = solver.epoch()
+        if not math.isfinite(train_loss):
+            raise TrainingError(f"training loss became {train_loss} at epoch {epoch}; {solver.divergence_advice()}")
+        record = {"epoch": epoch, "train_loss": train_loss}
+        if val is not None:
+            model.eval()
+            with torch.no_grad():
+                pred = predict_ratings(rating_tables(model), val_users, val_items, config.rating_range)
+                record["val_rmse"] = float(torch.sqrt(torch.mean((pred - val_ratings) ** 2)))
+            bar.set_postfix(loss=f"{train_loss:.4f}", val_rmse=f"{record['val_rmse']:.4f}")
+        else:
+            bar.set_postfix(loss=f"{train_loss:.4f}")
+        result.history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if val is not None:
+            if record["val_rmse"] < best_rmse:
+                best_rmse = record["val_rmse"]
+                best_state = _state(model)
+                result.best_epoch = epoch
+            if record["val_rmse"] < progress_rmse - config.min_delta:
+                progress_rmse, since_progress = record["val_rmse"], 0
+            else:
+                since_progress += 1
+                if since_progress > config.patience:
+                    break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        result.best_val_rmse = best_rmse
+    else:
+        result.best_epoch = len(result.history)
+    model.eval()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _as_tensor(array, dtype, device) -> torch.Tensor:
+    """``array`` as a ``dtype`` tensor on ``device``; no copy when it already is one (training
+    only reads it)."""
+    array = np.asarray(array)
+    if not array.flags.writeable:  # torch warns on read-only arrays; copy those
+        array = array.copy()
+    return torch.as_tensor(array).to(device=device, dtype=dtype)
+
+
+def _distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
