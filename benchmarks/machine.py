@@ -65,9 +65,8 @@ def peak_rss_bytes() -> int:
     """Peak resident set size of this process's own memory, in bytes.
 
     Linux: ``VmHWM`` from /proc/self/status. Not ``ru_maxrss``: Linux carries that across
-    ``fork`` + ``exec``, so a child started by a big parent reports the parent's RSS at the fork
-    (seen here: 1.9 GB reported for a child whose own peak was 0.8 GB). Elsewhere ``ru_maxrss``
-    (macOS reports bytes, others KiB).
+    ``fork`` + ``exec``, so a child started by a big parent would report the parent's RSS at the
+    fork. Elsewhere ``ru_maxrss`` (macOS reports bytes, others KiB).
     """
     peak = proc_status_bytes("VmHWM")
     if peak is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import pandas as pd
+
 
 from benchmarks.machine import load_average, peak_rss_bytes, rss_bytes
 

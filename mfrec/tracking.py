@@ -48,7 +48,7 @@ def pip_requirements() -> list[str]:
     def pin(name):
         return f"{name}=={version(name).split('+')[0]}"
 
-    return [pin("mlflow"), pin("torch"), pin("numpy"), pin("pandas"), pin("pyarrow"), pin("scikit-learn")]
+    return [pin("mlflow"), pin("torch"), pin("numpy"), pin("pandas"), pin("pyarrow")]
 
 
 def log_pyfunc(bundle_dir, name: str = "model", registered_model_name: str | None = None):

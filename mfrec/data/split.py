@@ -119,7 +119,7 @@ def _user_time_order(u: np.ndarray, t: np.ndarray, m: np.ndarray) -> np.ndarray:
     t_rel = t.astype(np.int64) - t.min()
     if in_order and t_rel.max() < 2**32:
         # Rows already in (user, movie) order: a stable sort on one (user, time) key keeps movie
-        # order within ties, and is ~4x faster than a three-key lexsort on 25M rows.
+        # order within ties, and is faster than a three-key lexsort at scale.
         u_idx = np.cumsum(np.r_[0, u[1:] != u[:-1]], dtype=np.int64)
         return np.argsort((u_idx << 32) | t_rel, kind="stable")
     return np.lexsort((m, t, u))

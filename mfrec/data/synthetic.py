@@ -12,7 +12,7 @@ half stars and clipped. The planted parts are returned so tests can check that a
 them.
 
 Everything is vectorised numpy in blocks of users (about ``block_ratings`` ratings each), so
-memory stays a small multiple of the final arrays: 25M ratings take ~1.5 GB peak.
+memory stays a small multiple of the final arrays.
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ def _exact_fill(rng, keys, extra, users, deficits, n_movies) -> np.ndarray:
 
 
 def _sorted_unique(a: np.ndarray) -> np.ndarray:
-    # np.unique hashes first on numpy 2.3+, which is ~6x slower than a plain sort here.
+    # np.unique hashes first on numpy 2.3+, slower than a plain sort here.
     a = np.sort(a)
     if len(a) < 2:
         return a

@@ -80,7 +80,7 @@ def read_table(opener, label, kinds: dict[str, str], layout: Layout,
         table, failure = None, exc  # diagnosed below, with line numbers
     if table is not None and not any(table.column(c).null_count for c in kinds):
         # Column by column, freeing each Arrow buffer once converted; then hand the freed
-        # memory back (Arrow's pool keeps it otherwise: ~0.35 GB at 25M ratings).
+        # memory back (Arrow's pool would keep it).
         df = table.to_pandas(split_blocks=True, self_destruct=True)
         del table
         pa.default_memory_pool().release_unused()

@@ -14,8 +14,9 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 # per-row temporaries and the one-float-per-rating values of a product at any scale.
 BLOCK_ROWS = 8192
 BLOCK_RATINGS = 1 << 20
-# Ratings sorted per pass while building: bounds the build's temporaries.
-BUILD_CHUNK = 1 << 18
+# Ratings sorted per pass while building: bounds the build's temporaries, and what the
+# allocator keeps of them afterwards.
+BUILD_CHUNK = 1 << 16
 
 
 class Csr:

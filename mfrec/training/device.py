@@ -61,7 +61,7 @@ def _mps_available() -> bool:
 def sparse_products_work(device: torch.device) -> bool:
     """Whether a CSR matrix can be built on ``device`` and multiplied by a dense one there
     (tried once per device: support differs by backend and torch version)."""
-    try:  # built and multiplied the way mfrec.training.als.Csr does: int32 indices, a product into out=
+    try:  # built and multiplied the way mfrec.training.csr.Csr does: int32 indices, a product into out=
         index = torch.tensor([0, 1], dtype=torch.int32, device=device)
         matrix = torch.sparse_csr_tensor(index, index[:1], torch.ones(1, device=device), (1, 1),
                                          check_invariants=True)

@@ -77,8 +77,7 @@ def fit(
     n_epochs = epochs or config.epochs
     device = torch.device(config.device)
     # ALS on a CPU uses only deterministic kernels (row-parallel sparse products, fixed-order
-    # reductions); leaving the global switch alone also skips its ~1 s import of torch's
-    # compiler stack.
+    # reductions); leaving the global switch alone also skips importing torch's compiler stack.
     switch = config.deterministic and (config.solver == "adam" or device.type != "cpu")
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     if switch:
