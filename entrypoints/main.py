@@ -17,7 +17,7 @@ from entrypoints.cluster import run_cluster
 from entrypoints.common import finish, parser_for
 from entrypoints.params import PIPELINE_DEFAULTS, PipelineConfig, run_name
 from entrypoints.prepare import run_prepare
-from entrypoints.train import run_train
+from entrypoints.train import describe_fit, run_train
 from mfrec import tracking
 from mfrec.errors import MfrecError
 from mfrec.serving.recommender import Recommender
@@ -51,12 +51,13 @@ def run_pipeline(config: PipelineConfig, progress=None) -> dict:
         mlflow.set_tag("mfrec.prepare_reused_from", prepared["reused_from"])
 
     with mlflow.start_run(run_name="train", nested=True):
-        trained = run_train(prepared["prepared_uri"], config.train, config.ranking)
+        trained = run_train(prepared["prepared_uri"], config.train, config.ranking, config.refit_all)
     to_parent = tracking.EpochMetrics(parent.info.run_id, interval=float("inf"))
     for record in trained["history"]:
         to_parent(record)
     to_parent.flush()
-    mlflow.set_tags({"mfrec.device": trained["device"]})
+    fit_on = describe_fit(trained["fit_on"])
+    mlflow.set_tags({"mfrec.device": trained["device"], "mfrec.served_fit_on": fit_on})
 
     with tempfile.TemporaryDirectory(prefix="mfrec-register-") as tmp:
         with mlflow.start_run(run_name="cluster", nested=True):
@@ -70,10 +71,16 @@ def run_pipeline(config: PipelineConfig, progress=None) -> dict:
         for artifact in (clustered["report_path"], clustered["plot_path"]):
             mlflow.log_artifact(str(artifact), "clusters")
         model = tracking.log_pyfunc(folder)
-    decision = tracking.register(model.model_uri, config.model_name, trained["metrics"]["test_rmse"],
-                                 trained["prepare_key"], parent.info.run_id, trained["data_sha256"])
+    m, split = trained["metrics"], config.prepare.split
+    description = (f"mfrec k={config.train.n_factors} ({config.train.solver}) on {config.prepare.dataset}. "
+                   f"Held-out evaluation ({split.method} split, seed {split.seed}, {split.test_fraction:.0%} test): "
+                   f"test RMSE {m['test_rmse']:.4f}, NDCG@10 {m['test_ndcg_at_10']:.4f}. "
+                   f"The served model is fit on {fit_on} with that recipe.")
+    decision = tracking.register(model.model_uri, config.model_name, m["test_rmse"], trained["prepare_key"],
+                                 parent.info.run_id, trained["data_sha256"], description=description,
+                                 tags={"fit_on": fit_on})
     return {"run_id": parent.info.run_id, "model_uri": model.model_uri, "registered": decision,
-            "metrics": headline, "prepared_uri": prepared["prepared_uri"]}
+            "metrics": headline, "prepared_uri": prepared["prepared_uri"], "fit_on": fit_on}
 
 
 def main(argv=None) -> int:
@@ -92,8 +99,9 @@ def main(argv=None) -> int:
     m = result["metrics"]
     return finish(result, args.output_json,
                   f"test_rmse={m['test_rmse']:.4f} test_ndcg_at_10={m['test_ndcg_at_10']:.4f} "
-                  f"cluster_genre_purity={m.get('cluster_genre_purity', float('nan')):.3f} "
-                  f"registered: {result['registered']['decision']}")
+                  f"cluster_genre_purity={m.get('cluster_genre_purity', float('nan')):.3f} (held-out evaluation)\n"
+                  f"served model: fit on {result['fit_on']}; registered version "
+                  f"{result['registered']['version']}, {result['registered']['decision']}")
 
 
 if __name__ == "__main__":

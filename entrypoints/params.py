@@ -22,7 +22,7 @@ TRAIN_NUMBERS = {"n_factors": int, "epochs": int, "batch_size": int, "lr": float
                  "implicit_weight": float, "confidence": float, "seed": int}
 TRAIN_DEFAULTS = {**{name: str(_TRAIN[name].default) for name in TRAIN_NUMBERS},
                   "solver": _TRAIN["solver"].default, "genre_weight": str(RankingConfig.genre_weight),
-                  "device": _TRAIN["device"].default}
+                  "device": _TRAIN["device"].default, "refit_all": "true"}
 CLUSTER_DEFAULTS = {"n_clusters": str(_CLUSTER.n_clusters), "seed": str(_CLUSTER.seed),
                     "normalize": str(_CLUSTER.normalize).lower(), "min_ratings": str(_CLUSTER.min_ratings),
                     "n_init": str(_CLUSTER.n_init)}
@@ -91,6 +91,7 @@ class PipelineConfig:
     ranking: RankingConfig
     cluster: ClusterConfig
     model_name: str
+    refit_all: bool = True  # serve a model fit on every prepared rating (false: the held-out one)
 
     @classmethod
     def from_params(cls, values: dict, progress=None) -> "PipelineConfig":
@@ -98,7 +99,7 @@ class PipelineConfig:
         if not str(values["model_name"]).strip():
             raise ConfigError("parameter model_name must not be empty")
         return cls(prepare_config(values), train_config(values, progress), ranking_config(values),
-                   cluster_config(values), values["model_name"])
+                   cluster_config(values), values["model_name"], parse_bool("refit_all", values["refit_all"]))
 
     def run_name(self) -> str:
         split = self.prepare.split
@@ -109,8 +110,9 @@ class PipelineConfig:
         split, train = self.prepare.split, self.train
         return {"dataset": self.prepare.dataset, "data_path": self.prepare.data_path, "split": split.method,
                 "test_fraction": split.test_fraction, "val_fraction": split.val_fraction, "seed": split.seed,
-                **{name: getattr(train, name) for name in TRAIN_DEFAULTS if name != "genre_weight"},
-                "genre_weight": self.ranking.genre_weight, "n_clusters": self.cluster.n_clusters,
+                **{name: getattr(train, name) for name in TRAIN_DEFAULTS if name not in ("genre_weight", "refit_all")},
+                "genre_weight": self.ranking.genre_weight, "refit_all": str(self.refit_all).lower(),
+                "n_clusters": self.cluster.n_clusters,
                 "model_name": self.model_name}
 
     def with_factors(self, n_factors: int) -> "PipelineConfig":

@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 
 from entrypoints.common import finish, parser_for
-from entrypoints.params import TRAIN_DEFAULTS, ranking_config, train_config
+from entrypoints.params import TRAIN_DEFAULTS, parse_bool, ranking_config, train_config
 from mfrec import tracking
 from mfrec.clustering.embeddings import write_embeddings
 from mfrec.clustering.plots import learning_curve_png
@@ -24,13 +24,15 @@ from mfrec.data.prepare import load_prepared
 from mfrec.errors import MfrecError
 from mfrec.serving.bundle import RankingConfig
 from mfrec.training.config import TrainConfig
-from mfrec.workflow import train_and_evaluate
+from mfrec.workflow import served_model, train_and_evaluate
 
 
-def run_train(prepared_uri: str, config: TrainConfig, ranking: RankingConfig) -> dict:
-    """Train on the prepared folder (or its artifact URI) inside the active run; returns URIs and metrics."""
+def run_train(prepared_uri: str, config: TrainConfig, ranking: RankingConfig, refit_all: bool = True) -> dict:
+    """Train and evaluate on the prepared folder (or its artifact URI), then fit the served model
+    (on every prepared rating with ``refit_all``), inside the active run; returns URIs and metrics."""
     with tracking.active_or_new_run() as run, tempfile.TemporaryDirectory(prefix="mfrec-train-") as tmp:
-        tracking.log_new_params({"prepared": prepared_uri, **config.as_params(), **asdict(ranking)})
+        tracking.log_new_params({"prepared": prepared_uri, **config.as_params(), **asdict(ranking),
+                                 "refit_all": str(refit_all).lower()})
         prepared = load_prepared(tracking.resolve_local(prepared_uri, tmp))
         manifest = prepared.manifest
         config = replace(config, rating_range=tuple(manifest.get("rating_scale", config.rating_range)))
@@ -43,13 +45,18 @@ def run_train(prepared_uri: str, config: TrainConfig, ranking: RankingConfig) ->
                 log_epoch.flush()
             raise
         log_epoch.flush()
-        mlflow.log_metrics(tracking.finite_metrics(outcome.metrics))
+        served, served_seconds = served_model(outcome, prepared.train, prepared.val, prepared.test, prepared.movies,
+                                              config, ranking, refit_all)
+        fit_on = served.meta["fit_on"]
+        metrics = {**outcome.metrics, "served_fit_seconds": served_seconds, "served_ratings": fit_on["ratings"]}
+        mlflow.log_metrics(tracking.finite_metrics(metrics))
         mlflow.set_tags({"mfrec.device": outcome.device, "mfrec.dataset": manifest.get("dataset", ""),
-                         "mfrec.data_sha256": manifest.get("data_sha256", "")})
+                         "mfrec.data_sha256": manifest.get("data_sha256", ""),
+                         "mfrec.served_fit_on": describe_fit(fit_on)})
         out = Path(tmp)
-        outcome.recommender.save(out / "recommender")
+        served.save(out / "recommender")
         mlflow.log_artifacts(str(out / "recommender"), "recommender")
-        write_embeddings(outcome.recommender, out / "embeddings")
+        write_embeddings(served, out / "embeddings")
         mlflow.log_artifacts(str(out / "embeddings"), "embeddings")
         learning_curve_png(outcome.history, out / "learning_curve.png")
         mlflow.log_artifact(str(out / "learning_curve.png"), "plots")
@@ -64,8 +71,16 @@ def run_train(prepared_uri: str, config: TrainConfig, ranking: RankingConfig) ->
         "prepare_key": manifest.get("prepare_key", ""),
         "device": outcome.device,
         "history": outcome.history,
-        "metrics": outcome.metrics,
+        "metrics": metrics,
+        "fit_on": fit_on,
     }
+
+
+def describe_fit(fit_on: dict) -> str:
+    """What a served model was fit on, in words."""
+    if fit_on["refit_all"]:
+        return f"all {fit_on['ratings']:,} prepared ratings (train + validation + test)"
+    return f"train + validation, {fit_on['ratings']:,} ratings (the held-out model; refit_all=false)"
 
 
 def main(argv=None) -> int:
@@ -79,14 +94,16 @@ def main(argv=None) -> int:
         # Named like main's runs (a standalone step otherwise gets a random name).
         with tracking.top_level_run(run_name=f"train-k{values['n_factors']}-{values['solver']}-s{values['seed']}"):
             tracking.log_new_params(values)  # as received, like `mlflow run` logs them
-            result = run_train(values["prepared"], train_config(values), ranking_config(values))
+            result = run_train(values["prepared"], train_config(values), ranking_config(values),
+                               parse_bool("refit_all", values["refit_all"]))
     except MfrecError as exc:
         print(f"train failed: {exc}", file=sys.stderr)
         return 1
     m = result["metrics"]
     return finish(result, args.output_json,
                   f"test_rmse={m['test_rmse']:.4f} test_ndcg_at_10={m['test_ndcg_at_10']:.4f} "
-                  f"train_seconds={m['train_seconds']:.2f} device={result['device']}")
+                  f"train_seconds={m['train_seconds']:.2f} device={result['device']}\n"
+                  f"model fit on {describe_fit(result['fit_on'])}")
 
 
 if __name__ == "__main__":

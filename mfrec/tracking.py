@@ -121,18 +121,22 @@ def finite_metrics(metrics: dict) -> dict:
 
 
 def register(model_uri: str, name: str, test_rmse: float, prepare_key: str, run_id: str,
-             data_sha256: str = "") -> dict:
+             data_sha256: str = "", description: str = "", tags: dict | None = None) -> dict:
     """Register a version and move alias ``champion`` to it only if it beats the champion.
 
     It must beat the current champion's ``test_rmse`` on the same prepared data: the same
     ``prepare_key`` (the data's content *and* the split: method, fractions, seed; a test RMSE
     on another split measures another test set). Without a champion, it becomes one. The
-    decision is tagged on the run and on the version.
+    decision is tagged on the run and on the version; ``description`` and ``tags`` go on the
+    version.
     """
     client = mlflow.MlflowClient()
     version = mlflow.register_model(model_uri, name, tags={"test_rmse": repr(float(test_rmse)),
                                                             "prepare_key": prepare_key,
-                                                            "data_sha256": data_sha256, "run_id": run_id})
+                                                            "data_sha256": data_sha256, "run_id": run_id,
+                                                            **(tags or {})})
+    if description:
+        client.update_model_version(name, version.version, description=description)
     try:
         champion = client.get_model_version_by_alias(name, "champion")
     except MlflowException:

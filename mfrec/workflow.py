@@ -1,6 +1,7 @@
-"""The library's train step: choose the epoch count on validation, refit, evaluate on test.
+"""The library's train step: choose the sweep count on validation, refit, evaluate on test,
+then fit the model to serve on every prepared rating.
 
-No MLflow here: ``entrypoints/train.py`` logs what this returns.
+No MLflow here: ``entrypoints/train.py`` logs what these return.
 """
 
 from __future__ import annotations
@@ -62,3 +63,26 @@ def train_and_evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFram
         "best_val_rmse": first.best_val_rmse,
     })
     return TrainOutcome(rec, scores, first.history, first.best_epoch, first.device)
+
+
+def served_model(outcome: TrainOutcome, train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame,
+                 movies: pd.DataFrame, config: TrainConfig, ranking: RankingConfig = RankingConfig(),
+                 refit_all: bool = True) -> tuple[Recommender, float]:
+    """The model to serve, and the seconds its fit took.
+
+    With ``refit_all`` it is fitted on every prepared rating (train + validation + test) with
+    the evaluated recipe: the same settings and the sweep count validation chose. Without it,
+    the evaluated (held-out) model is served as it is. Either way a customer's rated films are
+    all their prepared ratings, so ``recommend`` never shows one of them.
+    """
+    ratings = pd.concat([train, val, test], ignore_index=True)
+    if not refit_all:
+        fit_on = {"ratings": int(len(train) + len(val)), "parts": "train+val", "refit_all": False}
+        return Recommender(outcome.recommender.bundle.with_seen(ratings, fit_on=fit_on)), 0.0
+    started = time.perf_counter()
+    users, items = IdIndex(ratings["userId"]), IdIndex(ratings["movieId"])
+    result = fit(Interactions.from_frame(ratings, users, items), config, epochs=outcome.best_epoch)
+    fit_on = {"ratings": int(len(ratings)), "parts": "train+val+test", "refit_all": True}
+    bundle = Bundle.build(result.model, users, items, ratings, movies, config, ranking,
+                          best_epoch=outcome.best_epoch, fit_on=fit_on)
+    return Recommender(bundle), time.perf_counter() - started

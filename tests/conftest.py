@@ -188,16 +188,27 @@ def trained_small(small_split):
 
 
 @pytest.fixture(scope="session")
-def served_model(trained_small, tmp_path_factory):
-    """``trained_small`` logged, registered as ``models:/mfrec@champion`` in a sqlite store and
-    served by a real ``mlflow models serve --env-manager local`` on a free loopback port.
+def served_recommender(trained_small, small_split):
+    """The model the pipeline serves for ``trained_small``: the same recipe fit on every
+    prepared rating (train + validation + test)."""
+    from mfrec.training.config import TrainConfig
+    from mfrec.workflow import served_model
+
+    rec, _ = served_model(trained_small, *small_split, TrainConfig(progress=False))
+    return rec
+
+
+@pytest.fixture(scope="session")
+def served_model(served_recommender, trained_small, tmp_path_factory):
+    """``served_recommender`` logged, registered as ``models:/mfrec@champion`` in a sqlite store
+    and served by a real ``mlflow models serve --env-manager local`` on a free loopback port.
 
     Yields a :class:`benchmarks.served.ServedModel` (``.url``, ``.invocations``, ``.proc``).
     """
     from benchmarks.served import register_recommender, start_model_server, stop_model_server
 
     root = tmp_path_factory.mktemp("served-model")
-    uri = register_recommender(trained_small.recommender, root, test_rmse=trained_small.metrics["test_rmse"])
+    uri = register_recommender(served_recommender, root, test_rmse=trained_small.metrics["test_rmse"])
     try:
         served = start_model_server(root, uri)
     except RuntimeError as exc:

@@ -45,7 +45,9 @@ def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tr
     # A clean log: no Python warning (MLflow's type-hint and dataset hints were in every run).
     warned = [line for line in proc.stderr.splitlines() if "Warning" in line]
     assert not warned, proc.stderr
-    mlflow_run(tracking_server, experiment, tmp_path, *common, "n_factors=4", "epochs=4")
+    assert "served model: fit on all 100,836 prepared ratings" in proc.stderr
+    held_out = mlflow_run(tracking_server, experiment, tmp_path, *common, "n_factors=4", "epochs=4", "refit_all=false")
+    assert "served model: fit on train + validation, 80,669 ratings (the held-out model" in held_out.stderr
 
     exp = client.get_experiment_by_name(experiment)
     first, second = top_level(client, exp.experiment_id)
@@ -73,6 +75,26 @@ def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tr
 
     versions = client.search_model_versions(f"name = '{model_name}'")
     assert len(versions) == 2
+    # Each version says what the served model was fit on, with the recipe's held-out metrics.
+    fit_on = {v.tags["run_id"]: v.tags["fit_on"] for v in versions}
+    assert fit_on[first.info.run_id].startswith("all 100,836 prepared ratings")
+    assert fit_on[second.info.run_id].startswith("train + validation, 80,669 ratings")
+    for version in versions:
+        run = first if version.tags["run_id"] == first.info.run_id else second
+        full = client.get_model_version(model_name, version.version)
+        assert f"test RMSE {run.data.metrics['test_rmse']:.4f}" in full.description
+        assert version.tags["fit_on"] in full.description
+    # The served model's embeddings cover every film of the ratings file (the held-out one's do not).
+    import pandas as pd
+    from mlflow.artifacts import download_artifacts
+
+    n_items = {}
+    for run in (first, second):
+        train_run = children(client, exp.experiment_id, run.info.run_id)["train"]
+        path = download_artifacts(f"runs:/{train_run.info.run_id}/embeddings/items.parquet",
+                                  dst_path=str(tmp_path / run.info.run_id), tracking_uri=tracking_server)
+        n_items[run.info.run_id] = len(pd.read_parquet(path))
+    assert n_items[first.info.run_id] == 9724 > n_items[second.info.run_id]
     champion = client.get_model_version_by_alias(model_name, "champion")
     best = min((first, second), key=lambda r: r.data.metrics["test_rmse"])
     assert champion.tags["run_id"] == best.info.run_id

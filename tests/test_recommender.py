@@ -247,3 +247,26 @@ def test_a_model_folder_of_another_format_version_is_refused(trained_small, tmp_
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(DataError, match="format version 3; this mfrec reads version 4: retrain"):
         Recommender.load(tmp_path / "m")
+
+
+def test_fold_in_counts_a_repeated_film_once_with_its_last_rating(trained_small):
+    rec = trained_small.recommender
+    once = rec.fold_in([3, 3], [1, 296], [2.0, 5.0], k=10).to_frame()
+    repeated = rec.fold_in([3] * 6, [1, 296, 1, 1, 296, 1], [5.0, 1.0, 4.0, 5.0, 5.0, 2.0], k=10).to_frame()
+    pd.testing.assert_frame_equal(once, repeated)
+
+
+def test_a_fold_in_fit_that_is_not_finite_names_the_customer(trained_small):
+    import copy
+
+    import torch
+
+    from mfrec.errors import RequestError
+
+    bundle = copy.deepcopy(trained_small.recommender.bundle)
+    with torch.no_grad():
+        bundle.model.item_factors[bundle.item_index.index([296])[0]] = float("nan")
+    rec = Recommender(bundle)  # a damaged model: every fit against its catalogue is NaN
+    with pytest.raises(RequestError, match="fold_in for customer 42 gives no finite fit"):
+        rec.fold_in([42, 42], [1, 296], [5.0, 4.0], k=3)
+    assert len(rec.fold_in([7], [10**9], [5.0], k=3).to_frame()) == 3  # no known film: the popular list

@@ -1,7 +1,7 @@
 """The REST contract of docs/serving.md, over real HTTP against ``mlflow models serve``.
 
-The ``served_model`` session fixture (conftest.py) trains nothing itself: it logs the
-session's ``trained_small`` recommender as a models-from-code pyfunc in a sqlite store,
+The ``served_model`` session fixture (conftest.py) logs the session's ``served_recommender``
+(the default recipe fit on every prepared rating) as a models-from-code pyfunc in a sqlite store,
 registers it (alias ``champion``) and serves ``models:/mfrec@champion`` with
 ``--env-manager local`` on a free loopback port, exactly as docs/serving.md tells users to.
 """
@@ -105,22 +105,22 @@ def test_server_serves_the_registered_champion(served_model):
 # ----------------------------------------------------------------------------------- tasks
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_predict(served_model, trained_small, fmt):
+def test_predict(served_model, served_recommender, fmt):
     users = [1, 1, UNKNOWN, 414, 414]
     movies = [1, UNKNOWN, 1, 2571, 318]
     out = ok(served_model, payload(fmt, {"userId": users, "movieId": movies}), "predict")
     assert out["userId"].tolist() == users and out["movieId"].tolist() == movies
     assert out["known"].tolist() == [True, False, False, True, True]
     assert out["prediction"].between(0.5, 5.0).all()
-    local = trained_small.recommender.predict(users, movies)  # same weights, in process
+    local = served_recommender.predict(users, movies)  # same weights, in process
     np.testing.assert_allclose(out["prediction"], local["prediction"], rtol=1e-5)
 
 
-def test_predict_is_clipped_to_the_rating_scale(served_model, trained_small):
+def test_predict_is_clipped_to_the_rating_scale(served_model, served_recommender):
     # Find, in process, the pairs whose raw (unclipped) prediction leaves the scale the most.
     import torch
 
-    rec = trained_small.recommender
+    rec = served_recommender
     with torch.no_grad():
         raw = (rec.model.user_factors @ rec.model.item_factors.T + rec.model.user_bias[:, None]
                + rec.model.item_bias[None, :] + rec.model.global_mean).numpy()
@@ -136,7 +136,7 @@ def test_predict_is_clipped_to_the_rating_scale(served_model, trained_small):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_recommend_excludes_training_ratings(served_model, small_split, fmt):
-    seen_frame = pd.concat(small_split[:2])  # the final model was refit on train+val
+    seen_frame = pd.concat(small_split[:3])  # the served model was fit on every prepared rating
     users = [1, 2, 414]
     out = ok(served_model, payload(fmt, {"userId": users}, {"task": "recommend", "k": 20}), "recommend")
     assert out["userId"].drop_duplicates().tolist() == users
@@ -414,8 +414,10 @@ def test_csv_body_is_refused_by_mlflow(served_model):
     assert resp.status_code == 400 and "CSV" in resp.json()["message"]
 
 
-def test_readme_curl_examples_work(served_model):
-    """README.md shows one curl request per task; each answers with that task's columns."""
+def test_readme_curl_examples_work(served_model, small_split):
+    """README.md shows one curl request per task; each answers with that task's columns, and
+    a known user's recommendations hold no film they rated (in any split)."""
+    rated = pd.concat(small_split[:3])
     blocks = curl_blocks((REPO_ROOT / "README.md").read_text())
     port = served_model.url.rsplit(":", 1)[1]
     tasks_seen = set()
@@ -429,6 +431,9 @@ def test_readme_curl_examples_work(served_model):
         assert rows and set(rows[0]) == COLUMNS[task], block
         if task in ("recommend", "fold_in"):
             assert len(rows) == 5 and {r["source"] for r in rows} == {"personal"}, block
+        if task == "recommend":
+            user = rows[0]["userId"]
+            assert not {r["movieId"] for r in rows} & set(rated.loc[rated.userId == user, "movieId"]), block
         tasks_seen.add(task)
     assert tasks_seen == set(COLUMNS), f"README.md lacks a curl example of {set(COLUMNS) - tasks_seen}"
 

@@ -108,6 +108,15 @@ class Bundle:
         ranking = replace(self.ranking, **changes)
         return replace(self, meta={**self.meta, "ranking": asdict(ranking)})
 
+    def with_seen(self, ratings: pd.DataFrame, **meta) -> "Bundle":
+        """A copy whose users' rated films are those of ``ratings`` (ids the bundle does not
+        know are left out), with ``meta`` added."""
+        u = self.user_index.index(ratings["userId"].to_numpy())
+        i = self.item_index.index(ratings["movieId"].to_numpy())
+        known = (u >= 0) & (i >= 0)
+        indptr, indices = csr_from_pairs(u[known], i[known], len(self.user_index))
+        return replace(self, seen_indptr=indptr, seen_indices=indices, meta={**self.meta, **meta})
+
     def with_clusters(self, assignments: pd.DataFrame) -> "Bundle":
         """A copy whose items carry KMeans cluster ids (movieId, cluster); others keep -1."""
         mapping = dict(zip(assignments["movieId"].to_numpy(), assignments["cluster"].to_numpy()))

@@ -17,6 +17,8 @@ TASK_COLUMNS = {"predict": ("userId", "movieId"), "recommend": ("userId",), "sim
                 "fold_in": ("movieId", "rating")}
 MAX_ROWS = 100_000
 MAX_K = 1000
+# Rows an answer may have (users x k, movies x k, customers x k; predict answers its rows).
+MAX_ANSWER_ROWS = 100_000
 # Fold-in solves all of a request's customers in one batch, each ranked against the whole
 # catalogue: the cap bounds what one request may ask.
 MAX_FOLD_IN_CUSTOMERS = 1000
@@ -38,7 +40,7 @@ def answer(rec, frame, params=None) -> list[dict]:
         try:
             frame = pd.DataFrame(frame)
         except Exception as exc:  # noqa: BLE001
-            raise RequestError(f"input must be a table with columns userId, movieId, rating: {exc}") from exc
+            raise RequestError(f"input must be a table with columns userId, movieId, rating: {_clip(str(exc))}") from None
     # Each column fetched once and by position: a lookup by name first builds the column
     # index's hash table, and frame.dtypes builds a Series, each costing more than ranking
     # a user's catalogue (MLflow hands every request a new frame).
@@ -46,7 +48,7 @@ def answer(rec, frame, params=None) -> list[dict]:
     if len(columns) != frame.shape[1]:  # a name given twice: which value was meant is unknown
         names = [str(c) for c in frame.columns]
         repeated = sorted({n for n in names if names.count(n) > 1})
-        raise RequestError(f"input has repeated column name(s): {', '.join(repeated)}")
+        raise RequestError(f"input has repeated column name(s): {_clip(', '.join(repeated))}")
     columns = _unwrap_columns(columns, len(frame))
     n_rows = len(next(iter(columns.values()))) if columns else len(frame)
     if n_rows > MAX_ROWS:
@@ -57,18 +59,31 @@ def answer(rec, frame, params=None) -> list[dict]:
         raise RequestError(f"task {task!r} needs column(s) {', '.join(needed)}; missing: {', '.join(missing)}")
     if task == "predict":
         return rec.predict(_ids(columns, "userId"), _ids(columns, "movieId")).records()
-    if task == "recommend":
-        return rec.recommend(_ids(columns, "userId"), k, exclude_seen).records()
+    n_items = len(rec.item_index)
     if task == "similar":
-        return rec.similar(_ids(columns, "movieId"), k).records()
+        movies = _ids(columns, "movieId")
+        _check_size(len(np.unique(movies)), min(k, n_items - 1), "movies")
+        return rec.similar(movies, k).records()
+    if task == "recommend":
+        users = _ids(columns, "userId")
+        _check_size(len(np.unique(users)), min(k, n_items), "users")
+        return rec.recommend(users, k, exclude_seen).records()
     ratings = _ratings(columns, rec.rating_range)
     named = "userId" in columns and columns["userId"].notna().any()
     users = _ids(columns, "userId") if named else np.zeros(n_rows, np.int64)
     n_customers = len(np.unique(users))
     if n_customers > MAX_FOLD_IN_CUSTOMERS:
         raise RequestError(f"too many fold_in customers: {n_customers} distinct userId values "
-                          f"(at most {MAX_FOLD_IN_CUSTOMERS} per request)")
+                           f"(at most {MAX_FOLD_IN_CUSTOMERS} per request)")
+    _check_size(n_customers, min(k, n_items), "customers")
     return rec.fold_in(users, _ids(columns, "movieId"), ratings, k, exclude_seen).records()
+
+
+def _check_size(owners: int, k: int, what: str) -> None:
+    """Refuse, before any scoring, an answer of more than ``MAX_ANSWER_ROWS`` rows."""
+    if owners * k > MAX_ANSWER_ROWS:
+        raise RequestError(f"the answer would have {owners:,} {what} x {k} = {owners * k:,} rows, more than "
+                           f"{MAX_ANSWER_ROWS:,}: ask for fewer {what} or a smaller k")
 
 
 def _unwrap_columns(columns: dict, n_rows: int) -> dict:
@@ -89,13 +104,13 @@ def _unwrap_columns(columns: dict, n_rows: int) -> dict:
 def _params(params: dict) -> tuple[str, int, bool]:
     task = params.get("task", "predict")
     if not isinstance(task, str) or task not in TASKS:
-        raise RequestError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+        raise RequestError(f"unknown task {_show(task)}; expected one of {', '.join(TASKS)}")
     k = params.get("k", 10)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= MAX_K:
-        raise RequestError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
+        raise RequestError(f"k must be an integer between 1 and {MAX_K}, got {_show(k)}")
     exclude_seen = params.get("exclude_seen", True)
     if not isinstance(exclude_seen, (bool, np.bool_)):
-        raise RequestError(f"exclude_seen must be true or false, got {exclude_seen!r}")
+        raise RequestError(f"exclude_seen must be true or false, got {_show(exclude_seen)}")
     return task, int(k), bool(exclude_seen)
 
 
@@ -126,7 +141,10 @@ def _checked(series: pd.Series, column: str, requirement: str, out_of_range) -> 
     elif dtype.kind in "iuf":  # nullable extension numbers (Int64, Float64)
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
-        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        try:
+            values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        except (OverflowError, TypeError, ValueError):  # e.g. an integer too large for a float
+            values = np.array([_number(v) for v in series], dtype=np.float64)
     finite = np.isfinite(values)
     bad = ~finite | _bools(series)
     bad[finite] |= out_of_range(values[finite])
@@ -146,5 +164,24 @@ def _bools(column: pd.Series) -> np.ndarray:
     return np.zeros(len(column), dtype=bool)
 
 
+def _number(value) -> float:
+    """``value`` as a float, NaN when it is not a number a float can hold."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, str, np.number)):
+        return float("nan")
+    try:
+        return float(value)
+    except (OverflowError, ValueError):
+        return float("nan")
+
+
+# Longest piece of a request an error message quotes.
+SHOWN = 100
+
+
 def _show(value) -> str:
-    return repr(value.item() if isinstance(value, np.generic) else value)
+    """A request's value for an error message, cut to ``SHOWN`` characters."""
+    return _clip(repr(value.item() if isinstance(value, np.generic) else value))
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= SHOWN else f"{text[:SHOWN]}... ({len(text):,} characters)"

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from mfrec.data.ids import csr_from_pairs
+from mfrec.errors import RequestError
 from mfrec.serving.bundle import Bundle
 from mfrec.serving.ranker import Ranker
 
@@ -114,19 +115,27 @@ class Recommender:
         """Recommend for new customers from their ratings, without retraining.
 
         Each distinct ``user_ids`` value is one customer; their known movies' ratings fit a
-        user bias and vectors in closed form; unknown movies are ignored. A customer with no
-        known movie gets the popular list. Rows as in :meth:`recommend`.
+        user bias and vectors in closed form; unknown movies are ignored, and a movie named
+        twice counts once, with its last rating. A customer with no known movie gets the
+        popular list. Rows as in :meth:`recommend`.
+
+        Raises:
+            RequestError: a customer's fit is not finite (names the customer).
         """
         user_ids = np.asarray(user_ids, np.int64)
         movie_rows = self.item_index.index(np.asarray(movie_ids, np.int64))
         ratings = np.asarray(ratings, np.float32)
         customers = unique_in_order(user_ids)
-        known = movie_rows >= 0
+        known = (movie_rows >= 0) & _last_of_each(user_ids, movie_rows)
         fitted = unique_in_order(user_ids[known])
         position = pd.Index(fitted).get_indexer(user_ids[known])
         parts = []
         if len(fitted):
             folded = self.ranker.fold_in(position, movie_rows[known], ratings[known], len(fitted))
+            finite = folded.finite()
+            if not finite.all():
+                raise RequestError(f"fold_in for customer {fitted[np.flatnonzero(~finite)[0]]} gives no finite "
+                                   "fit: check the ratings given")
             seen = csr_from_pairs(position, movie_rows[known], len(fitted))
             idx, val = self.ranker.top_items(np.zeros(len(fitted), np.int64), k, exclude_seen, folded, seen)
             parts.append(self._ranked(np.asarray(fitted), idx, val, "personal"))
@@ -150,6 +159,17 @@ class Recommender:
         pop = self.ranker.popular_order[:k]
         counts = self.column("n_ratings")[pop].astype(np.float32)
         return self._ranked(owners, np.tile(pop, (len(owners), 1)), np.tile(counts, (len(owners), 1)), "popular")
+
+
+def _last_of_each(owners: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Where a row is its owner's last mention of its item."""
+    if len(items) < 2:
+        return np.ones(len(items), dtype=bool)
+    key = np.stack([owners, items], 1)[::-1]
+    _, first = np.unique(key, axis=0, return_index=True)
+    keep = np.zeros(len(items), dtype=bool)
+    keep[len(items) - 1 - first] = True
+    return keep
 
 
 def unique_in_order(values) -> np.ndarray:

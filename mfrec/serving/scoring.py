@@ -100,6 +100,10 @@ class FoldedUsers:
     choice: torch.Tensor
     genre_taste: torch.Tensor | None = None
 
+    def finite(self) -> np.ndarray:
+        """Per user, whether every fitted parameter is finite."""
+        return (self.bias.isfinite() & self.factors.isfinite().all(1) & self.choice.isfinite().all(1)).numpy()
+
     def __getitem__(self, rows) -> "FoldedUsers":
         taste = None if self.genre_taste is None else self.genre_taste[rows]
         return FoldedUsers(self.bias[rows], self.factors[rows], self.choice[rows], taste)
