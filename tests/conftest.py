@@ -25,18 +25,28 @@ if str(REPO_ROOT) not in sys.path:
 SHARED_ZIP = Path(__file__).resolve().parents[2] / "shared/data/ml-latest-small.zip"
 
 
-def shared_zip_path() -> Path:
-    return Path(os.environ.get("MFREC_TEST_ZIP") or SHARED_ZIP)
-
-
 @pytest.fixture(scope="session")
 def shared_zip() -> Path:
-    """The real ml-latest-small zip; a missing file fails the test (it is required data)."""
-    path = shared_zip_path()
-    if not path.is_file():
-        pytest.fail(f"test data {path} is missing: put GroupLens' ml-latest-small.zip there or "
-                    "point MFREC_TEST_ZIP at a copy")
-    return path
+    """The real ml-latest-small zip: ``$MFREC_TEST_ZIP``, else a copy beside the repository
+    (``../shared/data``), else the project's own verified download (GroupLens, or
+    ``$MFREC_BASE_URL``, cached in ``$MFREC_CACHE_DIR``). Without any of them the session
+    stops with one message instead of failing every test that needs the data."""
+    if os.environ.get("MFREC_TEST_ZIP"):
+        path = Path(os.environ["MFREC_TEST_ZIP"])
+        if not path.is_file():
+            pytest.exit(f"MFREC_TEST_ZIP={path} is not a file", returncode=4)
+        return path
+    if SHARED_ZIP.is_file():
+        return SHARED_ZIP
+    from mfrec.data.download import fetch
+    from mfrec.errors import DataError
+
+    try:
+        return fetch("ml-latest-small", progress=False)
+    except DataError as exc:
+        pytest.exit(f"the tests need MovieLens ml-latest-small and could not get it: {exc} "
+                    f"Point MFREC_TEST_ZIP at a copy, put one at {SHARED_ZIP}, or set MFREC_BASE_URL to a "
+                    "mirror that serves ml-latest-small.zip.", returncode=4)
 
 
 def corrupt_member(data: bytes, member: str) -> bytes:
