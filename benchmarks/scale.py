@@ -13,12 +13,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 
 from benchmarks.machine import load_average, peak_rss_bytes, rss_bytes
+
+if TYPE_CHECKING:  # the training child imports no pandas
+    import pandas as pd
 
 
 def write_rating_arrays(ratings: pd.DataFrame, folder: Path) -> dict:

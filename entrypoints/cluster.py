@@ -19,7 +19,7 @@ from pathlib import Path
 import mlflow
 
 from entrypoints.common import finish, parser_for
-from entrypoints.params import CLUSTER_DEFAULTS, cluster_config
+from entrypoints.params import CLUSTER_DEFAULTS, HEADLINE_METRICS, cluster_config
 from mfrec import tracking
 from mfrec.clustering.embeddings import read_item_embeddings
 from mfrec.clustering.kmeans import ClusterConfig, cluster_movies
@@ -29,10 +29,12 @@ from mfrec.errors import ConfigError, MfrecError
 ARTIFACT_DIR = "clusters"
 
 
-def run_cluster(embeddings: str, config: ClusterConfig, out_dir) -> dict:
+def run_cluster(embeddings: str, config: ClusterConfig, out_dir, metrics_run: str | None = None,
+                title: str = "") -> dict:
     """Cluster the movie embeddings at ``embeddings`` (an ``embeddings/`` folder, its
     ``items.parquet``, or an MLflow artifact URI of either) and log everything to the active
-    run; the local copies of the outputs go to ``out_dir/clusters``.
+    run (the metrics to ``metrics_run`` when given: a pipeline's top-level run); the local
+    copies of the outputs go to ``out_dir/clusters``; ``title`` names the model in the plot.
 
     Raises:
         DataError: the embeddings are missing or malformed.
@@ -46,8 +48,11 @@ def run_cluster(embeddings: str, config: ClusterConfig, out_dir) -> dict:
         with tempfile.TemporaryDirectory(prefix="mfrec-embeddings-") as tmp:
             meta, vectors = read_item_embeddings(tracking.resolve_local(str(embeddings), tmp))
         result = cluster_movies(meta, vectors, config)
-        paths = write_outputs(result, meta, vectors, Path(out_dir) / ARTIFACT_DIR)
-        mlflow.log_metrics(tracking.finite_metrics(result.metrics))
+        paths = write_outputs(result, meta, vectors, Path(out_dir) / ARTIFACT_DIR, title)
+        metrics = tracking.finite_metrics(result.metrics)
+        headline = {k: v for k, v in metrics.items() if k in HEADLINE_METRICS or not metrics_run}
+        mlflow.log_metrics(headline, run_id=metrics_run or run.info.run_id)
+        mlflow.log_metrics({k: v for k, v in metrics.items() if k not in headline})
         mlflow.log_artifacts(str(Path(out_dir) / ARTIFACT_DIR), ARTIFACT_DIR)
         run_id = run.info.run_id
     return {

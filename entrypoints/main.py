@@ -16,15 +16,11 @@ import mlflow
 from entrypoints.cluster import run_cluster
 from entrypoints.common import finish, parser_for
 from entrypoints.params import PIPELINE_DEFAULTS, PipelineConfig, run_name
-from entrypoints.prepare import run_prepare
-from entrypoints.train import describe_fit, run_train
+from entrypoints.prepare import log_inputs, run_prepare
+from entrypoints.train import describe_fit, model_name, run_train
 from mfrec import tracking
 from mfrec.errors import MfrecError
 from mfrec.serving.recommender import Recommender
-
-# Metrics the top-level run repeats from its steps (the README's "What a run logs").
-HEADLINE_PREFIXES = ("test_", "baseline_", "cluster_", "train_seconds", "epochs_run", "best_")
-
 
 def git_commit() -> str | None:
     try:
@@ -36,51 +32,72 @@ def git_commit() -> str | None:
 
 
 def run_pipeline(config: PipelineConfig, progress=None) -> dict:
-    """Run all steps under the active run (which becomes their parent)."""
+    """Run all steps under the active run, which becomes their parent and carries the
+    pipeline's parameters, headline metrics, dataset inputs, plots, description and model.
+    Each step's own run (``<name>/prepare``, ``/train``, ``/cluster``) keeps its parameters,
+    artifacts and the metrics that are only its own."""
     parent = mlflow.active_run()
+    pid, name = parent.info.run_id, mlflow.get_run(parent.info.run_id).info.run_name
     tracking.log_new_params(config.params())
-    tags = {"mfrec.dataset": config.prepare.dataset}
+    split = config.prepare.split
+    tags = {"mfrec.dataset": config.prepare.dataset, "mfrec.split": f"{split.method}-s{split.seed}",
+            "mfrec.n_factors": str(config.train.n_factors), "mfrec.solver": config.train.solver}
     commit = git_commit()
     if commit:
         tags["mfrec.git_commit"] = commit
     mlflow.set_tags(tags)
 
-    with mlflow.start_run(run_name="prepare", nested=True):
+    with mlflow.start_run(run_name=f"{name}/prepare", nested=True):
         prepared = run_prepare(config.prepare, progress=bool(progress))
     if prepared["reused_from"]:
         mlflow.set_tag("mfrec.prepare_reused_from", prepared["reused_from"])
+    log_inputs(prepared["prepared_uri"])
 
-    with mlflow.start_run(run_name="train", nested=True):
-        trained = run_train(prepared["prepared_uri"], config.train, config.ranking, config.refit_all)
-    to_parent = tracking.EpochMetrics(parent.info.run_id, interval=float("inf"))
-    for record in trained["history"]:
-        to_parent(record)
-    to_parent.flush()
+    with mlflow.start_run(run_name=f"{name}/train", nested=True):
+        trained = run_train(prepared["prepared_uri"], config.train, config.ranking, config.refit_all,
+                            metrics_run=pid, log_model=False)
     fit_on = describe_fit(trained["fit_on"])
     mlflow.set_tags({"mfrec.device": trained["device"], "mfrec.served_fit_on": fit_on})
+    m = trained["metrics"]
+    title = (f"k={config.train.n_factors} {config.train.solver}, {config.prepare.dataset} "
+             f"({split.method} split, seed {split.seed}), served model")
 
     with tempfile.TemporaryDirectory(prefix="mfrec-register-") as tmp:
-        with mlflow.start_run(run_name="cluster", nested=True):
-            clustered = run_cluster(trained["embeddings_uri"], config.cluster, out_dir=Path(tmp) / "cluster")
-        headline = {**trained["metrics"], **clustered["metrics"]}
-        mlflow.log_metrics(tracking.finite_metrics(
-            {k: v for k, v in headline.items() if k.startswith(HEADLINE_PREFIXES)}))
+        mlflow.log_artifact(str(tracking.resolve_local(trained["learning_curve_uri"], tmp)), "plots")
+        with mlflow.start_run(run_name=f"{name}/cluster", nested=True):
+            clustered = run_cluster(trained["embeddings_uri"], config.cluster, Path(tmp) / "cluster",
+                                    metrics_run=pid, title=title)
+        for artifact in (clustered["report_path"], clustered["plot_path"]):
+            mlflow.log_artifact(str(artifact), "clusters")
         rec = Recommender.load(tracking.resolve_local(trained["recommender_uri"], tmp))
         folder = Path(tmp) / "served"
         rec.with_clusters(clustered["assignments"]).save(folder)
-        for artifact in (clustered["report_path"], clustered["plot_path"]):
-            mlflow.log_artifact(str(artifact), "clusters")
-        model = tracking.log_pyfunc(folder)
-    m, split = trained["metrics"], config.prepare.split
-    description = (f"mfrec k={config.train.n_factors} ({config.train.solver}) on {config.prepare.dataset}. "
-                   f"Held-out evaluation ({split.method} split, seed {split.seed}, {split.test_fraction:.0%} test): "
-                   f"test RMSE {m['test_rmse']:.4f}, NDCG@10 {m['test_ndcg_at_10']:.4f}. "
+        model = tracking.log_pyfunc(folder, model_name(config.train, trained["manifest"]))
+    held_out = {k: m[k] for k in ("test_rmse", "test_mae", "test_ndcg_at_10", "test_precision_at_10",
+                                  "test_recall_at_10")}
+    mlflow.log_metrics(held_out, model_id=model.model_id)
+    c = clustered["metrics"]
+    description = (f"mfrec k={config.train.n_factors} ({config.train.solver}, reg {config.train.reg}) on "
+                   f"{config.prepare.dataset}. Held-out evaluation ({split.method} split, seed {split.seed}, "
+                   f"{split.test_fraction:.0%} test): test RMSE {m['test_rmse']:.4f}, "
+                   f"NDCG@10 {m['test_ndcg_at_10']:.4f} (popularity {m['baseline_popularity_ndcg_at_10']:.4f}). "
                    f"The served model is fit on {fit_on} with that recipe.")
-    decision = tracking.register(model.model_uri, config.model_name, m["test_rmse"], trained["prepare_key"],
-                                 parent.info.run_id, trained["data_sha256"], description=description,
-                                 tags={"fit_on": fit_on})
-    return {"run_id": parent.info.run_id, "model_uri": model.model_uri, "registered": decision,
-            "metrics": headline, "prepared_uri": prepared["prepared_uri"], "fit_on": fit_on}
+    mlflow.set_tag("mlflow.note.content", description + (
+        f" Clusters: genre purity {c['cluster_genre_purity']:.3f} against {c['cluster_genre_purity_shuffled']:.3f} "
+        f"shuffled. Training took {m['train_seconds']:.2f} s."))
+    registration = {"model_uri": model.model_uri, "test_rmse": m["test_rmse"], "prepare_key": trained["prepare_key"],
+                    "run_id": pid, "data_sha256": trained["data_sha256"], "description": description,
+                    "tags": {"fit_on": fit_on, **{k: f"{v:.4f}" for k, v in held_out.items() if k != "test_rmse"}}}
+    return {"run_id": pid, "model_uri": model.model_uri, "metrics": {**m, **c}, "registration": registration,
+            "prepared_uri": prepared["prepared_uri"], "fit_on": fit_on}
+
+
+def register(result: dict, model_name: str) -> dict:
+    """Register a pipeline's model as a new version of ``model_name`` (the champion rule in
+    :func:`mfrec.tracking.register`)."""
+    r = result["registration"]
+    return tracking.register(r["model_uri"], model_name, r["test_rmse"], r["prepare_key"], r["run_id"],
+                             r["data_sha256"], description=r["description"], tags=r["tags"])
 
 
 def main(argv=None) -> int:
@@ -88,11 +105,12 @@ def main(argv=None) -> int:
     args = parser_for("python -m entrypoints.main", __doc__.split("\n\n")[0], PIPELINE_DEFAULTS).parse_args(argv)
     values = {k: getattr(args, k) for k in PIPELINE_DEFAULTS}
     try:
-        name = run_name(values["n_factors"], values["dataset"], values["split"], values["seed"])
+        name = run_name(values["n_factors"], values["dataset"], values["split"], values["seed"], values["reg"])
         with tracking.top_level_run(run_name=name, log_system_metrics=tracking.system_metrics_available()):
             tracking.log_new_params(values)
             config = PipelineConfig.from_params(values)  # every parameter checked before the first step
             result = run_pipeline(config)
+            result["registered"] = register(result, config.model_name)
     except MfrecError as exc:
         print(f"pipeline failed: {exc}", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ Each value is parsed and checked here, once; the steps receive configs, never st
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 from mfrec.clustering.kmeans import ClusterConfig
@@ -26,6 +27,12 @@ TRAIN_DEFAULTS = {**{name: str(_TRAIN[name].default) for name in TRAIN_NUMBERS},
 CLUSTER_DEFAULTS = {"n_clusters": str(_CLUSTER.n_clusters), "seed": str(_CLUSTER.seed),
                     "normalize": str(_CLUSTER.normalize).lower(), "min_ratings": str(_CLUSTER.min_ratings),
                     "n_init": str(_CLUSTER.n_init)}
+# The metrics a pipeline's top-level run carries (docs: "What a run logs"); a step's other
+# metrics stay on the step's own run, so that no chart shows a pipeline twice.
+HEADLINE_METRICS = ("train_loss", "val_rmse", "test_rmse", "test_mae", "test_precision_at_10", "test_recall_at_10",
+                    "test_ndcg_at_10", "baseline_global_mean_rmse", "baseline_bias_rmse",
+                    "baseline_popularity_ndcg_at_10", "train_seconds", "epochs_run", "cluster_silhouette",
+                    "cluster_inertia", "cluster_genre_purity", "cluster_genre_purity_shuffled")
 PIPELINE_DEFAULTS = {**PREPARE_DEFAULTS, **TRAIN_DEFAULTS, "n_clusters": CLUSTER_DEFAULTS["n_clusters"],
                      "model_name": "mfrec"}
 
@@ -103,7 +110,7 @@ class PipelineConfig:
 
     def run_name(self) -> str:
         split = self.prepare.split
-        return run_name(self.train.n_factors, self.prepare.dataset, split.method, split.seed)
+        return run_name(self.train.n_factors, self.prepare.dataset, split.method, split.seed, self.train.reg)
 
     def params(self) -> dict:
         """The MLproject parameters this config was made from, as it read them."""
@@ -119,6 +126,8 @@ class PipelineConfig:
         return replace(self, train=replace(self.train, n_factors=n_factors))
 
 
-def run_name(n_factors, dataset, split, seed) -> str:
-    """A pipeline run's name, e.g. ``mf-k8-ml-latest-small-random-s0``."""
-    return f"mf-k{n_factors}-{dataset}-{split}-s{seed}"
+def run_name(n_factors, dataset, split, seed, reg) -> str:
+    """A pipeline run's name, e.g. ``k8-reg2.5-ml-latest-small-0905-121305``: what differs
+    between runs people compare, then when it started (split and seed when not the default)."""
+    split_part = "" if (str(split), str(seed)) == ("random", "0") else f"-{split}-s{seed}"
+    return f"k{n_factors}-reg{reg}-{dataset}{split_part}-{time.strftime('%m%d-%H%M%S')}"

@@ -63,6 +63,7 @@ def run_prepare(config: PrepareConfig, progress: bool = True) -> dict:
                          "mfrec.data_sha256": manifest["data_sha256"],
                          "mfrec.dataset": manifest["dataset"]})
         mlflow.log_metrics(_count_metrics(manifest))
+        log_inputs(prepared_uri)
     return {"run_id": run_id, "prepared_uri": prepared_uri, "reused_from": reused_from,
             "manifest": manifest}
 
@@ -71,7 +72,7 @@ def find_reusable(client: MlflowClient, experiment_id: str, key: str,
                   exclude_run: str | None = None) -> tuple[str, dict] | None:
     """Latest FINISHED run of the experiment that logged a preparation with ``key``.
 
-    Runs that themselves reused another run are skipped (they hold no data), as are runs whose
+    Runs that themselves reused another run are skipped (they hold no data files), as are runs whose
     ``prepared/`` artifacts are incomplete or no longer downloadable.
     """
     runs = client.search_runs(
@@ -103,38 +104,42 @@ def _prepare_and_log(loaded: Loaded, config: PrepareConfig) -> dict:
         out = Path(tmp) / ARTIFACT_DIR
         manifest = prepare_loaded(loaded, config.split, out)
         mlflow.log_artifacts(str(out), artifact_path=ARTIFACT_DIR)
-        prepared = load_prepared(out, verify=False)
-        frames = {"train.parquet": prepared.train, "val.parquet": prepared.val,
-                  "test.parquet": prepared.test}
-        with warnings.catch_warnings():
-            # Two MLflow hints that do not apply here: a local path "can be interpreted in
-            # multiple ways", and integer columns "cannot represent missing values" (ours have none).
-            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
-            source = _dataset_source(loaded)
-            for name, context in CONTEXTS.items():
-                split_name = name.removesuffix(".parquet")
-                dataset = mlflow.data.from_pandas(
-                    frames[name], source=source, name=f"{loaded.dataset}-{split_name}",
-                    # Digest column is 36 characters wide; 32 hex digits of sha256 name the file.
-                    digest=manifest["files"][name]["sha256"][:32],
-                )
-                mlflow.log_input(dataset, context=context)
     return manifest
 
 
-def _dataset_source(loaded: Loaded):
+def log_inputs(prepared_uri: str) -> None:
+    """Link the prepared train, validation and test sets to the active run as dataset inputs
+    (contexts ``training``, ``validation``, ``test``), named by data and split, digested by file."""
+    with tempfile.TemporaryDirectory(prefix="mfrec-inputs-") as tmp:
+        prepared = load_prepared(tracking.resolve_local(prepared_uri, tmp), verify=False)
+    manifest = prepared.manifest
+    frames = {"train.parquet": prepared.train, "val.parquet": prepared.val, "test.parquet": prepared.test}
+    with warnings.catch_warnings():
+        # Two MLflow hints that do not apply here: a local path "can be interpreted in
+        # multiple ways", and integer columns "cannot represent missing values" (ours have none).
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+        source = _dataset_source(manifest)
+        for name, context in CONTEXTS.items():
+            dataset = mlflow.data.from_pandas(
+                frames[name], source=source, name=f"{manifest['dataset']}-{name.removesuffix('.parquet')}",
+                # Digest column is 36 characters wide; 32 hex digits of sha256 name the file.
+                digest=manifest["files"][name]["sha256"][:32],
+            )
+            mlflow.log_input(dataset, context=context)
+
+
+def _dataset_source(manifest: dict):
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.http_dataset_source import HTTPDatasetSource
 
-    source = loaded.source
-    if source.kind == "download":
-        return HTTPDatasetSource(source.url)
-    if source.kind in ("zip", "dir"):
-        return resolve_dataset_source(str(source.path))
-    return CodeDatasetSource(tags={"mfrec.generator": source.verification,
-                                   "mfrec.dataset": loaded.dataset})
+    source = manifest["source"]
+    if source["kind"] == "download":
+        return HTTPDatasetSource(source["url"])
+    if source["kind"] in ("zip", "dir"):
+        return resolve_dataset_source(source["path"])
+    return CodeDatasetSource(tags={"mfrec.generator": source["verification"], "mfrec.dataset": manifest["dataset"]})
 
 
 def _count_metrics(manifest: dict) -> dict[str, float]:

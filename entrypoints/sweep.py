@@ -3,21 +3,29 @@
     mlflow run . -e sweep --env-manager local -P n_factors_list=4,8,16,32,64
 
 Each child run is a complete ``main`` run (its own prepare/train/cluster children; the
-prepare step is reused after the first), so the UI's compare view can plot test RMSE and
-NDCG against ``n_factors``.
+prepare step is reused after the first). The sweep's run holds the best ``n_factors`` by
+validation RMSE (ties: fewer factors), ``sweep/results.md`` and
+``sweep/metrics_by_n_factors.png``; only the best child's model is registered (the champion
+rule of ``main`` then decides the alias).
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import mlflow
 
 from entrypoints.common import finish, parser_for
-from entrypoints.main import run_pipeline
+from entrypoints.main import register, run_pipeline
 from entrypoints.params import PIPELINE_DEFAULTS, PipelineConfig
 from mfrec import tracking
+from mfrec.clustering.plots import sweep_png
 from mfrec.errors import ConfigError, MfrecError
+
+SWEEP_METRICS = ("best_val_rmse", "test_rmse", "test_ndcg_at_10", "train_seconds")
 
 DEFAULTS = {**{k: v for k, v in PIPELINE_DEFAULTS.items() if k != "n_factors"}, "n_factors_list": "4,8,16,32,64"}
 
@@ -33,15 +41,34 @@ def factor_list(text: str) -> list[int]:
 
 
 def run_sweep(config: PipelineConfig, factors: list[int], progress=None) -> dict:
-    mlflow.set_tag("mlflow.runName", f"sweep-k{'-'.join(map(str, factors))}")
+    """One child pipeline per n_factors; the parent gets the best n_factors by validation RMSE
+    (ties: fewer factors), a table and a plot, and only that child's model is registered."""
     results = {}
     for k in factors:
         child = config.with_factors(k)
         with mlflow.start_run(run_name=child.run_name(), nested=True):
             results[k] = run_pipeline(child, progress=progress)
-    return {"runs": {k: r["run_id"] for k, r in results.items()},
-            "metrics": {k: {m: r["metrics"][m] for m in ("test_rmse", "test_ndcg_at_10", "train_seconds")}
-                        for k, r in results.items()}}
+    rows = [{"n_factors": k, "run_id": r["run_id"], **{m: r["metrics"][m] for m in SWEEP_METRICS}}
+            for k, r in results.items()]
+    best = min(rows, key=lambda row: (row["best_val_rmse"], row["n_factors"]))
+    mlflow.log_metrics({"best_n_factors": best["n_factors"], "best_val_rmse": best["best_val_rmse"],
+                        "best_test_rmse": best["test_rmse"], "best_test_ndcg_at_10": best["test_ndcg_at_10"]})
+    table = "\n".join(["| n_factors | validation RMSE | test RMSE | test NDCG@10 | train seconds | run |",
+                       "|---:|---:|---:|---:|---:|---|"]
+                      + [f"| {r['n_factors']}{' (best)' if r is best else ''} | {r['best_val_rmse']:.4f} | "
+                         f"{r['test_rmse']:.4f} | {r['test_ndcg_at_10']:.4f} | {r['train_seconds']:.2f} | {r['run_id']} |"
+                         for r in sorted(rows, key=lambda r: r["n_factors"])])
+    mlflow.log_text(table + "\n", "sweep/results.md")
+    with tempfile.TemporaryDirectory(prefix="mfrec-sweep-") as tmp:
+        split = config.prepare.split
+        sweep_png(rows, Path(tmp) / "metrics_by_n_factors.png",
+                  f"{config.prepare.dataset} ({split.method} split, seed {split.seed}), reg {config.train.reg}")
+        mlflow.log_artifact(str(Path(tmp) / "metrics_by_n_factors.png"), "sweep")
+    registered = register(results[best["n_factors"]], config.model_name)
+    mlflow.set_tags({"mfrec.best_n_factors": str(best["n_factors"]),
+                     "mfrec.registered_version": str(registered["version"])})
+    return {"runs": {r["n_factors"]: r["run_id"] for r in rows}, "table": table, "best": best,
+            "registered": registered}
 
 
 def main(argv=None) -> int:
@@ -49,7 +76,8 @@ def main(argv=None) -> int:
     args = parser_for("python -m entrypoints.sweep", __doc__.split("\n\n")[0], DEFAULTS).parse_args(argv)
     values = {k: getattr(args, k) for k in DEFAULTS}
     try:
-        with tracking.top_level_run():
+        name = f"sweep-k{values['n_factors_list'].replace(',', '-')}-{values['dataset']}-{time.strftime('%m%d-%H%M%S')}"
+        with tracking.top_level_run(run_name=name, log_system_metrics=tracking.system_metrics_available()):
             tracking.log_new_params(values)
             factors = factor_list(values["n_factors_list"])
             config = PipelineConfig.from_params({**values, "n_factors": str(factors[0])})
@@ -57,9 +85,10 @@ def main(argv=None) -> int:
     except MfrecError as exc:
         print(f"sweep failed: {exc}", file=sys.stderr)
         return 1
-    lines = [f"k={k}: test_rmse={m['test_rmse']:.4f} test_ndcg_at_10={m['test_ndcg_at_10']:.4f} "
-             f"train_seconds={m['train_seconds']:.1f}" for k, m in result["metrics"].items()]
-    return finish(result, args.output_json, "\n".join(lines))
+    best, registered = result["best"], result["registered"]
+    summary = (f"{result['table']}\nbest n_factors by validation RMSE: {best['n_factors']}; registered its model as "
+               f"version {registered['version']} ({registered['decision']}); the other children are not registered")
+    return finish(result, args.output_json, summary)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 
 from entrypoints.common import finish, parser_for
-from entrypoints.params import TRAIN_DEFAULTS, parse_bool, ranking_config, train_config
+from entrypoints.params import HEADLINE_METRICS, TRAIN_DEFAULTS, parse_bool, ranking_config, train_config
 from mfrec import tracking
 from mfrec.clustering.embeddings import write_embeddings
 from mfrec.clustering.plots import learning_curve_png
@@ -27,16 +27,24 @@ from mfrec.training.config import TrainConfig
 from mfrec.workflow import served_model, train_and_evaluate
 
 
-def run_train(prepared_uri: str, config: TrainConfig, ranking: RankingConfig, refit_all: bool = True) -> dict:
+def run_train(prepared_uri: str, config: TrainConfig, ranking: RankingConfig, refit_all: bool = True,
+              metrics_run: str | None = None, log_model: bool = True) -> dict:
     """Train and evaluate on the prepared folder (or its artifact URI), then fit the served model
-    (on every prepared rating with ``refit_all``), inside the active run; returns URIs and metrics."""
+    (on every prepared rating with ``refit_all``), inside the active run; returns URIs and metrics.
+
+    The headline metrics (per-epoch ones included) go to ``metrics_run`` when given (a
+    pipeline's top-level run, so that no metric is logged twice), the rest to the active run;
+    ``log_model`` logs the served model as a pyfunc here.
+    """
     with tracking.active_or_new_run() as run, tempfile.TemporaryDirectory(prefix="mfrec-train-") as tmp:
+        own_run = run.info.run_id
+        metrics_run = metrics_run or own_run
         tracking.log_new_params({"prepared": prepared_uri, **config.as_params(), **asdict(ranking),
                                  "refit_all": str(refit_all).lower()})
         prepared = load_prepared(tracking.resolve_local(prepared_uri, tmp))
         manifest = prepared.manifest
         config = replace(config, rating_range=tuple(manifest.get("rating_scale", config.rating_range)))
-        log_epoch = tracking.EpochMetrics(run.info.run_id)
+        log_epoch = tracking.EpochMetrics(metrics_run)
         try:
             outcome = train_and_evaluate(prepared.train, prepared.val, prepared.test, prepared.movies, config,
                                          ranking, on_epoch=log_epoch)
@@ -49,7 +57,9 @@ def run_train(prepared_uri: str, config: TrainConfig, ranking: RankingConfig, re
                                               config, ranking, refit_all)
         fit_on = served.meta["fit_on"]
         metrics = {**outcome.metrics, "served_fit_seconds": served_seconds, "served_ratings": fit_on["ratings"]}
-        mlflow.log_metrics(tracking.finite_metrics(metrics))
+        headline = {k: v for k, v in metrics.items() if k in HEADLINE_METRICS or metrics_run == own_run}
+        mlflow.log_metrics(tracking.finite_metrics(headline), run_id=metrics_run)
+        mlflow.log_metrics(tracking.finite_metrics({k: v for k, v in metrics.items() if k not in headline}))
         mlflow.set_tags({"mfrec.device": outcome.device, "mfrec.dataset": manifest.get("dataset", ""),
                          "mfrec.data_sha256": manifest.get("data_sha256", ""),
                          "mfrec.served_fit_on": describe_fit(fit_on)})
@@ -58,22 +68,32 @@ def run_train(prepared_uri: str, config: TrainConfig, ranking: RankingConfig, re
         mlflow.log_artifacts(str(out / "recommender"), "recommender")
         write_embeddings(served, out / "embeddings")
         mlflow.log_artifacts(str(out / "embeddings"), "embeddings")
-        learning_curve_png(outcome.history, out / "learning_curve.png")
+        split = manifest.get("split", {})
+        title = (f"k={config.n_factors} {config.solver}, {manifest.get('dataset', '')} "
+                 f"({split.get('method', '?')} split, seed {split.get('seed', '?')})")
+        learning_curve_png(outcome.history, out / "learning_curve.png", title)
         mlflow.log_artifact(str(out / "learning_curve.png"), "plots")
-        model = tracking.log_pyfunc(out / "recommender")
+        model_uri = tracking.log_pyfunc(out / "recommender", model_name(config, manifest)).model_uri if log_model else None
         run_id = run.info.run_id
     return {
         "run_id": run_id,
-        "model_uri": model.model_uri,
+        "model_uri": model_uri,
+        "learning_curve_uri": f"runs:/{run_id}/plots/learning_curve.png",
         "recommender_uri": f"runs:/{run_id}/recommender",
         "embeddings_uri": f"runs:/{run_id}/embeddings",
         "data_sha256": manifest.get("data_sha256", ""),
         "prepare_key": manifest.get("prepare_key", ""),
         "device": outcome.device,
         "history": outcome.history,
+        "manifest": manifest,
         "metrics": metrics,
         "fit_on": fit_on,
     }
+
+
+def model_name(config: TrainConfig, manifest: dict) -> str:
+    """A logged model's name: what it is and what it learned from."""
+    return f"mfrec-k{config.n_factors}-{config.solver}-{manifest.get('dataset', 'data')}"
 
 
 def describe_fit(fit_on: dict) -> str:

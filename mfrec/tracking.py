@@ -31,30 +31,50 @@ from mfrec.imports import PACKAGE_DIR, closure, module_path
 PYFUNC = "mfrec.serving.pyfunc"
 
 
+# Every column an answer may have (each task has some of them: docs/serving.md).
+OUTPUT_COLUMNS = {"userId": "long", "movieId": "long", "prediction": "double", "known": "boolean", "rank": "long",
+                  "similar_movieId": "long", "title": "string", "genres": "string", "score": "double",
+                  "source": "string", "cluster": "long"}
+
+
 def signature() -> ModelSignature:
+    # Inputs typed "any": the model checks values itself (mfrec.serving.contract).
     inputs = Schema([ColSpec(AnyType(), name, required=False) for name in ("userId", "movieId", "rating")])
+    outputs = Schema([ColSpec(dtype, name, required=False) for name, dtype in OUTPUT_COLUMNS.items()])
     params = ParamSchema([
         ParamSpec("task", "string", "predict"),
         ParamSpec("k", "long", 10),
         ParamSpec("exclude_seen", "boolean", True),
     ])
-    return ModelSignature(inputs=inputs, params=params)
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
 def pip_requirements() -> list[str]:
-    """Pinned to what this process runs, without local build tags (``+cpu``)."""
+    """Pinned to what this process runs, without local build tags (``+cpu``).
+
+    With ``$MFREC_TORCH_INDEX_URL`` set (e.g. ``https://download.pytorch.org/whl/cpu``) the
+    requirements name that index and its build of torch (``torch==2.13.0+cpu``), so that an
+    environment built from them (``mlflow models build-docker``, ``--env-manager virtualenv``
+    or ``uv``) gets the CPU build instead of PyPI's several-GB CUDA one.
+    """
     from importlib.metadata import version
 
     def pin(name):
         return f"{name}=={version(name).split('+')[0]}"
 
-    return [pin("mlflow"), pin("torch"), pin("numpy"), pin("pandas"), pin("pyarrow")]
+    index = os.environ.get("MFREC_TORCH_INDEX_URL", "").strip()
+    torch = pin("torch")
+    if index:
+        build = index.rstrip("/").rsplit("/", 1)[-1]  # .../whl/cpu -> cpu
+        return [f"--extra-index-url {index}", pin("mlflow"), f"{torch}+{build}", pin("numpy"), pin("pandas"),
+                pin("pyarrow")]
+    return [pin("mlflow"), torch, pin("numpy"), pin("pandas"), pin("pyarrow")]
 
 
-def log_pyfunc(bundle_dir, name: str = "model", registered_model_name: str | None = None):
+def log_pyfunc(bundle_dir, name: str = "mfrec-recommender", registered_model_name: str | None = None):
     """Log a saved bundle folder as a pyfunc model (models from code: no pickle), carrying
     only the part of mfrec that serving imports."""
-    example = pd.DataFrame({"userId": [1, 1], "movieId": [1, 50]})
+    example = (pd.DataFrame({"userId": [1, 1], "movieId": [1, 50]}), {"task": "predict", "k": 10, "exclude_seen": True})
     with tempfile.TemporaryDirectory(prefix="mfrec-code-") as tmp:
         return mlflow.pyfunc.log_model(
             name=name,
@@ -225,6 +245,10 @@ def top_level_run(**kwargs):
     MLflow's own unwinding is not enough: ``end_run`` pops a run off the active stack before
     it marks it terminated, so a SIGTERM landing in between would leave that run RUNNING.
     """
+    if kwargs.get("log_system_metrics"):
+        # Runs take seconds: sample every second and log each sample (MLflow's default is 10 s).
+        mlflow.set_system_metrics_sampling_interval(1)
+        mlflow.set_system_metrics_samples_before_logging(1)
     run = mlflow.start_run(**kwargs)
     root = run.info.run_id
     try:

@@ -283,3 +283,22 @@ def test_cluster_step_refuses_bad_parameters(tmp_path):
         cluster_config({"n_clusters": "ten"})
     with pytest.raises(ConfigError, match="normalize must be true or false, got 'maybe'"):
         cluster_config({"normalize": "maybe"})
+
+
+def test_labels_of_a_crowded_plot_do_not_overlap():
+    """Eight long titles on points almost on top of each other: every label placed, no two
+    label boxes overlapping, all inside the axes."""
+    import matplotlib.pyplot as plt
+
+    from mfrec.clustering.plots import place_labels
+
+    rng = np.random.default_rng(0)
+    fig, ax = plt.subplots(figsize=(8, 7))
+    ax.scatter(*rng.normal(size=(2, 300)))
+    crowd = rng.normal(scale=0.02, size=(8, 2))
+    notes = place_labels(ax, crowd, [f"A Rather Long Movie Title Number {i} (1999)" for i in range(8)])
+    renderer = fig.canvas.get_renderer()
+    boxes = [n.get_window_extent(renderer) for n in notes]
+    plt.close(fig)
+    assert len(notes) == 8
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

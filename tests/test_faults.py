@@ -29,10 +29,13 @@ def test_terminated_training_fails_the_run_and_registers_nothing(shared_zip, tmp
     training = None
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            runs = client.search_runs(["0"], filter_string="tags.mlflow.runName = 'train'")
+            runs = client.search_runs(["0"], filter_string="tags.mlflow.runName LIKE '%/train'")
+            tops = [r for r in client.search_runs(["0"], filter_string="tags.mlflow.runName LIKE 'k8-%'")
+                    if "mlflow.parentRunId" not in r.data.tags]
         except Exception:  # noqa: BLE001 - the store may not exist yet
-            runs = []
-        if runs and client.get_metric_history(runs[0].info.run_id, "val_rmse"):
+            runs = tops = []
+        # The pipeline's run carries the epochs' metrics.
+        if runs and tops and client.get_metric_history(tops[0].info.run_id, "val_rmse"):
             training = runs[0]
             break
         time.sleep(0.2)
@@ -41,7 +44,7 @@ def test_terminated_training_fails_the_run_and_registers_nothing(shared_zip, tmp
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
 
-    runs = {r.data.tags.get("mlflow.runName"): r for r in client.search_runs(["0"])}
+    runs = {r.data.tags.get("mlflow.runName").rsplit("/", 1)[-1]: r for r in client.search_runs(["0"])}
     assert runs["train"].info.status == "FAILED"
     top = [r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags]
     assert [r.info.status for r in top] == ["FAILED"]
@@ -53,7 +56,7 @@ def test_terminated_training_fails_the_run_and_registers_nothing(shared_zip, tmp
     assert again.returncode == 0, err[-3000:]
     versions = client.search_model_versions("name = 'mfrec'")
     assert len(versions) == 1
-    prepares = client.search_runs(["0"], filter_string="tags.mlflow.runName = 'prepare'",
+    prepares = client.search_runs(["0"], filter_string="tags.mlflow.runName LIKE '%/prepare'",
                                   order_by=["attributes.start_time DESC"])
     assert prepares[0].data.tags["mfrec.reused_from"] == prepares[1].info.run_id
 
@@ -71,6 +74,15 @@ def test_sweep_runs_one_child_pipeline_per_factor_count(shared_zip, tmp_path):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]
     assert sorted(r.data.params["n_factors"] for r in children) == ["2", "3"]
     assert all("test_ndcg_at_10" in r.data.metrics and "cluster_genre_purity" in r.data.metrics for r in children)
+    # The sweep's own run: the best k by validation, its table and plot; one version registered.
+    assert sweep.data.metrics["best_n_factors"] == float(sweep.data.tags["mfrec.best_n_factors"])
+    assert {f.path for f in client.list_artifacts(sweep.info.run_id, "sweep")} == {
+        "sweep/results.md", "sweep/metrics_by_n_factors.png"}
+    (version,) = client.search_model_versions("name = 'mfrec'")
+    assert version.tags["run_id"] in {r.info.run_id for r in children}
+    assert sweep.data.tags["mfrec.registered_version"] == str(version.version)
+    assert f"registered its model as version {version.version}" in proc.stderr
+    assert any(key.startswith("system/") for key in sweep.data.metrics)
     with pytest.raises(subprocess.CalledProcessError):
         subprocess.run([sys.executable, "-m", "entrypoints.sweep", "--n-factors-list", "2,x"], cwd=tmp_path,
                        capture_output=True, check=True, timeout=120,
@@ -151,7 +163,7 @@ def test_bad_parameters_of_any_step_fail_before_the_first_step(shared_zip, tmp_p
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 1 and f"pipeline failed: {message}" in err, err
     runs = MlflowClient(uri).search_runs(["0"])
-    assert sorted(r.info.run_name for r in runs) == ["mf-k0-ml-latest-small-random-s0", "mf-k8-ml-latest-small-random-s0"]
+    assert sorted(r.info.run_name.split("-")[0] for r in runs) == ["k0", "k8"]
     assert {r.info.status for r in runs} == {"FAILED"}  # and no prepare/train/cluster child runs
     proc = pipeline(tmp_path, uri, "--data-path", str(shared_zip), "--n_factor", "16")
     _, err = proc.communicate(timeout=120)

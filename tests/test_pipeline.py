@@ -31,8 +31,9 @@ def top_level(client, experiment_id):
 
 
 def children(client, experiment_id, parent_id):
+    """A pipeline's step runs by step name (their runs are named ``<pipeline>/<step>``)."""
     runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
-    return {r.data.tags["mlflow.runName"]: r for r in runs}
+    return {r.data.tags["mlflow.runName"].rsplit("/", 1)[1]: r for r in runs}
 
 
 def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tracking_server, shared_zip, tmp_path):
@@ -51,20 +52,36 @@ def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tr
 
     exp = client.get_experiment_by_name(experiment)
     first, second = top_level(client, exp.experiment_id)
+    assert first.info.run_name != second.info.run_name
     for run, k in ((first, "8"), (second, "4")):
         assert run.info.status == "FINISHED"
         assert run.data.params["n_factors"] == k
-        assert run.data.tags["mlflow.runName"] == f"mf-k{k}-ml-latest-small-random-s0"
+        assert run.info.run_name.startswith(f"k{k}-reg2.5-ml-latest-small-")
         for metric in ("test_rmse", "test_ndcg_at_10", "cluster_genre_purity", "train_seconds",
                        "baseline_bias_rmse", "cluster_genre_purity_shuffled", "epochs_run"):
             assert metric in run.data.metrics, metric
         steps = children(client, exp.experiment_id, run.info.run_id)
         assert set(steps) == {"prepare", "train", "cluster"}
         assert all(s.info.status == "FINISHED" for s in steps.values())
+        assert all(s.info.run_name == f"{run.info.run_name}/{step}" for step, s in steps.items())
+        # No metric sits on both the pipeline's run and a step's: each chart shows a pipeline once.
+        for step in steps.values():
+            assert not set(step.data.metrics) & set(run.data.metrics), step.info.run_name
+        assert "data_ratings" in steps["prepare"].data.metrics and "select_seconds" in steps["train"].data.metrics
         assert len(client.get_metric_history(run.info.run_id, "val_rmse")) == run.data.metrics["epochs_run"]
         assert run.data.tags["mfrec.champion_decision"]
+        assert any(key.startswith("system/") for key in run.data.metrics)  # sampled every second
+        assert f"test RMSE {run.data.metrics['test_rmse']:.4f}" in run.data.tags["mlflow.note.content"]
         artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "clusters")}
         assert {"clusters/report.md", "clusters/clusters.png"} <= artifacts
+        assert {f.path for f in client.list_artifacts(run.info.run_id, "plots")} == {"plots/learning_curve.png"}
+        # Dataset inputs on the pipeline's run, also when the prepared data were reused.
+        inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+        assert set(inputs) == {"ml-latest-small-train", "ml-latest-small-val", "ml-latest-small-test"}
+    # One logged model per pipeline, on its top-level run, named for what it is.
+    models = client.search_logged_models([exp.experiment_id])
+    assert sorted(m.source_run_id for m in models) == sorted([first.info.run_id, second.info.run_id])
+    assert {m.name for m in models} == {"mfrec-k8-als-ml-latest-small", "mfrec-k4-als-ml-latest-small"}
     assert first.data.metrics["test_rmse"] < first.data.metrics["baseline_global_mean_rmse"]
 
     # The second invocation reused the first one's prepared data.

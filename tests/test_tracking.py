@@ -65,3 +65,25 @@ def test_the_champion_is_challenged_only_on_the_same_prepared_data(tmp_path, mon
     client.delete_model_version_tag("mfrec", "4", "prepare_key")  # as an older mfrec registered it
     legacy = challenge(0.10, "split-A")
     assert not legacy["promoted"] and "no prepare_key tag" in legacy["decision"]
+
+
+def test_a_cpu_torch_index_goes_into_the_logged_requirements(tmp_path, monkeypatch, trained_small):
+    """MFREC_TORCH_INDEX_URL makes the logged model ask for that index's torch build (what
+    `mlflow models build-docker` and virtualenv/uv environments then install)."""
+    from mfrec.tracking import log_pyfunc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    trained_small.recommender.save(tmp_path / "bundle")
+    client = MlflowClient()
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
+    logged = {}
+    for index in ("", "https://download.pytorch.org/whl/cpu"):
+        monkeypatch.setenv("MFREC_TORCH_INDEX_URL", index)
+        with mlflow.start_run(experiment_id=experiment):
+            info = log_pyfunc(tmp_path / "bundle")
+        logged[index] = open(mlflow.pyfunc.get_model_dependencies(info.model_uri)).read().splitlines()
+    torch_version = __import__("torch").__version__.split("+")[0]
+    assert f"torch=={torch_version}" in logged[""] and not any(line.startswith("--") for line in logged[""])
+    cpu = logged["https://download.pytorch.org/whl/cpu"]
+    assert cpu[0] == "--extra-index-url https://download.pytorch.org/whl/cpu"
+    assert f"torch=={torch_version}+cpu" in cpu

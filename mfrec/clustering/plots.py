@@ -1,4 +1,4 @@
-"""PNG figures: the learning curve and a 2-D map of the movie clusters.
+"""PNG figures of a run: the learning curve, a 2-D map of the movie clusters, a sweep over n_factors.
 
 Matplotlib runs on the Agg backend (no display on servers). Each figure is saved to a
 temporary file and renamed, so a reader never sees a half-written image.
@@ -32,8 +32,9 @@ def _save_atomic(fig, path) -> Path:
     return path
 
 
-def learning_curve_png(history: list[dict], path) -> Path:
-    """Training loss and validation RMSE per epoch, in two panels sharing the epoch axis.
+def learning_curve_png(history: list[dict], path, title: str = "") -> Path:
+    """Training loss (an MSE) and validation RMSE per epoch, each on its own scale, in two
+    panels sharing the epoch axis; ``title`` names the model and data.
 
     ``history`` holds dicts with ``epoch``, ``train_loss`` and optionally ``val_rmse``.
     """
@@ -52,12 +53,14 @@ def learning_curve_png(history: list[dict], path) -> Path:
         bottom.text(0.5, 0.5, "no validation set", ha="center", va="center", transform=bottom.transAxes)
     bottom.set_ylabel("validation RMSE")
     bottom.set_xlabel("epoch")
-    fig.suptitle("Learning curve")
+    fig.suptitle(f"Learning curve: {title}" if title else "Learning curve")
     return _save_atomic(fig, path)
 
 
-def clusters_png(vectors: np.ndarray, labels, titles, n_ratings, path, n_labelled: int = N_LABELLED) -> Path:
-    """PCA projection of ``vectors`` to 2-D, coloured by cluster, the most-rated titles labelled.
+def clusters_png(vectors: np.ndarray, labels, titles, n_ratings, path, n_labelled: int = N_LABELLED,
+                 title: str = "") -> Path:
+    """PCA projection of ``vectors`` to 2-D, coloured by cluster, the most-rated titles labelled
+    where they overlap no other label; ``title`` names the model and data.
 
     Point size grows with the rating count so the well-known movies stand out.
     """
@@ -73,11 +76,65 @@ def clusters_png(vectors: np.ndarray, labels, titles, n_ratings, path, n_labelle
         mask = labels == cluster
         ax.scatter(xy[mask, 0], xy[mask, 1], s=sizes[mask], color=cmap(i % cmap.N), alpha=0.6,
                    linewidths=0, label=f"cluster {cluster}")
-    for i in np.argsort(-n_ratings, kind="stable")[:n_labelled]:
-        ax.annotate(str(titles[i]), xy[i], fontsize=7, xytext=(3, 3), textcoords="offset points",
-                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "alpha": 0.6, "lw": 0})
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
-    ax.set_title("Movie embeddings, PCA projection, coloured by KMeans cluster")
-    ax.legend(fontsize=7, markerscale=1.5, loc="best", ncol=2)
+    heading = "Movie embeddings (PCA), coloured by KMeans cluster"
+    ax.set_title(f"{heading}\n{title}" if title else heading, fontsize=10)
+    ax.legend(fontsize=7, markerscale=1.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    order = np.argsort(-n_ratings, kind="stable")[:n_labelled]
+    place_labels(ax, xy[order], [str(t) for t in titles[order]])
+    return _save_atomic(fig, path)
+
+
+# Offsets (points) tried for a label, nearest first: beside the point, then further out.
+_OFFSETS = [(dx * r, dy * r) for r in (4, 14, 26, 40, 56, 75, 95, 120) for dx, dy in
+            ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))]
+
+
+def place_labels(ax, points: np.ndarray, texts: list[str]) -> list:
+    """Label ``points`` with ``texts``, each at the first offset where its box overlaps no box
+    placed before and stays inside the axes (a line joins a label set apart to its point); a
+    label with no such place is left out. Returns the annotations placed."""
+    fig = ax.figure
+    ax.autoscale_view()
+    ax.set_xlim(ax.get_xlim())  # freeze the limits the boxes are measured against
+    ax.set_ylim(ax.get_ylim())
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    placed, boxes = [], []
+    for point, text in zip(points, texts):
+        for dx, dy in _OFFSETS:
+            far = abs(dx) > 14 or abs(dy) > 14
+            note = ax.annotate(text, point, xytext=(dx, dy), textcoords="offset points", fontsize=7,
+                               ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top",
+                               bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.8, "lw": 0})
+            box = note.get_window_extent(renderer).expanded(1.04, 1.2)
+            inside = (box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1)
+            if inside and not any(box.overlaps(other) for other in boxes):
+                placed.append(note)
+                boxes.append(box)
+                if far:  # a line from the point to its label (drawn under the labels)
+                    ax.annotate("", point, xytext=(dx, dy), textcoords="offset points", zorder=1,
+                                arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
+                break
+            note.remove()
+    return placed
+
+
+def sweep_png(rows: list[dict], path, title: str = "") -> Path:
+    """Validation and test RMSE (one scale) and test NDCG@10 against n_factors, for a sweep's
+    ``rows`` (dicts with n_factors, best_val_rmse, test_rmse, test_ndcg_at_10)."""
+    rows = sorted(rows, key=lambda r: r["n_factors"])
+    k = [r["n_factors"] for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(6, 5))
+    top.plot(k, [r["best_val_rmse"] for r in rows], marker="o", label="validation RMSE (chooses)")
+    top.plot(k, [r["test_rmse"] for r in rows], marker="o", label="test RMSE")
+    top.set_ylabel("RMSE")
+    top.legend(fontsize=8)
+    bottom.plot(k, [r["test_ndcg_at_10"] for r in rows], marker="o", color="tab:green")
+    bottom.set_ylabel("test NDCG@10")
+    bottom.set_xlabel("n_factors")
+    bottom.set_xscale("log", base=2)
+    bottom.set_xticks(k, [str(v) for v in k])
+    fig.suptitle(f"Sweep over n_factors: {title}" if title else "Sweep over n_factors")
     return _save_atomic(fig, path)

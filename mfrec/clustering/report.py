@@ -105,7 +105,8 @@ def cluster_report_markdown(result: ClusterResult, items: pd.DataFrame | None = 
     return "\n".join(lines)
 
 
-def write_outputs(result: ClusterResult, meta: pd.DataFrame, vectors: np.ndarray, folder: Path) -> dict:
+def write_outputs(result: ClusterResult, meta: pd.DataFrame, vectors: np.ndarray, folder: Path,
+                  title: str = "") -> dict:
     """Write ``assignments.parquet``, ``report.md`` and ``clusters.png`` into ``folder``, each
     under a temporary name first; returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -122,5 +123,5 @@ def write_outputs(result: ClusterResult, meta: pd.DataFrame, vectors: np.ndarray
     space = prepare_vectors(vectors, bool(result.params["normalize"]))
     clusters_png(space[fitted], result.assignments["cluster"].to_numpy()[fitted],
                  result.assignments["title"].to_numpy()[fitted], result.assignments["n_ratings"].to_numpy()[fitted],
-                 paths["plot_path"])
+                 paths["plot_path"], title=title)
     return paths
