@@ -46,6 +46,11 @@ def run_pipeline(config: PipelineConfig, progress=None) -> dict:
     if commit:
         tags["mfrec.git_commit"] = commit
     mlflow.set_tags(tags)
+    # The UI then opens the experiment on its training runs, not the GenAI overview.
+    experiment = mlflow.get_experiment(parent.info.experiment_id)
+    if "mlflow.experimentKind" not in experiment.tags:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, "mlflow.experimentKind",
+                                                 "custom_model_development")
 
     with mlflow.start_run(run_name=f"{name}/prepare", nested=True):
         prepared = run_prepare(config.prepare, progress=bool(progress))

@@ -127,7 +127,12 @@ class PipelineConfig:
 
 
 def run_name(n_factors, dataset, split, seed, reg) -> str:
-    """A pipeline run's name, e.g. ``k8-reg2.5-ml-latest-small-0905-121305``: what differs
-    between runs people compare, then when it started (split and seed when not the default)."""
-    split_part = "" if (str(split), str(seed)) == ("random", "0") else f"-{split}-s{seed}"
-    return f"k{n_factors}-reg{reg}-{dataset}{split_part}-{time.strftime('%m%d-%H%M%S')}"
+    """A pipeline run's name, short enough for the runs table: what differs between runs people
+    compare, then when it started, e.g. ``k8-reg2.5-121305`` (dataset, split and seed follow
+    when they are not the defaults: ``k8-reg2.5-121305-ml-1m-temporal-s1``)."""
+    name = f"k{n_factors}-reg{reg}-{time.strftime('%H%M%S')}"
+    if str(dataset) != PREPARE_DEFAULTS["dataset"]:
+        name += f"-{dataset}"
+    if (str(split), str(seed)) != ("random", "0"):
+        name += f"-{split}-s{seed}"
+    return name

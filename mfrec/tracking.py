@@ -157,6 +157,10 @@ def register(model_uri: str, name: str, test_rmse: float, prepare_key: str, run_
                                                             **(tags or {})})
     if description:
         client.update_model_version(name, version.version, description=description)
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=(
+            "mfrec: a matrix-factorisation movie recommender (pyfunc; tasks predict, recommend, similar, fold_in). "
+            "Alias champion: the best version by held-out test RMSE on the same prepared data."))
     try:
         champion = client.get_model_version_by_alias(name, "champion")
     except MlflowException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import uuid
 
@@ -56,7 +57,7 @@ def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tr
     for run, k in ((first, "8"), (second, "4")):
         assert run.info.status == "FINISHED"
         assert run.data.params["n_factors"] == k
-        assert run.info.run_name.startswith(f"k{k}-reg2.5-ml-latest-small-")
+        assert re.fullmatch(rf"k{k}-reg2.5-\d{{6}}", run.info.run_name), run.info.run_name
         for metric in ("test_rmse", "test_ndcg_at_10", "cluster_genre_purity", "train_seconds",
                        "baseline_bias_rmse", "cluster_genre_purity_shuffled", "epochs_run"):
             assert metric in run.data.metrics, metric
