@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,9 @@ from pathlib import Path
 if not sys.stderr.isatty():
     # Per-file download bars fill CI logs; keep them for people at a terminal.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow's INFO lines (system metrics started and stopped, input example validated) say nothing
+# a user acts on: the entry points print progress and a summary of their own.
+logging.getLogger("mlflow").setLevel(os.environ.get("MFREC_MLFLOW_LOG_LEVEL", "WARNING"))
 
 
 # Parameters whose value may be empty: ``--data-path`` with nothing after it means "none".
