@@ -10,6 +10,6 @@ export MFREC_TEST_ZIP=$ZIP
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('GPU:', torch.cuda.get_device_name(0))"
 timeout 240 python -m pytest -q -m gpu -p no:cacheprovider
 tracking=$(mktemp -d)
-MLFLOW_TRACKING_URI="sqlite:///$tracking/mlflow.db" timeout 240 python -m entrypoints.benchmark \
+MLFLOW_TRACKING_URI="sqlite:///$tracking/mlflow.db" timeout 240 python -m benchmarks.run \
   --data-path "$ZIP" --scale synthetic-25m --notebook-epochs 1 --serve-requests 0 --output-json "$tracking/gpu.json"
 echo "figures: $tracking/gpu.json"
