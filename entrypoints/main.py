@@ -78,9 +78,7 @@ def run_pipeline(config: PipelineConfig, progress=None) -> dict:
         folder = Path(tmp) / "served"
         rec.with_clusters(clustered["assignments"]).save(folder)
         model = tracking.log_pyfunc(folder, model_name(config.train, trained["manifest"]))
-    held_out = {k: m[k] for k in ("test_rmse", "test_mae", "test_ndcg_at_10", "test_precision_at_10",
-                                  "test_recall_at_10")}
-    mlflow.log_metrics(held_out, model_id=model.model_id)
+    held_out = {k: m[k] for k in ("test_rmse", "test_mae", "test_ndcg_at_10")}
     c = clustered["metrics"]
     description = (f"mfrec k={config.train.n_factors} ({config.train.solver}, reg {config.train.reg}) on "
                    f"{config.prepare.dataset}. Held-out evaluation ({split.method} split, seed {split.seed}, "

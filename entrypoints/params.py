@@ -130,7 +130,7 @@ def run_name(n_factors, dataset, split, seed, reg) -> str:
     """A pipeline run's name, short enough for the runs table: what differs between runs people
     compare, then when it started, e.g. ``k8-reg2.5-121305`` (dataset, split and seed follow
     when they are not the defaults: ``k8-reg2.5-121305-ml-1m-temporal-s1``)."""
-    name = f"k{n_factors}-reg{reg}-{time.strftime('%H%M%S')}"
+    name = f"k{n_factors}-reg{float(reg):g}-{time.strftime('%H%M%S')}"
     if str(dataset) != PREPARE_DEFAULTS["dataset"]:
         name += f"-{dataset}"
     if (str(split), str(seed)) != ("random", "0"):

@@ -20,6 +20,7 @@ import mlflow
 
 from entrypoints.common import finish, parser_for
 from entrypoints.main import register, run_pipeline
+from entrypoints.prepare import log_inputs
 from entrypoints.params import PIPELINE_DEFAULTS, PipelineConfig
 from mfrec import tracking
 from mfrec.clustering.plots import sweep_png
@@ -64,9 +65,16 @@ def run_sweep(config: PipelineConfig, factors: list[int], progress=None) -> dict
         sweep_png(rows, Path(tmp) / "metrics_by_n_factors.png",
                   f"{config.prepare.dataset} ({split.method} split, seed {split.seed}), reg {config.train.reg}")
         mlflow.log_artifact(str(Path(tmp) / "metrics_by_n_factors.png"), "sweep")
+    log_inputs(results[best["n_factors"]]["prepared_uri"])
     registered = register(results[best["n_factors"]], config.model_name)
     mlflow.set_tags({"mfrec.best_n_factors": str(best["n_factors"]),
-                     "mfrec.registered_version": str(registered["version"])})
+                     "mfrec.registered_version": str(registered["version"]),
+                     "mlflow.note.content": (
+                         f"Sweep over n_factors {', '.join(map(str, factors))} on {config.prepare.dataset} "
+                         f"(reg {config.train.reg:g}). Best by validation RMSE: k={best['n_factors']} "
+                         f"(validation {best['best_val_rmse']:.4f}, test RMSE {best['test_rmse']:.4f}, "
+                         f"NDCG@10 {best['test_ndcg_at_10']:.4f}); its model is version {registered['version']} "
+                         f"of {config.model_name} ({registered['decision']}). Table and plot under sweep/.")})
     return {"runs": {r["n_factors"]: r["run_id"] for r in rows}, "table": table, "best": best,
             "registered": registered}
 

@@ -93,7 +93,8 @@ def run_train(prepared_uri: str, config: TrainConfig, ranking: RankingConfig, re
 
 def model_name(config: TrainConfig, manifest: dict) -> str:
     """A logged model's name: what it is and what it learned from."""
-    return f"mfrec-k{config.n_factors}-{config.solver}-{manifest.get('dataset', 'data')}"
+    reg = f"{config.reg:g}".replace(".", "p")  # a logged model's name may hold no dot
+    return f"mfrec-k{config.n_factors}-reg{reg}-{config.solver}-{manifest.get('dataset', 'data')}"
 
 
 def describe_fit(fit_on: dict) -> str:

@@ -44,9 +44,10 @@ def shared_zip() -> Path:
     try:
         return fetch("ml-latest-small", progress=False)
     except DataError as exc:
-        pytest.exit(f"the tests need MovieLens ml-latest-small and could not get it: {exc} "
-                    f"Point MFREC_TEST_ZIP at a copy, put one at {SHARED_ZIP}, or set MFREC_BASE_URL to a "
-                    "mirror that serves ml-latest-small.zip.", returncode=4)
+        reason = str(exc).split(". If you are offline")[0]
+        pytest.exit(f"the tests need MovieLens ml-latest-small: set MFREC_TEST_ZIP to a copy of "
+                    f"ml-latest-small.zip, put one at {SHARED_ZIP}, or set MFREC_BASE_URL to a mirror that serves "
+                    f"it (the download failed: {reason})", returncode=4)
 
 
 def corrupt_member(data: bytes, member: str) -> bytes:

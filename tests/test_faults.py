@@ -83,6 +83,8 @@ def test_sweep_runs_one_child_pipeline_per_factor_count(shared_zip, tmp_path):
     assert sweep.data.tags["mfrec.registered_version"] == str(version.version)
     assert f"registered its model as version {version.version}" in proc.stderr
     assert any(key.startswith("system/") for key in sweep.data.metrics)
+    assert f"version {version.version}" in sweep.data.tags["mlflow.note.content"]
+    assert len(sweep.inputs.dataset_inputs) == 3
     with pytest.raises(subprocess.CalledProcessError):
         subprocess.run([sys.executable, "-m", "entrypoints.sweep", "--n-factors-list", "2,x"], cwd=tmp_path,
                        capture_output=True, check=True, timeout=120,

@@ -82,7 +82,9 @@ def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tr
     # One logged model per pipeline, on its top-level run, named for what it is.
     models = client.search_logged_models([exp.experiment_id])
     assert sorted(m.source_run_id for m in models) == sorted([first.info.run_id, second.info.run_id])
-    assert {m.name for m in models} == {"mfrec-k8-als-ml-latest-small", "mfrec-k4-als-ml-latest-small"}
+    assert {m.name for m in models} == {"mfrec-k8-reg2p5-als-ml-latest-small", "mfrec-k4-reg2p5-als-ml-latest-small"}
+    # Each metric once on the pipeline's run (one point, not one per logging call).
+    assert len(client.get_metric_history(first.info.run_id, "test_rmse")) == 1
     assert first.data.metrics["test_rmse"] < first.data.metrics["baseline_global_mean_rmse"]
 
     # The second invocation reused the first one's prepared data.
