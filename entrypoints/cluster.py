@@ -49,10 +49,7 @@ def run_cluster(embeddings: str, config: ClusterConfig, out_dir, metrics_run: st
             meta, vectors = read_item_embeddings(tracking.resolve_local(str(embeddings), tmp))
         result = cluster_movies(meta, vectors, config)
         paths = write_outputs(result, meta, vectors, Path(out_dir) / ARTIFACT_DIR, title)
-        metrics = tracking.finite_metrics(result.metrics)
-        headline = {k: v for k, v in metrics.items() if k in HEADLINE_METRICS or not metrics_run}
-        mlflow.log_metrics(headline, run_id=metrics_run or run.info.run_id)
-        mlflow.log_metrics({k: v for k, v in metrics.items() if k not in headline})
+        tracking.log_metrics_split(result.metrics, HEADLINE_METRICS, metrics_run or run.info.run_id, run.info.run_id)
         mlflow.log_artifacts(str(Path(out_dir) / ARTIFACT_DIR), ARTIFACT_DIR)
         run_id = run.info.run_id
     return {

@@ -20,7 +20,6 @@ from entrypoints.prepare import log_inputs, run_prepare
 from entrypoints.train import describe_fit, model_name, run_train
 from mfrec import tracking
 from mfrec.errors import MfrecError
-from mfrec.serving.recommender import Recommender
 
 def git_commit() -> str | None:
     try:
@@ -56,7 +55,7 @@ def run_pipeline(config: PipelineConfig, progress=None) -> dict:
         prepared = run_prepare(config.prepare, progress=bool(progress))
     if prepared["reused_from"]:
         mlflow.set_tag("mfrec.prepare_reused_from", prepared["reused_from"])
-    log_inputs(prepared["prepared_uri"])
+    log_inputs(prepared["inputs"])
 
     with mlflow.start_run(run_name=f"{name}/train", nested=True):
         trained = run_train(prepared["prepared_uri"], config.train, config.ranking, config.refit_all,
@@ -74,9 +73,8 @@ def run_pipeline(config: PipelineConfig, progress=None) -> dict:
                                     metrics_run=pid, title=title)
         for artifact in (clustered["report_path"], clustered["plot_path"]):
             mlflow.log_artifact(str(artifact), "clusters")
-        rec = Recommender.load(tracking.resolve_local(trained["recommender_uri"], tmp))
         folder = Path(tmp) / "served"
-        rec.with_clusters(clustered["assignments"]).save(folder)
+        trained["recommender"].with_clusters(clustered["assignments"]).save(folder)
         model = tracking.log_pyfunc(folder, model_name(config.train, trained["manifest"]))
     held_out = {k: m[k] for k in ("test_rmse", "test_mae", "test_ndcg_at_10")}
     c = clustered["metrics"]
@@ -92,7 +90,7 @@ def run_pipeline(config: PipelineConfig, progress=None) -> dict:
                     "run_id": pid, "data_sha256": trained["data_sha256"], "description": description,
                     "tags": {"fit_on": fit_on, **{k: f"{v:.4f}" for k, v in held_out.items() if k != "test_rmse"}}}
     return {"run_id": pid, "model_uri": model.model_uri, "metrics": {**m, **c}, "registration": registration,
-            "prepared_uri": prepared["prepared_uri"], "fit_on": fit_on}
+            "prepared_uri": prepared["prepared_uri"], "inputs": prepared["inputs"], "fit_on": fit_on}
 
 
 def register(result: dict, model_name: str) -> dict:

@@ -12,6 +12,7 @@ run's ``prepared/`` folder. The last stdout line is the prepared folder's URI.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import tempfile
@@ -63,8 +64,9 @@ def run_prepare(config: PrepareConfig, progress: bool = True) -> dict:
                          "mfrec.data_sha256": manifest["data_sha256"],
                          "mfrec.dataset": manifest["dataset"]})
         mlflow.log_metrics(_count_metrics(manifest))
-        log_inputs(prepared_uri)
-    return {"run_id": run_id, "prepared_uri": prepared_uri, "reused_from": reused_from,
+        inputs = dataset_inputs(prepared_uri)
+        log_inputs(inputs)
+    return {"run_id": run_id, "prepared_uri": prepared_uri, "reused_from": reused_from, "inputs": inputs,
             "manifest": manifest}
 
 
@@ -107,26 +109,37 @@ def _prepare_and_log(loaded: Loaded, config: PrepareConfig) -> dict:
     return manifest
 
 
-def log_inputs(prepared_uri: str) -> None:
-    """Link the prepared train, validation and test sets to the active run as dataset inputs
-    (contexts ``training``, ``validation``, ``test``), named by data and split, digested by file."""
+def log_inputs(inputs: list) -> None:
+    """Link ``(dataset, context)`` pairs (:func:`dataset_inputs`) to the active run."""
+    with _quiet_dataset_hints():
+        for dataset, context in inputs:
+            mlflow.log_input(dataset, context=context)
+
+
+@contextlib.contextmanager
+def _quiet_dataset_hints():
+    """Two MLflow hints that do not apply here: a local path "can be interpreted in multiple
+    ways", and integer columns "cannot represent missing values" (ours have none)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+        yield
+
+
+def dataset_inputs(prepared_uri: str) -> list:
+    """The prepared train, validation and test sets as MLflow datasets with their contexts
+    (``training``, ``validation``, ``test``), named by data and split, digested by file."""
     with tempfile.TemporaryDirectory(prefix="mfrec-inputs-") as tmp:
         prepared = load_prepared(tracking.resolve_local(prepared_uri, tmp), verify=False)
     manifest = prepared.manifest
     frames = {"train.parquet": prepared.train, "val.parquet": prepared.val, "test.parquet": prepared.test}
-    with warnings.catch_warnings():
-        # Two MLflow hints that do not apply here: a local path "can be interpreted in
-        # multiple ways", and integer columns "cannot represent missing values" (ours have none).
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+    with _quiet_dataset_hints():
         source = _dataset_source(manifest)
-        for name, context in CONTEXTS.items():
-            dataset = mlflow.data.from_pandas(
-                frames[name], source=source, name=f"{manifest['dataset']}-{name.removesuffix('.parquet')}",
-                # Digest column is 36 characters wide; 32 hex digits of sha256 name the file.
-                digest=manifest["files"][name]["sha256"][:32],
-            )
-            mlflow.log_input(dataset, context=context)
+        # Digest column is 36 characters wide; 32 hex digits of sha256 name the file.
+        return [(mlflow.data.from_pandas(frames[name], source=source,
+                                         name=f"{manifest['dataset']}-{name.removesuffix('.parquet')}",
+                                         digest=manifest["files"][name]["sha256"][:32]), context)
+                for name, context in CONTEXTS.items()]
 
 
 def _dataset_source(manifest: dict):
@@ -162,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     except MfrecError as exc:
         print(f"prepare failed: {exc}", file=sys.stderr)
         return 1
+    result = {k: v for k, v in result.items() if k != "inputs"}  # the rest is JSON
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(result, indent=2) + "\n")
     reused = f" (reused from run {result['reused_from']})" if result["reused_from"] else ""

@@ -65,7 +65,7 @@ def run_sweep(config: PipelineConfig, factors: list[int], progress=None) -> dict
         sweep_png(rows, Path(tmp) / "metrics_by_n_factors.png",
                   f"{config.prepare.dataset} ({split.method} split, seed {split.seed}), reg {config.train.reg}")
         mlflow.log_artifact(str(Path(tmp) / "metrics_by_n_factors.png"), "sweep")
-    log_inputs(results[best["n_factors"]]["prepared_uri"])
+    log_inputs(results[best["n_factors"]]["inputs"])
     registered = register(results[best["n_factors"]], config.model_name)
     mlflow.set_tags({"mfrec.best_n_factors": str(best["n_factors"]),
                      "mfrec.registered_version": str(registered["version"]),

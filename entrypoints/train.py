@@ -57,9 +57,7 @@ def run_train(prepared_uri: str, config: TrainConfig, ranking: RankingConfig, re
                                               config, ranking, refit_all)
         fit_on = served.meta["fit_on"]
         metrics = {**outcome.metrics, "served_fit_seconds": served_seconds, "served_ratings": fit_on["ratings"]}
-        headline = {k: v for k, v in metrics.items() if k in HEADLINE_METRICS or metrics_run == own_run}
-        mlflow.log_metrics(tracking.finite_metrics(headline), run_id=metrics_run)
-        mlflow.log_metrics(tracking.finite_metrics({k: v for k, v in metrics.items() if k not in headline}))
+        tracking.log_metrics_split(metrics, HEADLINE_METRICS, metrics_run, own_run)
         mlflow.set_tags({"mfrec.device": outcome.device, "mfrec.dataset": manifest.get("dataset", ""),
                          "mfrec.data_sha256": manifest.get("data_sha256", ""),
                          "mfrec.served_fit_on": describe_fit(fit_on)})
@@ -79,7 +77,7 @@ def run_train(prepared_uri: str, config: TrainConfig, ranking: RankingConfig, re
         "run_id": run_id,
         "model_uri": model_uri,
         "learning_curve_uri": f"runs:/{run_id}/plots/learning_curve.png",
-        "recommender_uri": f"runs:/{run_id}/recommender",
+        "recommender": served,
         "embeddings_uri": f"runs:/{run_id}/embeddings",
         "data_sha256": manifest.get("data_sha256", ""),
         "prepare_key": manifest.get("prepare_key", ""),
@@ -120,6 +118,7 @@ def main(argv=None) -> int:
     except MfrecError as exc:
         print(f"train failed: {exc}", file=sys.stderr)
         return 1
+    result = {k: v for k, v in result.items() if k != "recommender"}  # the rest is JSON
     m = result["metrics"]
     return finish(result, args.output_json,
                   f"test_rmse={m['test_rmse']:.4f} test_ndcg_at_10={m['test_ndcg_at_10']:.4f} "

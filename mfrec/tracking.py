@@ -135,6 +135,15 @@ class EpochMetrics:
         self.written = time.monotonic()
 
 
+def log_metrics_split(metrics: dict, headline: tuple, headline_run: str, own_run: str) -> None:
+    """Log the finite ``metrics``: those named in ``headline`` to ``headline_run`` (a pipeline's
+    run), the others to ``own_run`` (a step's); all to ``own_run`` when the two are one run."""
+    metrics = finite_metrics(metrics)
+    top = {k: v for k, v in metrics.items() if k in headline or headline_run == own_run}
+    mlflow.log_metrics(top, run_id=headline_run)
+    mlflow.log_metrics({k: v for k, v in metrics.items() if k not in top}, run_id=own_run)
+
+
 def finite_metrics(metrics: dict) -> dict:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating, np.integer))
             and math.isfinite(float(v))}
