@@ -55,7 +55,7 @@ def throughput_child(folder: str | Path, epochs: int, overrides: Optional[dict] 
     ratings = np.load(folder / "ratings.npy")
     raw = users.nbytes + items.nbytes + ratings.nbytes
     rss_loaded = rss_bytes()
-    config = TrainConfig(progress=False, **(overrides or {}))
+    config = TrainConfig(progress=False, **(overrides or {})).with_prior()
     train = Interactions(users, items, ratings, shape["users"], shape["items"])
     stamps = []
     started = time.perf_counter()

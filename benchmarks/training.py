@@ -147,7 +147,8 @@ def mfrec_benchmark(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, 
         outcome = train_and_evaluate(train, val, test, movies, config,
                                      on_epoch=lambda record: stamps.append(time.perf_counter()))
         runs.append({name: float(outcome.metrics[name])
-                     for name in ("train_seconds", "select_seconds", "refit_seconds", "refit_fit_seconds")})
+                     for name in ("train_seconds", "search_seconds", "select_seconds", "refit_seconds",
+                                  "refit_fit_seconds")})
     median_run = sorted(runs, key=lambda r: r["train_seconds"])[(len(runs) - 1) // 2]
     gaps = np.diff([started, *stamps])
     steady = gaps[1:] if len(gaps) > 1 else gaps  # the first gap also holds the setup

@@ -40,7 +40,8 @@ def run_pipeline(config: PipelineConfig, progress=None) -> dict:
     tracking.log_new_params(config.params())
     split = config.prepare.split
     tags = {"mfrec.dataset": config.prepare.dataset, "mfrec.split": f"{split.method}-s{split.seed}",
-            "mfrec.n_factors": str(config.train.n_factors), "mfrec.solver": config.train.solver}
+            "mfrec.n_factors": str(config.train.n_factors), "mfrec.solver": config.train.solver,
+            "mfrec.als_solve": config.train.solve}
     commit = git_commit()
     if commit:
         tags["mfrec.git_commit"] = commit
@@ -59,7 +60,8 @@ def run_pipeline(config: PipelineConfig, progress=None) -> dict:
 
     with mlflow.start_run(run_name=f"{name}/train", nested=True):
         trained = run_train(prepared["prepared_uri"], config.train, config.ranking, config.refit_all,
-                            metrics_run=pid, log_model=False)
+                            metrics_run=pid, log_model=False, search=config.search)
+    chosen = trained["config"]  # every "auto" setting chosen on validation
     fit_on = describe_fit(trained["fit_on"])
     mlflow.set_tags({"mfrec.device": trained["device"], "mfrec.served_fit_on": fit_on})
     m = trained["metrics"]
@@ -75,10 +77,14 @@ def run_pipeline(config: PipelineConfig, progress=None) -> dict:
             mlflow.log_artifact(str(artifact), "clusters")
         folder = Path(tmp) / "served"
         trained["recommender"].with_clusters(clustered["assignments"]).save(folder)
-        model = tracking.log_pyfunc(folder, model_name(config.train, trained["manifest"]))
+        model = tracking.log_pyfunc(folder, model_name(chosen, trained["manifest"]))
     held_out = {k: m[k] for k in ("test_rmse", "test_mae", "test_ndcg_at_10")}
     c = clustered["metrics"]
-    description = (f"mfrec k={config.train.n_factors} ({config.train.solver}, reg {config.train.reg}) on "
+    choice = trained["choice"]
+    settings = (f"reg {chosen.reg:g}, implicit_weight {chosen.implicit_weight:g}, confidence {chosen.confidence:g}, "
+                f"rating_weight {trained['ranking'].rating_weight:g}, genre_weight {trained['ranking'].genre_weight:g}")
+    description = (f"mfrec k={config.train.n_factors} ({config.train.solver}, {chosen.solve} solve; {settings}"
+                   f"{', chosen on validation (search/trials.md)' if choice is not None else ''}) on "
                    f"{config.prepare.dataset}. Held-out evaluation ({split.method} split, seed {split.seed}, "
                    f"{split.test_fraction:.0%} test): test RMSE {m['test_rmse']:.4f}, "
                    f"NDCG@10 {m['test_ndcg_at_10']:.4f} (popularity {m['baseline_popularity_ndcg_at_10']:.4f}). "
@@ -90,7 +96,8 @@ def run_pipeline(config: PipelineConfig, progress=None) -> dict:
                     "run_id": pid, "data_sha256": trained["data_sha256"], "description": description,
                     "tags": {"fit_on": fit_on, **{k: f"{v:.4f}" for k, v in held_out.items() if k != "test_rmse"}}}
     return {"run_id": pid, "model_uri": model.model_uri, "metrics": {**m, **c}, "registration": registration,
-            "prepared_uri": prepared["prepared_uri"], "inputs": prepared["inputs"], "fit_on": fit_on}
+            "prepared_uri": prepared["prepared_uri"], "inputs": prepared["inputs"], "fit_on": fit_on,
+            "settings": settings, "choice": choice.summary() if choice is not None else None}
 
 
 def register(result: dict, model_name: str) -> dict:
@@ -117,6 +124,7 @@ def main(argv=None) -> int:
         return 1
     m = result["metrics"]
     return finish(result, args.output_json,
+                  (f"{result['choice']}\n" if result["choice"] else "") +
                   f"test_rmse={m['test_rmse']:.4f} test_ndcg_at_10={m['test_ndcg_at_10']:.4f} "
                   f"cluster_genre_purity={m.get('cluster_genre_purity', float('nan')):.3f} (held-out evaluation)\n"
                   f"served model: fit on {result['fit_on']}; registered version "

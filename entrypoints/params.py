@@ -12,24 +12,30 @@ from mfrec.clustering.kmeans import ClusterConfig
 from mfrec.data.prepare import PrepareConfig
 from mfrec.data.split import SplitConfig
 from mfrec.errors import ConfigError
-from mfrec.serving.bundle import RankingConfig
+from mfrec.serving.bundle import AUTO, RankingConfig
 from mfrec.training.config import TrainConfig
+from mfrec.training.search import SearchConfig
 
-_SPLIT, _TRAIN, _CLUSTER = SplitConfig(), TrainConfig.__dataclass_fields__, ClusterConfig()
+_SPLIT, _TRAIN, _CLUSTER, _SEARCH = SplitConfig(), TrainConfig.__dataclass_fields__, ClusterConfig(), SearchConfig()
 PREPARE_DEFAULTS = {"dataset": PrepareConfig.dataset, "data_path": "", "split": _SPLIT.method,
                     "test_fraction": str(_SPLIT.test_fraction), "val_fraction": str(_SPLIT.val_fraction),
                     "seed": str(_SPLIT.seed)}
-TRAIN_NUMBERS = {"n_factors": int, "epochs": int, "batch_size": int, "lr": float, "reg": float,
+TRAIN_NUMBERS = {"n_factors": int, "epochs": int, "batch_size": int, "lr": float, "reg": float, "reg_exponent": float,
                  "implicit_weight": float, "confidence": float, "seed": int}
+# Settings that take "auto": chosen on validation by the train step (mfrec.training.search).
+AUTO_CAPABLE = ("reg", "reg_exponent", "implicit_weight", "confidence", "rating_weight", "genre_weight")
 TRAIN_DEFAULTS = {**{name: str(_TRAIN[name].default) for name in TRAIN_NUMBERS},
-                  "solver": _TRAIN["solver"].default, "genre_weight": str(RankingConfig.genre_weight),
-                  "device": _TRAIN["device"].default, "refit_all": "true"}
+                  "solver": _TRAIN["solver"].default, "als_solve": _TRAIN["als_solve"].default,
+                  "rating_weight": str(RankingConfig.rating_weight), "genre_weight": str(RankingConfig.genre_weight),
+                  "objective": _SEARCH.objective, "search_trials": str(_SEARCH.trials),
+                  "search_seconds": str(_SEARCH.seconds), "device": _TRAIN["device"].default, "refit_all": "true"}
 CLUSTER_DEFAULTS = {"n_clusters": str(_CLUSTER.n_clusters), "seed": str(_CLUSTER.seed),
                     "normalize": str(_CLUSTER.normalize).lower(), "min_ratings": str(_CLUSTER.min_ratings),
                     "n_init": str(_CLUSTER.n_init)}
 # The metrics a pipeline's top-level run carries (docs: "What a run logs"); a step's other
 # metrics stay on the step's own run, so that no chart shows a pipeline twice.
-HEADLINE_METRICS = ("train_loss", "val_rmse", "test_rmse", "test_mae", "test_precision_at_10", "test_recall_at_10",
+HEADLINE_METRICS = ("train_loss", "val_rmse", "val_ndcg_at_10", "test_rmse", "test_mae", "test_precision_at_10",
+                    "test_recall_at_10",
                     "test_ndcg_at_10", "baseline_global_mean_rmse", "baseline_bias_rmse",
                     "baseline_popularity_ndcg_at_10", "train_seconds", "epochs_run", "cluster_silhouette",
                     "cluster_inertia", "cluster_genre_purity", "cluster_genre_purity_shuffled")
@@ -38,7 +44,10 @@ PIPELINE_DEFAULTS = {**PREPARE_DEFAULTS, **TRAIN_DEFAULTS, "n_clusters": CLUSTER
 
 
 def parse_number(name: str, value, kind):
-    """``kind(value)`` or a clear error naming the parameter."""
+    """``kind(value)`` (or ``"auto"`` for a setting in ``AUTO_CAPABLE``), or a clear error
+    naming the parameter."""
+    if name in AUTO_CAPABLE and str(value).strip().lower() == AUTO:
+        return AUTO
     try:
         if kind is int:
             number = float(value)
@@ -47,8 +56,9 @@ def parse_number(name: str, value, kind):
             return int(number)
         return kind(value)
     except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"parameter {name} must be {'an integer' if kind is int else 'a number'}, "
-                          f"got {value!r}") from None
+        expected = "an integer" if kind is int else "a number"
+        raise ConfigError(f"parameter {name} must be {AUTO!r} or {expected}" if name in AUTO_CAPABLE else
+                          f"parameter {name} must be {expected}, got {value!r}") from None
 
 
 def parse_bool(name: str, value) -> bool:
@@ -73,11 +83,20 @@ def prepare_config(values: dict) -> PrepareConfig:
 
 def train_config(values: dict, progress=None) -> TrainConfig:
     numbers = {name: parse_number(name, values[name], kind) for name, kind in TRAIN_NUMBERS.items()}
-    return TrainConfig(**numbers, solver=values["solver"], device=values["device"], progress=progress)
+    return TrainConfig(**numbers, solver=values["solver"], als_solve=values["als_solve"], device=values["device"],
+                       progress=progress)
 
 
 def ranking_config(values: dict) -> RankingConfig:
-    return RankingConfig(genre_weight=parse_number("genre_weight", values["genre_weight"], float))
+    return RankingConfig(rating_weight=parse_number("rating_weight", values["rating_weight"], float),
+                         genre_weight=parse_number("genre_weight", values["genre_weight"], float))
+
+
+def search_config(values: dict) -> SearchConfig:
+    return SearchConfig(objective=str(values["objective"]).strip().lower(),
+                        trials=parse_number("search_trials", values["search_trials"], int),
+                        seconds=parse_number("search_seconds", values["search_seconds"], float),
+                        seed=parse_number("seed", values["seed"], int))
 
 
 def cluster_config(values: dict) -> ClusterConfig:
@@ -99,6 +118,7 @@ class PipelineConfig:
     cluster: ClusterConfig
     model_name: str
     refit_all: bool = True  # serve a model fit on every prepared rating (false: the held-out one)
+    search: SearchConfig = SearchConfig()
 
     @classmethod
     def from_params(cls, values: dict, progress=None) -> "PipelineConfig":
@@ -106,7 +126,8 @@ class PipelineConfig:
         if not str(values["model_name"]).strip():
             raise ConfigError("parameter model_name must not be empty")
         return cls(prepare_config(values), train_config(values, progress), ranking_config(values),
-                   cluster_config(values), values["model_name"], parse_bool("refit_all", values["refit_all"]))
+                   cluster_config(values), values["model_name"], parse_bool("refit_all", values["refit_all"]),
+                   search_config(values))
 
     def run_name(self) -> str:
         split = self.prepare.split
@@ -117,8 +138,11 @@ class PipelineConfig:
         split, train = self.prepare.split, self.train
         return {"dataset": self.prepare.dataset, "data_path": self.prepare.data_path, "split": split.method,
                 "test_fraction": split.test_fraction, "val_fraction": split.val_fraction, "seed": split.seed,
-                **{name: getattr(train, name) for name in TRAIN_DEFAULTS if name not in ("genre_weight", "refit_all")},
-                "genre_weight": self.ranking.genre_weight, "refit_all": str(self.refit_all).lower(),
+                **{name: getattr(train, name) for name in TRAIN_NUMBERS if name != "seed"},
+                "solver": train.solver, "als_solve": train.als_solve, "device": train.device,
+                "rating_weight": self.ranking.rating_weight, "genre_weight": self.ranking.genre_weight,
+                "objective": self.search.objective, "search_trials": self.search.trials,
+                "search_seconds": self.search.seconds, "refit_all": str(self.refit_all).lower(),
                 "n_clusters": self.cluster.n_clusters,
                 "model_name": self.model_name}
 
@@ -128,9 +152,14 @@ class PipelineConfig:
 
 def run_name(n_factors, dataset, split, seed, reg) -> str:
     """A pipeline run's name, short enough for the runs table: what differs between runs people
-    compare, then when it started, e.g. ``k8-reg2.5-121305`` (dataset, split and seed follow
-    when they are not the defaults: ``k8-reg2.5-121305-ml-1m-temporal-s1``)."""
-    name = f"k{n_factors}-reg{float(reg):g}-{time.strftime('%H%M%S')}"
+    compare, then when it started, e.g. ``k8-auto-121305`` (settings chosen on validation) or
+    ``k8-reg2.5-121305`` (dataset, split and seed follow when they are not the defaults:
+    ``k8-auto-121305-ml-1m-temporal-s1``)."""
+    try:
+        settings = f"reg{float(reg):g}"
+    except ValueError:  # "auto" (a bad value is refused when the config is made)
+        settings = str(reg)[:10]
+    name = f"k{n_factors}-{settings}-{time.strftime('%H%M%S')}"
     if str(dataset) != PREPARE_DEFAULTS["dataset"]:
         name += f"-{dataset}"
     if (str(split), str(seed)) != ("random", "0"):

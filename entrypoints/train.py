@@ -1,8 +1,8 @@
 """MLflow entry point ``train``: fit, evaluate and log the model of a prepared dataset.
 
     python -m entrypoints.train --prepared <folder or runs:/.../prepared> --n-factors 8 \\
-        [--solver als --epochs 40 --reg 2.5 --implicit-weight 2 --confidence 5 --genre-weight 0.1
-         --device auto --seed 0]
+        [--solver als --epochs 40 --reg auto --implicit-weight auto --confidence auto
+         --rating-weight auto --genre-weight auto --objective ndcg --device auto --seed 0]
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 import mlflow
 
 from entrypoints.common import finish, parser_for
-from entrypoints.params import HEADLINE_METRICS, TRAIN_DEFAULTS, parse_bool, ranking_config, train_config
+from entrypoints.params import (HEADLINE_METRICS, TRAIN_DEFAULTS, parse_bool, ranking_config, search_config,
+                                train_config)
 from mfrec import tracking
 from mfrec.clustering.embeddings import write_embeddings
 from mfrec.clustering.plots import learning_curve_png
@@ -24,13 +25,15 @@ from mfrec.data.prepare import load_prepared
 from mfrec.errors import MfrecError
 from mfrec.serving.bundle import RankingConfig
 from mfrec.training.config import TrainConfig
+from mfrec.training.search import SearchConfig
 from mfrec.workflow import served_model, train_and_evaluate
 
 
 def run_train(prepared_uri: str, config: TrainConfig, ranking: RankingConfig, refit_all: bool = True,
-              metrics_run: str | None = None, log_model: bool = True) -> dict:
-    """Train and evaluate on the prepared folder (or its artifact URI), then fit the served model
-    (on every prepared rating with ``refit_all``), inside the active run; returns URIs and metrics.
+              metrics_run: str | None = None, log_model: bool = True, search: SearchConfig = SearchConfig()) -> dict:
+    """Choose the ``auto`` settings on validation, train and evaluate on the prepared folder (or
+    its artifact URI), then fit the served model (on every prepared rating with ``refit_all``),
+    inside the active run; returns URIs and metrics.
 
     The headline metrics (per-epoch ones included) go to ``metrics_run`` when given (a
     pipeline's top-level run, so that no metric is logged twice), the rest to the active run;
@@ -40,25 +43,30 @@ def run_train(prepared_uri: str, config: TrainConfig, ranking: RankingConfig, re
         own_run = run.info.run_id
         metrics_run = metrics_run or own_run
         tracking.log_new_params({"prepared": prepared_uri, **config.as_params(), **asdict(ranking),
-                                 "refit_all": str(refit_all).lower()})
+                                 "objective": search.objective, "search_trials": search.trials,
+                                 "search_seconds": search.seconds, "refit_all": str(refit_all).lower()})
         prepared = load_prepared(tracking.resolve_local(prepared_uri, tmp))
         manifest = prepared.manifest
         config = replace(config, rating_range=tuple(manifest.get("rating_scale", config.rating_range)))
         log_epoch = tracking.EpochMetrics(metrics_run)
         try:
             outcome = train_and_evaluate(prepared.train, prepared.val, prepared.test, prepared.movies, config,
-                                         ranking, on_epoch=log_epoch)
+                                         ranking, on_epoch=log_epoch, search=search)
         except BaseException:
             with contextlib.suppress(Exception):  # the epochs so far; the training error is the news
                 log_epoch.flush()
             raise
         log_epoch.flush()
+        if outcome.choice is not None:
+            tracking.log_choice(outcome.choice, {own_run, metrics_run})
+        config = outcome.config
         served, served_seconds = served_model(outcome, prepared.train, prepared.val, prepared.test, prepared.movies,
-                                              config, ranking, refit_all)
+                                              refit_all)
         fit_on = served.meta["fit_on"]
         metrics = {**outcome.metrics, "served_fit_seconds": served_seconds, "served_ratings": fit_on["ratings"]}
         tracking.log_metrics_split(metrics, HEADLINE_METRICS, metrics_run, own_run)
-        mlflow.set_tags({"mfrec.device": outcome.device, "mfrec.dataset": manifest.get("dataset", ""),
+        mlflow.set_tags({"mfrec.device": outcome.device, "mfrec.als_solve": config.solve,
+                         "mfrec.dataset": manifest.get("dataset", ""),
                          "mfrec.data_sha256": manifest.get("data_sha256", ""),
                          "mfrec.served_fit_on": describe_fit(fit_on)})
         out = Path(tmp)
@@ -86,6 +94,9 @@ def run_train(prepared_uri: str, config: TrainConfig, ranking: RankingConfig, re
         "manifest": manifest,
         "metrics": metrics,
         "fit_on": fit_on,
+        "config": config,
+        "ranking": outcome.ranking,
+        "choice": outcome.choice,
     }
 
 
@@ -114,16 +125,18 @@ def main(argv=None) -> int:
         with tracking.top_level_run(run_name=f"train-k{values['n_factors']}-{values['solver']}-s{values['seed']}"):
             tracking.log_new_params(values)  # as received, like `mlflow run` logs them
             result = run_train(values["prepared"], train_config(values), ranking_config(values),
-                               parse_bool("refit_all", values["refit_all"]))
+                               parse_bool("refit_all", values["refit_all"]), search=search_config(values))
     except MfrecError as exc:
         print(f"train failed: {exc}", file=sys.stderr)
         return 1
-    result = {k: v for k, v in result.items() if k != "recommender"}  # the rest is JSON
-    m = result["metrics"]
-    return finish(result, args.output_json,
-                  f"test_rmse={m['test_rmse']:.4f} test_ndcg_at_10={m['test_ndcg_at_10']:.4f} "
-                  f"train_seconds={m['train_seconds']:.2f} device={result['device']}\n"
-                  f"model fit on {describe_fit(result['fit_on'])}")
+    m, choice = result["metrics"], result["choice"]
+    summary = (f"test_rmse={m['test_rmse']:.4f} test_ndcg_at_10={m['test_ndcg_at_10']:.4f} "
+               f"train_seconds={m['train_seconds']:.2f} device={result['device']}\n"
+               f"model fit on {describe_fit(result['fit_on'])}")
+    if choice is not None:
+        summary = f"{choice.table()}\n{choice.summary()}\n{summary}"
+    result = {k: v for k, v in result.items() if k not in ("recommender", "config", "ranking", "choice")}  # JSON
+    return finish(result, args.output_json, summary)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import math
 import os
 import shutil
@@ -20,7 +21,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
@@ -142,6 +143,20 @@ def log_metrics_split(metrics: dict, headline: tuple, headline_run: str, own_run
     top = {k: v for k, v in metrics.items() if k in headline or headline_run == own_run}
     mlflow.log_metrics(top, run_id=headline_run)
     mlflow.log_metrics({k: v for k, v in metrics.items() if k not in top}, run_id=own_run)
+
+
+def log_choice(choice, run_ids) -> None:
+    """A settings search on the runs in ``run_ids``: the chosen values as ``chosen_*`` params,
+    a description of the choice as a tag, and (on each run) ``search/trials.md`` and
+    ``search/trials.json``."""
+    client = mlflow.MlflowClient()
+    chosen = {f"chosen_{k}": v for k, v in choice.chosen().items()}
+    for run_id in run_ids:
+        existing = client.get_run(run_id).data.params
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in chosen.items() if k not in existing])
+        client.set_tag(run_id, "mfrec.settings_choice", choice.summary()[:5000])
+        client.log_text(run_id, choice.table() + "\n\n" + choice.summary() + "\n", "search/trials.md")
+        client.log_text(run_id, json.dumps(choice.rows(), indent=2, default=float) + "\n", "search/trials.json")
 
 
 def finite_metrics(metrics: dict) -> dict:

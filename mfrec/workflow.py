@@ -1,5 +1,5 @@
-"""The library's train step: choose the sweep count on validation, refit, evaluate on test,
-then fit the model to serve on every prepared rating.
+"""The library's train step: choose the settings left ``auto`` and the sweep count on
+validation, refit, evaluate on test, then fit the model to serve on every prepared rating.
 
 No MLflow here: ``entrypoints/train.py`` logs what these return.
 """
@@ -14,10 +14,12 @@ import pandas as pd
 
 from mfrec.data.ids import IdIndex, Interactions
 from mfrec.evaluation.evaluate import evaluate
+from mfrec.evaluation.validation import Validation
 from mfrec.serving.bundle import Bundle, RankingConfig
 from mfrec.serving.recommender import Recommender
 from mfrec.training.config import TrainConfig
 from mfrec.training.fit import fit
+from mfrec.training.search import Choice, SearchConfig, choose
 
 
 @dataclass
@@ -27,12 +29,17 @@ class TrainOutcome:
     history: list = field(default_factory=list)
     best_epoch: int = 0
     device: str = "cpu"
+    config: Optional[TrainConfig] = None  # the settings used: every ``auto`` chosen
+    ranking: Optional[RankingConfig] = None
+    choice: Optional[Choice] = None  # the settings search, when one ran
 
 
 def train_and_evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, movies: pd.DataFrame,
-                       config: TrainConfig, ranking: RankingConfig = RankingConfig(), refit: bool = True,
-                       on_epoch: Optional[Callable[[dict], None]] = None) -> TrainOutcome:
-    """Choose the epoch count on ``val``, refit on train+val, evaluate on ``test``.
+                       config: TrainConfig = TrainConfig(), ranking: RankingConfig = RankingConfig(),
+                       refit: bool = True, on_epoch: Optional[Callable[[dict], None]] = None,
+                       search: SearchConfig = SearchConfig(), on_trial: Optional[Callable] = None) -> TrainOutcome:
+    """Choose the ``auto`` settings (:mod:`mfrec.training.search`) and the epoch count on
+    ``val``, refit on train+val, evaluate on ``test``.
 
     The peers we compare with train on every non-test rating, so the final model does too
     (``refit=False`` keeps the validation-phase model, trained on ``train`` only).
@@ -40,7 +47,17 @@ def train_and_evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFram
     started = time.perf_counter()
     users, items = IdIndex(train["userId"]), IdIndex(train["movieId"])
     va = Interactions.from_frame(val, users, items) if len(val) else None
-    first = fit(Interactions.from_frame(train, users, items), config, val=va, on_epoch=on_epoch)
+    choice = None
+    if config.auto_fields() or ranking.auto_fields():
+        choice = choose(train, val, movies, config, ranking, search, on_trial=on_trial)
+        config, ranking = choice.config, choice.ranking
+    searched = time.perf_counter()
+    if choice is not None and choice.fit is not None:  # the chosen trial was this very fit
+        first = choice.fit
+        for record in first.history if on_epoch is not None else ():
+            on_epoch(record)
+    else:
+        first = fit(Interactions.from_frame(train, users, items), config, val=va, on_epoch=on_epoch)
     fit_frame, result = train, first
     selected = time.perf_counter()
     if refit and va is not None:
@@ -53,7 +70,8 @@ def train_and_evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFram
     scores = evaluate(rec, fit_frame, test)
     scores.update({
         "train_seconds": finished - started,
-        "select_seconds": selected - started,
+        "search_seconds": searched - started,
+        "select_seconds": selected - searched,
         "refit_seconds": finished - selected,
         # The refit's fit() alone, without indexing the ids (a peer's fit time excludes its
         # own data preparation too).
@@ -62,16 +80,21 @@ def train_and_evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFram
         "best_epoch": first.best_epoch,
         "best_val_rmse": first.best_val_rmse,
     })
-    return TrainOutcome(rec, scores, first.history, first.best_epoch, first.device)
+    if choice is not None:
+        scores.update({"search_trials": len(choice.trials), "val_ndcg_at_10": choice.best["val_ndcg_at_10"]})
+    elif va is not None:  # what a search would have scored these settings at, for comparisons (the sweep's)
+        validation = Validation(train, val, movies, IdIndex(train["userId"]), IdIndex(train["movieId"]), config,
+                                max_users=search.validation_users, seed=search.seed)
+        scores["val_ndcg_at_10"] = validation.ndcg(first.model, ranking)
+    return TrainOutcome(rec, scores, first.history, first.best_epoch, first.device, config, ranking, choice)
 
 
 def served_model(outcome: TrainOutcome, train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame,
-                 movies: pd.DataFrame, config: TrainConfig, ranking: RankingConfig = RankingConfig(),
-                 refit_all: bool = True) -> tuple[Recommender, float]:
+                 movies: pd.DataFrame, refit_all: bool = True) -> tuple[Recommender, float]:
     """The model to serve, and the seconds its fit took.
 
     With ``refit_all`` it is fitted on every prepared rating (train + validation + test) with
-    the evaluated recipe: the same settings and the sweep count validation chose. Without it,
+    the evaluated recipe: the settings and the sweep count validation chose. Without it,
     the evaluated (held-out) model is served as it is. Either way a customer's rated films are
     all their prepared ratings, so ``recommend`` never shows one of them.
     """
@@ -80,6 +103,7 @@ def served_model(outcome: TrainOutcome, train: pd.DataFrame, val: pd.DataFrame, 
         fit_on = {"ratings": int(len(train) + len(val)), "parts": "train+val", "refit_all": False}
         return Recommender(outcome.recommender.bundle.with_seen(ratings, fit_on=fit_on)), 0.0
     started = time.perf_counter()
+    config, ranking = outcome.config, outcome.ranking
     users, items = IdIndex(ratings["userId"]), IdIndex(ratings["movieId"])
     result = fit(Interactions.from_frame(ratings, users, items), config, epochs=outcome.best_epoch)
     fit_on = {"ratings": int(len(ratings)), "parts": "train+val+test", "refit_all": True}

@@ -205,7 +205,7 @@ def served_recommender(trained_small, small_split):
     from mfrec.training.config import TrainConfig
     from mfrec.workflow import served_model
 
-    rec, _ = served_model(trained_small, *small_split, TrainConfig(progress=False))
+    rec, _ = served_model(trained_small, *small_split)
     return rec
 
 

@@ -56,7 +56,7 @@ ratings = (rng.integers(1, 11, 900) * 0.5).astype(np.float32)
 data = Interactions(users, items, ratings, 60, 45)
 if len(sys.argv) > 2:
     dist.init_process_group("gloo")
-model = fit(data, TrainConfig(epochs=3, progress=False, device="cpu")).model
+model = fit(data, TrainConfig(epochs=3, progress=False, device="cpu").with_prior()).model
 if len(sys.argv) == 2 or dist.get_rank() == 0:
     torch.save(model.state_dict(), sys.argv[1])
 if len(sys.argv) > 2:  # exiting with gloo's threads still up aborts the process

@@ -48,7 +48,10 @@ def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tr
     warned = [line for line in proc.stderr.splitlines() if "Warning" in line]
     assert not warned, proc.stderr
     assert "served model: fit on all 100,836 prepared ratings" in proc.stderr
-    held_out = mlflow_run(tracking_server, experiment, tmp_path, *common, "n_factors=4", "epochs=4", "refit_all=false")
+    # The settings left auto are chosen on validation, and the console says so.
+    assert "settings chosen on validation: reg=" in proc.stderr
+    held_out = mlflow_run(tracking_server, experiment, tmp_path, *common, "n_factors=4", "epochs=4", "refit_all=false",
+                          "search_trials=3", "reg=3", "rating_weight=0.2")
     assert "served model: fit on train + validation, 80,669 ratings (the held-out model" in held_out.stderr
 
     exp = client.get_experiment_by_name(experiment)
@@ -57,7 +60,7 @@ def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tr
     for run, k in ((first, "8"), (second, "4")):
         assert run.info.status == "FINISHED"
         assert run.data.params["n_factors"] == k
-        assert re.fullmatch(rf"k{k}-reg2.5-\d{{6}}", run.info.run_name), run.info.run_name
+        assert re.fullmatch(rf"k{k}-{'auto' if k == '8' else 'reg3'}-\d{{6}}", run.info.run_name), run.info.run_name
         for metric in ("test_rmse", "test_ndcg_at_10", "cluster_genre_purity", "train_seconds",
                        "baseline_bias_rmse", "cluster_genre_purity_shuffled", "epochs_run"):
             assert metric in run.data.metrics, metric
@@ -82,7 +85,16 @@ def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tr
     # One logged model per pipeline, on its top-level run, named for what it is.
     models = client.search_logged_models([exp.experiment_id])
     assert sorted(m.source_run_id for m in models) == sorted([first.info.run_id, second.info.run_id])
-    assert {m.name for m in models} == {"mfrec-k8-reg2p5-als-ml-latest-small", "mfrec-k4-reg2p5-als-ml-latest-small"}
+    names = {m.name for m in models}
+    assert "mfrec-k4-reg3-als-ml-latest-small" in names
+    assert any(re.fullmatch(r"mfrec-k8-reg[0-9p]+-als-ml-latest-small", name) for name in names), names
+    # What the search chose, where people compare runs: params, a table and the description.
+    for run, searched in ((first, {"reg", "implicit_weight", "confidence", "rating_weight", "genre_weight"}),
+                          (second, {"implicit_weight", "confidence", "genre_weight"})):
+        assert {p[len("chosen_"):] for p in run.data.params if p.startswith("chosen_")} == searched
+        assert "search/trials.md" in {f.path for f in client.list_artifacts(run.info.run_id, "search")}
+        assert "settings chosen on validation" in run.data.tags["mfrec.settings_choice"]
+    assert second.data.params["chosen_implicit_weight"] and "chosen_reg" not in second.data.params
     # Each metric once on the pipeline's run (one point, not one per logging call).
     assert len(client.get_metric_history(first.info.run_id, "test_rmse")) == 1
     assert first.data.metrics["test_rmse"] < first.data.metrics["baseline_global_mean_rmse"]

@@ -245,7 +245,7 @@ def test_a_model_folder_of_another_format_version_is_refused(trained_small, tmp_
     meta = json.loads(meta_path.read_text())
     meta["format_version"] = 3  # a model saved before the ranking settings were in meta.json
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(DataError, match="format version 3; this mfrec reads version 4: retrain"):
+    with pytest.raises(DataError, match="format version 3; this mfrec reads version 5: retrain"):
         Recommender.load(tmp_path / "m")
 
 

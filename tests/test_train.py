@@ -77,7 +77,7 @@ def test_recovers_planted_low_rank_ratings(solver, settings):
     users, items = IdIndex(ratings.userId), IdIndex(ratings.movieId)
     data = Interactions.from_frame(ratings, users, items)
     cfg = TrainConfig(n_factors=3, solver=solver, implicit_weight=0.0, rating_range=(-10, 20), progress=False,
-                      **settings)
+                      **settings).with_prior()
     model = fit(data, cfg).model
     with torch.no_grad():
         full = (model.global_mean + model.user_bias[:, None] + model.item_bias[None, :]
@@ -187,12 +187,12 @@ def test_divergence_is_reported_with_epoch_and_advice():
     data = Interactions.from_frame(ratings, users, items)
     data.ratings[5] = np.nan  # a poisoned value makes the loss NaN in epoch 1
     with pytest.raises(TrainingError, match=r"epoch 1.*larger reg"):
-        fit(data, TrainConfig(epochs=2, progress=False))
+        fit(data, TrainConfig(epochs=2, progress=False).with_prior())
     with pytest.raises(TrainingError, match=r"epoch 1.*smaller lr"):
-        fit(data, TrainConfig(solver="adam", epochs=2, progress=False))
+        fit(data, TrainConfig(solver="adam", epochs=2, progress=False).with_prior())
     data.ratings[5] = 3.0
     with pytest.raises(TrainingError, match=r"became (nan|inf).*smaller lr \(now 1e\+30\)"):
-        fit(data, TrainConfig(solver="adam", epochs=5, lr=1e30, progress=False))
+        fit(data, TrainConfig(solver="adam", epochs=5, lr=1e30, progress=False).with_prior())
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -200,11 +200,15 @@ def test_divergence_is_reported_with_epoch_and_advice():
     ("lr", -1.0, "lr must be a positive number"),
     ("lr", float("nan"), "lr must be a positive number"),
     ("batch_size", 0, "batch_size must be >= 1"),
-    ("reg", -0.1, "reg must be >= 0"),
+    ("reg", -0.1, "reg must be 'auto' or a number >= 0, got -0.1"),
+    ("reg", "tiny", "reg must be 'auto' or a number >= 0, got 'tiny'"),
+    ("reg_exponent", 3.0, "reg_exponent must be 'auto' or a number between 0 and 2"),
+    ("als_solve", "lu", "als_solve must be one of auto, exact, cg, got 'lu'"),
+    ("cg_steps", 0, "cg_steps must be >= 1"),
     ("epochs", 0, "epochs must be >= 1"),
     ("solver", "sgd", "solver must be one of als, adam, got 'sgd'"),
     ("reg", 0.0, "reg must be > 0 with solver 'als'"),
-    ("confidence", 0.5, "confidence must be >= 1"),
+    ("confidence", 0.5, "confidence must be 'auto' or a number >= 1"),
     ("min_delta", -1.0, "min_delta must be >= 0"),
 ])
 def test_bad_config_is_named(field, value, message):
@@ -278,7 +282,7 @@ def test_blocks_of_rows_give_the_one_block_solution(implicit_weight, monkeypatch
     users = torch.randint(0, 50, (600,), generator=gen, dtype=torch.int32)
     items = torch.randint(0, 40, (600,), generator=gen, dtype=torch.int32)
     ratings = torch.randint(1, 11, (600,), generator=gen).float() * 0.5
-    config = TrainConfig(n_factors=4, implicit_weight=implicit_weight)
+    config = TrainConfig(n_factors=4, implicit_weight=implicit_weight).with_prior()
     m = MatrixFactorization(50, 40, 4, float(ratings.mean()), init_std=0.5, generator=gen)
     solved = []
     for block_rows in (10**6, 16):
@@ -289,7 +293,7 @@ def test_blocks_of_rows_give_the_one_block_solution(implicit_weight, monkeypatch
                                         config)
             user_side = als.solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean, by_user,
                                         config)
-        assert len(by_user._starts()) == (2 if block_rows > 50 else 5)
+        assert len(by_user.plan) == (1 if block_rows > 50 else 4)
         solved.append(item_side + user_side)
     for one_block, blocks in zip(*solved):
         assert torch.allclose(one_block, blocks, atol=1e-5)
@@ -306,13 +310,13 @@ def test_sampled_choice_normaliser_is_importance_corrected():
         model.item_logit_bias.fill_(0.7)
     users, items = torch.tensor([0, 1, 1, 4]), torch.tensor([3, 7, 9, 39])
     gen = torch.Generator().manual_seed(0)
-    exact = _choice_loss(model, users, items, TrainConfig(implicit_items=0), gen)
-    sampled = _choice_loss(model, users, items, TrainConfig(implicit_items=6), gen)
+    exact = _choice_loss(model, users, items, TrainConfig(implicit_items=0).with_prior(), gen)
+    sampled = _choice_loss(model, users, items, TrainConfig(implicit_items=6).with_prior(), gen)
     assert torch.allclose(exact, torch.tensor(math.log(40.0))) and torch.allclose(sampled, exact)
     # With distinct logits a 6-film sample is only an estimate; the full catalogue is exact.
     torch.nn.init.normal_(model.item_factors, generator=gen)
     torch.nn.init.normal_(model.user_choice_factors, generator=gen)
-    full = _choice_loss(model, users, items, TrainConfig(implicit_items=40), gen)
+    full = _choice_loss(model, users, items, TrainConfig(implicit_items=40).with_prior(), gen)
     reference = torch.mean(torch.logsumexp(model.choice_logits(users), 1)
                            - model.choice_logits(users).gather(1, items[:, None])[:, 0])
     assert torch.allclose(full, reference, atol=1e-6)
@@ -341,7 +345,8 @@ def test_item_step_solves_the_normal_equations_written_out(implicit_weight, conf
     ones, zeros = torch.ones(n_users, 1, dtype=torch.float64), torch.zeros(n_users, 1, dtype=torch.float64)
     f = torch.cat([p, ones, zeros] if implicit else [p, ones], 1)
     g = torch.cat([c, zeros, ones], 1)
-    prior = torch.diag(torch.tensor([1.5] * k + [4.0] * (D - k), dtype=torch.float64))
+    # reg is per 8 factors: a k-factor row's penalty is reg * sqrt(k / 8).
+    prior = torch.diag(torch.tensor([1.5 * math.sqrt(k / 8)] * k + [4.0] * (D - k), dtype=torch.float64))
     expected = []
     for i in range(n_items):
         raters = users[items == i].long()

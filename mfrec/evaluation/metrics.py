@@ -43,15 +43,23 @@ def ranking_metrics(top_items: Callable[[np.ndarray, int], np.ndarray], users: n
     """
     if len(users) == 0:
         return {f"precision_at_{k}": float("nan"), f"recall_at_{k}": float("nan"), f"ndcg_at_{k}": float("nan")}
-    ranked = top_items(users, k)
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    precision, recall, ndcg = [], [], []
-    for row, rel in zip(ranked, relevant):
-        hits = np.isin(row, rel)
-        dcg = float((hits * discounts[: len(row)]).sum())
-        ideal = float(discounts[: min(len(rel), k)].sum())
-        precision.append(hits.sum() / k)
-        recall.append(hits.sum() / len(rel))
-        ndcg.append(dcg / ideal)
+    precision, recall, ndcg = per_user(np.asarray(top_items(users, k)), relevant, k)
     return {f"precision_at_{k}": float(np.mean(precision)), f"recall_at_{k}": float(np.mean(recall)),
             f"ndcg_at_{k}": float(np.mean(ndcg))}
+
+
+def per_user(ranked: np.ndarray, relevant: list[np.ndarray], k: int = 10) -> tuple:
+    """Each user's (precision, recall, NDCG) at ``k`` of ``ranked`` (one row of item rows per
+    user of ``relevant``)."""
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    # Every (user, item) pair as one number, so that one sorted lookup finds all the hits.
+    width = int(max(ranked.max(initial=0), max((r.max(initial=0) for r in relevant), default=0))) + 1
+    relevant_keys = np.sort(np.concatenate([j * width + np.asarray(r, np.int64) for j, r in enumerate(relevant)]))
+    keys = np.arange(len(relevant))[:, None] * width + ranked
+    position = np.searchsorted(relevant_keys, keys).clip(max=len(relevant_keys) - 1)
+    hits = (relevant_keys[position] == keys) & (ranked >= 0)
+    counts = np.array([len(r) for r in relevant])
+    dcg = (hits * discounts[: ranked.shape[1]]).sum(1)
+    ideal = np.cumsum(discounts)[np.minimum(counts, k) - 1]
+    found = hits.sum(1)
+    return found / k, found / counts, dcg / ideal

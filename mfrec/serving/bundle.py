@@ -23,23 +23,27 @@ from mfrec.errors import ConfigError, DataError
 from mfrec.serving import genres
 from mfrec.training.model import MatrixFactorization
 
-FORMAT_VERSION = 4  # 4: ranking settings and the training objective in meta.json
+FORMAT_VERSION = 5  # 5: frequency-scaled penalties (reg_exponent, user_mean_count) in the objective
 _FILES = ("weights.pt", "meta.json", "items.parquet", "users.npz")
-OBJECTIVE_KEYS = ("reg", "bias_reg", "implicit_weight", "confidence")
+OBJECTIVE_KEYS = ("reg", "bias_reg", "reg_exponent", "implicit_weight", "confidence")
+AUTO = "auto"  # a ranking weight chosen on validation by the train step (mfrec.training.search)
+RANKING_PRIOR = {"rating_weight": 0.25, "genre_weight": 0.1}  # where the search starts
 
 
 @dataclass(frozen=True)
 class RankingConfig:
-    """How a bundle ranks films; chosen on the validation split (docs/tuning.md).
+    """How a bundle ranks films.
 
     A score is ``choice score + rating_weight * predicted rating + genre_weight * genre
-    taste`` (taste shrunk towards the average mix by ``genre_prior`` pseudo-films). New
-    customers use ``fold_in_genre_weight``, and their unmentioned films weigh
-    ``fold_in_unrated_weight`` times a training user's.
+    taste`` (taste shrunk towards the average mix by ``genre_prior`` pseudo-films).
+    ``rating_weight`` and ``genre_weight`` may be ``"auto"`` (the default): the train step
+    chooses them on validation. New customers use ``fold_in_genre_weight``, and their
+    unmentioned films weigh ``fold_in_unrated_weight`` times a training user's
+    (docs/tuning.md).
     """
 
-    rating_weight: float = 0.25
-    genre_weight: float = 0.1
+    rating_weight: float | str = AUTO
+    genre_weight: float | str = AUTO
     genre_prior: float = 20.0
     fold_in_unrated_weight: float = 0.03
     fold_in_genre_weight: float = 0.15
@@ -47,12 +51,23 @@ class RankingConfig:
     def __post_init__(self) -> None:
         for name in ("rating_weight", "genre_weight", "fold_in_genre_weight"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ConfigError(f"{name} must be >= 0, got {value}")
+            if value == AUTO and name in RANKING_PRIOR:
+                continue
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                    and value >= 0):
+                raise ConfigError(f"{name} must be {'auto or ' if name in RANKING_PRIOR else ''}>= 0, got {value!r}")
         if not (math.isfinite(self.genre_prior) and self.genre_prior > 0):
             raise ConfigError(f"genre_prior must be > 0, got {self.genre_prior}")
         if not (math.isfinite(self.fold_in_unrated_weight) and 0 < self.fold_in_unrated_weight <= 1):
             raise ConfigError(f"fold_in_unrated_weight must be in (0, 1], got {self.fold_in_unrated_weight}")
+
+    def auto_fields(self) -> tuple:
+        """The weights still to be chosen on validation."""
+        return tuple(name for name in RANKING_PRIOR if getattr(self, name) == AUTO)
+
+    def with_prior(self) -> "RankingConfig":
+        """Every ``auto`` weight replaced by where the search starts."""
+        return replace(self, **{name: RANKING_PRIOR[name] for name in self.auto_fields()})
 
 
 @dataclass
@@ -85,7 +100,13 @@ class Bundle:
     @classmethod
     def build(cls, model, user_index: IdIndex, item_index: IdIndex, ratings: pd.DataFrame, movies: pd.DataFrame,
               train_config, ranking: RankingConfig | None = None, **meta) -> "Bundle":
-        """Assemble from a fitted model, the ratings it was fitted on and its TrainConfig."""
+        """Assemble from a fitted model, the ratings it was fitted on and its TrainConfig
+        (settings chosen: no ``auto`` left in it or in ``ranking``)."""
+        ranking = ranking or RankingConfig().with_prior()
+        unresolved = train_config.auto_fields() + ranking.auto_fields()
+        if unresolved:
+            raise ConfigError(f"a bundle needs chosen settings, but {', '.join(unresolved)} "
+                              f"{'is' if len(unresolved) == 1 else 'are'} still 'auto'")
         u = user_index.index(ratings["userId"].to_numpy())
         i = item_index.index(ratings["movieId"].to_numpy())
         indptr, indices = csr_from_pairs(u, i, len(user_index))
@@ -96,9 +117,11 @@ class Bundle:
         items["n_ratings"] = np.bincount(i, minlength=len(item_index)).astype(np.int64)
         items["cluster"] = -1
         params = train_config.as_params()
+        objective = {k: params[k] for k in OBJECTIVE_KEYS}
+        objective["user_mean_count"] = len(ratings) / max(len(user_index), 1)  # what reg_exponent scales against
         meta = {"format_version": FORMAT_VERSION, "rating_range": list(train_config.rating_range),
-                "n_factors": train_config.n_factors, "objective": {k: params[k] for k in OBJECTIVE_KEYS},
-                "ranking": asdict(ranking or RankingConfig()), "train_config": params, **meta}
+                "n_factors": train_config.n_factors, "objective": objective,
+                "ranking": asdict(ranking), "train_config": params, **meta}
         _, matrix = genres.genre_matrix(items["genres"].to_numpy())
         votes, total = genres.votes(matrix, u, i, ratings["rating"].to_numpy(), len(user_index), meta["rating_range"])
         return cls(model.cpu().eval(), user_index, item_index, items, indptr, indices, votes, total, meta)

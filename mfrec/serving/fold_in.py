@@ -22,6 +22,7 @@ def objective_for(objective: dict, unrated_weight: float) -> SimpleNamespace:
     # Unrated pairs weigh implicit_weight, rated ones implicit_weight * confidence: scale
     # the first and keep the second.
     return SimpleNamespace(reg=objective["reg"], bias_reg=objective["bias_reg"],
+                           reg_exponent=objective["reg_exponent"], user_mean_count=objective["user_mean_count"],
                            implicit_weight=objective["implicit_weight"] * unrated_weight,
                            confidence=objective["confidence"] / unrated_weight)
 
@@ -36,7 +37,9 @@ def fold_in(model, customers: np.ndarray, items: np.ndarray, ratings: np.ndarray
     *which* films were rated (against the whole catalogue) for the choice vector. The
     choice part matters: five ratings barely move a rating-only ridge fit off the biases.
     ``customers`` are row numbers ``0..n_customers-1``; ``objective`` carries ``reg``,
-    ``bias_reg``, ``implicit_weight`` and ``confidence`` (see :func:`objective_for`);
+    ``bias_reg``, ``reg_exponent``, ``user_mean_count`` (the training users' mean number
+    of ratings, which frequency-scaled penalties are relative to), ``implicit_weight`` and
+    ``confidence`` (see :func:`objective_for`);
     ``catalogue`` is :func:`~mfrec.training.als.catalogue_terms` of the model.
     """
     q = model.item_factors
@@ -47,6 +50,9 @@ def fold_in(model, customers: np.ndarray, items: np.ndarray, ratings: np.ndarray
                   torch.from_numpy(columns.reshape(-1).astype(np.int32)),
                   torch.tensor(ratings, dtype=q.dtype), n_customers, len(rated))
     rated = torch.from_numpy(rated)
+    penalties = als.row_penalties(by_user.row_counts(), objective.reg, objective.reg_exponent, q.shape[1],
+                                  objective.user_mean_count).to(q.dtype)
     bias, factors, choice, _ = als.solve_users(q[rated], model.item_bias[rated], model.item_logit_bias[rated],
-                                               model.global_mean, by_user, objective, catalogue=catalogue)
+                                               model.global_mean, by_user, objective, catalogue=catalogue,
+                                               row_reg=penalties)
     return FoldedUsers(bias, factors, choice)

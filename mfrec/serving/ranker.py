@@ -103,6 +103,11 @@ class Ranker:
                 return listed
         return self._rank(user_rows, k, exclude_seen, folded, extra_seen)
 
+    def rank(self, user_rows: np.ndarray, k: int, exclude_seen: bool = True) -> tuple:
+        """Top-k (item rows, scores) of these known users, ranked now (no lists built for
+        everyone: what validation during training needs)."""
+        return self._rank(np.asarray(user_rows, dtype=np.int64), k, exclude_seen)
+
     def known_lists(self, exclude_seen: bool = True) -> tuple | None:
         """Every known user's top ``LIST_LENGTH``, ranked once; None when the model is too large."""
         n_users = len(self.bundle.user_index)

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from mfrec.training.model import penalty_scale
+
 
 class AdamSolver:
     """One :meth:`epoch` = one permutation of the ratings in minibatches of Adam steps."""
@@ -73,7 +75,7 @@ def _batch_loss(model, users, items, ratings, n_total, config, generator):
     """Rating MSE + L2 prior (scaled to the whole set) + softmax loss of which items were rated."""
     pred = model(users, items)
     mse = torch.mean((pred - ratings) ** 2)
-    loss = mse + (config.reg * model.l2() + config.bias_reg * model.bias_l2()) / n_total
+    loss = mse + (config.reg * penalty_scale(config.n_factors) * model.l2() + config.bias_reg * model.bias_l2()) / n_total
     if config.implicit_weight > 0:
         loss = loss + config.implicit_weight * _choice_loss(model, users, items, config, generator)
     # No per-batch finiteness check: it would sync the GPU every step. NaN propagates into

@@ -5,17 +5,23 @@ The objective (``w0 = implicit_weight``, ``w1 = implicit_weight * confidence``):
     sum_{rated}  (r_ui - mu - b_u - b_i - p_u.q_i)^2                      # how a user rates
   + sum_{all u,i} c_ui (y_ui - c_u.q_i - d_i)^2,  y = 1 if rated else 0,   # which films a user picks
                                                    c = w1 if rated else w0
-  + reg (|p|^2 + |c|^2 + |q|^2) + bias_reg (|b_u|^2 + |b_i|^2 + |d|^2)
+  + sum_u reg_u (|p_u|^2 + |c_u|^2) + sum_i reg_i |q_i|^2 + bias_reg (|b_u|^2 + |b_i|^2 + |d|^2)
+
+with frequency-scaled penalties (:func:`row_penalties`): ``reg_r = reg * (n_r / mean n)^e``
+for a row with ``n_r`` ratings, ``e = reg_exponent`` (0: one ``reg`` for every row).
 
 Item factors ``q`` serve both parts; each user has a rating vector ``p`` and a choice vector
 ``c``. With the items fixed, every user's problem is a small ridge regression (and vice
-versa), so a sweep solves each side exactly. The sum over *all* user-item pairs never
-materialises: its unrated part is ``w0`` times one k x k Gramian shared by every row (the
-implicit-ALS trick). A step costs two sparse-dense products and one batched solve of
-(k+2)-sized systems per block of rows.
+versa). The sum over *all* user-item pairs never materialises: its unrated part is ``w0``
+times one k x k Gramian shared by every row (the implicit-ALS trick).
 
-The user step is also how a new customer is folded in (:func:`solve_users`), so serving and
-training share one code path.
+Two ways to solve a side (``TrainConfig.als_solve``): ``exact`` builds and factorises every
+row's (k+2)-sized system (two sparse-dense products and one batched solve per block of rows;
+cost ``nnz k^2 + rows k^3``); ``cg`` runs a few warm-started conjugate-gradient steps on them
+(:mod:`mfrec.training.cg`; cost ``nnz k + rows k^2`` per step), faster from a few dozen factors.
+
+The exact user step is also how a new customer is folded in (:func:`solve_users`), so
+serving and training share one code path.
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ import functools
 
 import torch
 
+from mfrec.training import cg
 from mfrec.training.csr import Csr
 from mfrec.training.linalg import packed, packed_outer_into, solve_spd, unpack_into
-from mfrec.training.model import MatrixFactorization
+from mfrec.training.parallel import SERIAL, Workers
+from mfrec.training.model import MatrixFactorization, penalty_scale
 
 
 def _reduce(*tensors):
@@ -42,23 +50,38 @@ def _weights(config) -> tuple[float, float]:
     return config.implicit_weight, config.implicit_weight * config.confidence
 
 
+def row_penalties(counts: torch.Tensor, reg: float, exponent: float, n_factors: int,
+                  mean_count: float | None = None) -> torch.Tensor:
+    """Each row's factor penalty: ``reg * sqrt(n_factors / 8) * (count / mean_count)^exponent``.
+
+    ``mean_count`` defaults to the mean of ``counts`` (a training side's rows), so that
+    ``reg`` stays the penalty of a row with the average number of ratings whatever the
+    exponent and the dataset; fold-in passes the training users' mean. Rows without ratings
+    get the average row's penalty.
+    """
+    counts = counts.to(torch.float64)
+    base = float(reg) * penalty_scale(n_factors)
+    if not exponent:
+        return torch.full_like(counts, base)
+    if mean_count is None:
+        mean_count = float(counts.mean()) if len(counts) else 1.0
+    scale = torch.where(counts > 0, counts / max(mean_count, 1e-12), torch.ones_like(counts))
+    return base * scale.pow(float(exponent))
+
+
 def catalogue_terms(item_factors: torch.Tensor, item_choice_bias: torch.Tensor) -> tuple:
     """(Q^T Q, Q^T d) over every item: what the choice term of the user step needs from the
     whole catalogue. Fixed for a trained model, so serving computes them once."""
     return item_factors.T @ item_factors, item_factors.T @ item_choice_bias
 
 
-def _item_constant(user_choice: torch.Tensor, k: int, config) -> torch.Tensor:
-    """The part of every item's D x D system that does not depend on who rated it: the prior
-    and, with the choice loss, w0 * sum over every user of g g^T (without building g)."""
+def _item_constant(user_choice: torch.Tensor, k: int, w0: float) -> torch.Tensor:
+    """The part of every item's D x D system that does not depend on who rated it (no prior):
+    with the choice loss, w0 * sum over every user of g g^T (without building g)."""
     c = user_choice
-    w0, _ = _weights(config)
-    implicit = w0 > 0
-    D = k + 2 if implicit else k + 1
-    prior = torch.full((D,), float(config.reg), dtype=c.dtype, device=c.device)
-    prior[k:] = config.bias_reg
-    constant = torch.diag(prior)
-    if implicit:
+    D = k + 2 if w0 > 0 else k + 1
+    constant = torch.zeros(D, D, dtype=c.dtype, device=c.device)
+    if w0 > 0:
         choice_sum = c.sum(0)
         constant[:k, :k] += w0 * (c.T @ c)
         constant[:k, k + 1] += w0 * choice_sum
@@ -68,22 +91,23 @@ def _item_constant(user_choice: torch.Tensor, k: int, config) -> torch.Tensor:
 
 
 def _user_constants(item_factors, item_choice_bias, config, catalogue=None) -> tuple:
-    """(rating-system prior (D,), choice system's shared part w0 Q^T Q + reg I (k, k), choice
-    offset w0 Q^T d (k,)) of the user step; the last two are None without the choice loss."""
+    """(rating-system bias prior (D,): zero but for bias_reg, choice system's shared part
+    w0 Q^T Q (k, k), choice offset w0 Q^T d (k,)) of the user step; the last two are None
+    without the choice loss. The factors' per-row penalties come on top."""
     q = item_factors
     k = q.shape[1]
     w0, _ = _weights(config)
-    prior = torch.full((k + 1,), float(config.reg), dtype=q.dtype, device=q.device)
+    prior = torch.zeros(k + 1, dtype=q.dtype, device=q.device)
     prior[k] = config.bias_reg
     if w0 == 0:
         return prior, None, None
     gram, offset = catalogue if catalogue is not None else catalogue_terms(q, item_choice_bias)
-    shared_c = w0 * gram + config.reg * torch.eye(k, dtype=q.dtype, device=q.device)
-    return prior, shared_c, w0 * offset
+    return prior, w0 * gram, w0 * offset
 
 
 def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user: Csr, config,
-                distributed: bool = False, catalogue: tuple | None = None, out: tuple | None = None):
+                distributed: bool = False, catalogue: tuple | None = None, out: tuple | None = None,
+                row_reg: torch.Tensor | None = None, workers: Workers = SERIAL):
     """The user step: exact (bias, rating vector, choice vector) of every row of ``by_user``.
 
     Returns ``(bias (N,), p (N, k), c (N, k), squared rating error at the solution)``.
@@ -92,7 +116,9 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
     and ``by_user``'s columns cover only the rated ones (fold-in of a few customers: the
     per-item tables then cost a handful of rows, not the catalogue); the choice term's
     Gramian still sums over the whole catalogue. ``out`` is (bias, p, c) to write into
-    (training passes the model's own parameters), else they are new tensors.
+    (training passes the model's own parameters), else they are new tensors. ``row_reg``:
+    each row's factor penalty (:func:`row_penalties`; default: ``config.reg`` scaled for k).
+    ``workers`` solve the blocks of rows (:mod:`mfrec.training.parallel`).
     """
     q = item_factors
     n, k = by_user.shape[0], q.shape[1]
@@ -108,19 +134,18 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
     if w0 > 0:
         torch.mul(q, (w1 - (w1 - w0) * item_choice_bias)[:, None], out=table[:, P:])
     prior, shared_c, offset_c = _user_constants(q, item_choice_bias, config, catalogue)
+    if row_reg is None:
+        row_reg = row_penalties(by_user.row_counts(), config.reg, 0.0, k).to(dtype=dtype, device=device)
+    diagonal = torch.arange(k, device=device)
     if out is None:
         out = (torch.empty(n, dtype=dtype, device=device), torch.empty(n, k, dtype=dtype, device=device),
                torch.empty(n, k, dtype=dtype, device=device))
     bias, p, c = out
     if w0 == 0:
         c.zero_()  # no choice loss, no choice vectors
-    sq_error = torch.zeros((), dtype=torch.float64, device=device)
     prior_packed = packed(torch.diag(prior))
-    if w0 > 0:
-        # The choice system is (w1 - w0) * gram + shared_c, made from the rating system's
-        # (gram + prior) in place: subtract what the prior contributes there.
-        choice_const = shared_c - (w1 - w0) * torch.diag(prior[:k])
-    for first, part in by_user.blocks():
+
+    def block(first, part):
         m = part.shape[0]
         rows = slice(first, first + m)
         summed = part.pattern_product(table)
@@ -129,33 +154,37 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
             _reduce(summed, rhs, sq)
         # One batched solve for both systems of every user: the rating system (D x D) and,
         # padded to D x D with a unit pivot, the choice system (w1 - w0) * sum over rated
-        # q q^T + w0 * Q^T Q + reg I. Half the per-operation overhead of two solves.
+        # q q^T + w0 * Q^T Q + reg_u I. Half the per-operation overhead of two solves.
         n_systems = 2 * m if w0 > 0 else m
         A = torch.zeros(D, D, n_systems, dtype=dtype, device=device)
-        unpack_into(A[:, :, :m], summed[:, :P].T + prior_packed)  # sum over rated items of f f^T + prior
+        unpack_into(A[:, :, :m], summed[:, :P].T + prior_packed)  # sum over rated items of f f^T + bias prior
         b = rhs.T
         x_all = torch.empty(D, n_systems, dtype=dtype, device=device)
         x_all[:, :m] = b
         if w0 > 0:
             torch.mul(A[:k, :k, :m], w1 - w0, out=A[:k, :k, m:])
-            A[:k, :k, m:] += choice_const[:, :, None]
+            A[:k, :k, m:] += shared_c[:, :, None]
             A[:k, k, m:] = 0.0
             A[k, k, m:] = 1.0
             torch.sub(summed[:, P:].T, offset_c[:, None], out=x_all[:k, m:])
             x_all[k, m:] = 0.0
+        penalty = row_reg[rows]
+        A[diagonal, diagonal] += penalty.repeat(2) if w0 > 0 else penalty
         solve_spd(A, x_all)
         x = x_all[:, :m]
         # Squared rating error at the solution without another pass over the ratings: with
         # (G + L) x = b, sum (z - f.x)^2 = sum z^2 - x.b - x^T L x.
-        sq_error += sq - (x * b).sum() - (prior[:, None] * x * x).sum()
         bias[rows], p[rows] = x[k], x[:k].T
         if w0 > 0:
             c[rows] = x_all[:k, m:].T
+        return (sq - (x * b).sum() - (prior[:, None] * x * x).sum() - (penalty * x[:k] * x[:k]).sum()).double()
+
+    sq_error = sum(workers.map(block, by_user.blocks()), torch.zeros((), dtype=torch.float64, device=device))
     return bias, p, c, sq_error
 
 
 def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr, config, distributed: bool = False,
-                out: tuple | None = None):
+                out: tuple | None = None, row_reg: torch.Tensor | None = None, workers: Workers = SERIAL):
     """The item step: exact (factors, rating bias, choice bias) of every item given the users,
     written into ``out`` (training passes the model's own parameters) or new tensors.
 
@@ -184,14 +213,20 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
         packed_outer_into(table[:, :kk], c, add_scaled=w1 - w0)
         table[:, kk + k:kk + 2 * k] = c
     table[:, -1] = 1.0
-    constant = _item_constant(c, k, config).view(D * D, 1)
+    constant = _item_constant(c, k, w0)
+    constant[range(k, D), range(k, D)] += config.bias_reg
+    constant = constant.view(D * D, 1)
+    if row_reg is None:
+        row_reg = row_penalties(by_item.row_counts(), config.reg, 0.0, k).to(dtype=dtype, device=device)
+    diagonal = torch.arange(k, device=device)
     if out is None:
         out = (torch.empty(n, k, dtype=dtype, device=device), torch.empty(n, dtype=dtype, device=device),
                torch.empty(n, dtype=dtype, device=device))
     factors, bias, choice_bias = out
     if not implicit:
         choice_bias.zero_()  # no choice loss, no choice bias
-    for first, part in by_item.blocks():
+
+    def block(first, part):
         m = part.shape[0]
         summed = part.pattern_product(table)
         rhs, _ = part.residual_product(float(global_mean), user_bias, f)
@@ -203,6 +238,7 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
         entries = torch.index_select(sums, 0, source)
         entries.mul_(scale).add_(constant)
         A = entries.view(D, D, m)
+        A[diagonal, diagonal] += row_reg[first:first + m]
         x = torch.empty(D, m, dtype=dtype, device=device)
         x[:k + 1] = rhs.T  # rating part: (sum r~ p, sum r~, 0)
         if implicit:  # choice part: w1 * sum of g = (w1 sum c, 0, w1 count)
@@ -213,6 +249,8 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
         factors[rows], bias[rows] = x[:k].T, x[k]
         if implicit:
             choice_bias[rows] = x[k + 1]
+
+    workers.map(block, by_item.blocks())
     return factors, bias, choice_bias
 
 
@@ -250,22 +288,46 @@ def _item_layout(k: int, implicit: bool, choice_scale: float, device: torch.devi
 
 
 class AlsSolver:
-    """One :meth:`epoch` = one sweep (items, then users) over ratings already on the device."""
+    """One :meth:`epoch` = one sweep (items, then users) over ratings already on the device,
+    each side solved as ``config.solve`` says (``exact`` or ``cg``)."""
 
     def __init__(self, model: MatrixFactorization, users: torch.Tensor, items: torch.Tensor,
-                 ratings: torch.Tensor, config, distributed: bool = False):
+                 ratings: torch.Tensor, config, distributed: bool = False, workers: Workers = SERIAL):
         self.model = model
         self.config = config
         self.distributed = distributed
+        self.workers = workers
         n_users, n_items = model.user_factors.shape[0], model.item_factors.shape[0]
         self.by_user = Csr(users, items, ratings, n_users, n_items)
         self.by_item = Csr(items, users, ratings, n_items, n_users)
         n = torch.tensor(float(len(ratings)), dtype=torch.float64, device=ratings.device)
         self.n_ratings = float(_reduce(n)[0]) if distributed else float(n)
-        if distributed:
-            # Ranks must cut their shards at the same rows: their block results are all-reduced.
-            for csr in (self.by_user, self.by_item):
-                csr.plan_blocks(_reduce(csr.row_counts())[0])
+        # Every rank needs the whole matrix's row counts: ranks cut their shards at the same
+        # rows (their block results are all-reduced) and penalise rows alike.
+        counts = []
+        for csr, width in ((self.by_user, self._table_width("users")), (self.by_item, self._table_width("items"))):
+            rows = csr.row_counts()
+            if distributed:
+                rows = _reduce(rows)[0]
+            # Tiles pay off where the table a product gathers from outgrows the CPU's cache.
+            tile = Csr.tile_width(width) if ratings.device.type == "cpu" else None
+            # At least a few blocks per worker (when big enough), so that a worker slowed by other
+            # work on its core leaves the rest to the others.
+            csr.plan_blocks(rows if distributed else None, tile, min_blocks=4 * workers.n if workers.n > 1 else 1)
+            counts.append(rows)
+        dtype = model.user_factors.dtype
+        self.user_reg, self.item_reg = (row_penalties(c, config.reg, config.reg_exponent, config.n_factors).to(dtype)
+                                        for c in counts)
+        self.user_mean_count = float(counts[0].double().mean())
+
+    def _table_width(self, side: str) -> int:
+        """Columns of the widest table a step of ``side`` multiplies its ratings with."""
+        k, implicit = self.config.n_factors, self.config.implicit_weight > 0
+        if self.config.solve == "cg":
+            return k + 1
+        if side == "users":
+            return (k + 1) * (k + 2) // 2 + (k if implicit else 0)
+        return k * (k + 1) // 2 + (2 * k if implicit else k) + 1
 
     def divergence_advice(self) -> str:
         return f"the least-squares sweeps diverged: try a larger reg (now {self.config.reg})"
@@ -276,8 +338,18 @@ class AlsSolver:
         """One sweep; returns the training MSE of the ratings after it."""
         m, cfg, dist = self.model, self.config, self.distributed
         # Each step writes its solutions straight into the parameters it solves for.
-        solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean, self.by_item, cfg, dist,
-                    out=(m.item_factors, m.item_bias, m.item_logit_bias))
-        *_, sq_error = solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean, self.by_user,
-                                   cfg, dist, out=(m.user_bias, m.user_factors, m.user_choice_factors))
+        items_out = (m.item_factors, m.item_bias, m.item_logit_bias)
+        users_out = (m.user_bias, m.user_factors, m.user_choice_factors)
+        if cfg.solve == "cg":
+            weights = _weights(cfg)
+            constant = _item_constant(m.user_choice_factors, cfg.n_factors, weights[0])
+            cg.solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean, self.by_item, weights,
+                           cfg.bias_reg, self.item_reg, constant, cfg.cg_steps, items_out, dist, self.workers)
+            sq_error = cg.solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean, self.by_user,
+                                      weights, cfg.bias_reg, self.user_reg, cfg.cg_steps, users_out, dist, self.workers)
+        else:
+            solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean, self.by_item, cfg, dist,
+                        out=items_out, row_reg=self.item_reg, workers=self.workers)
+            *_, sq_error = solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean, self.by_user,
+                                       cfg, dist, out=users_out, row_reg=self.user_reg, workers=self.workers)
         return float(sq_error) / self.n_ratings

@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 from mfrec.errors import ConfigError
 
 SOLVERS = ("als", "adam")
+ALS_SOLVES = ("auto", "exact", "cg")
+# From this many factors on, als_solve=auto runs conjugate-gradient steps instead of exact
+# solves (measured: docs/benchmarks.md, "exact or CG").
+CG_FROM_FACTORS = 20
+# A setting whose value the train step chooses on validation (mfrec.training.search).
+AUTO = "auto"
+SEARCHABLE = ("reg", "reg_exponent", "implicit_weight", "confidence")
+# Where the search starts (and what TrainConfig.with_prior() fills in): values a hand search
+# found on ml-latest-small, per solver.
+PRIOR = {"als": {"reg": 2.5, "reg_exponent": 0.0, "implicit_weight": 2.0, "confidence": 5.0},
+         "adam": {"reg": 10.0, "reg_exponent": 0.0, "implicit_weight": 1.0, "confidence": 5.0}}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Defaults were chosen on the validation split (docs/tuning.md).
+    """Settings of a fit. ``reg``, ``reg_exponent``, ``implicit_weight`` and ``confidence``
+    may be ``"auto"`` (the default for all but ``reg_exponent``): the train step
+    (:func:`mfrec.workflow.train_and_evaluate`) then chooses them on the validation split
+    (:mod:`mfrec.training.search`); :func:`mfrec.training.fit.fit` itself takes numbers only.
 
     ``device`` is resolved when the config is made (``auto`` becomes the device it picks), so
     every step of a run uses the same one; change a field with :func:`dataclasses.replace`.
+    ``als_solve="auto"`` is decided by ``n_factors`` (:attr:`solve`).
     """
 
     n_factors: int = 8
@@ -27,12 +42,19 @@ class TrainConfig:
     epochs: int = 40
     batch_size: int = 8192
     lr: float = 0.01
-    reg: float = 2.5
+    # A row's factor penalty is reg * sqrt(n_factors / 8) * (n / mean n)^reg_exponent for a
+    # row with n ratings (mfrec.training.als.row_penalties): the same reg suits any k.
+    reg: float | str = AUTO
     bias_reg: float = 5.0
+    reg_exponent: float | str = 0.0
+    # ALS: how each side's systems are solved: "exact" (factorised), "cg" (cg_steps warm-started
+    # conjugate-gradient steps a side and sweep, cost ~k^2 instead of ~k^3) or "auto" (by k).
+    als_solve: str = "auto"
+    cg_steps: int = 3
     # Weight of the "which films" part of the objective; 0 trains a rating-only model.
-    implicit_weight: float = 2.0
+    implicit_weight: float | str = AUTO
     # ALS: weight of a rated user-film pair in the choice loss relative to an unrated one.
-    confidence: float = 5.0
+    confidence: float | str = AUTO
     # Adam: softmax of the choice head over at most this many users x items per batch (0 =
     # all); exact on small catalogues, sampled (importance-corrected) at scale.
     implicit_users: int = 1024
@@ -58,9 +80,29 @@ class TrainConfig:
         object.__setattr__(self, "rating_range", tuple(float(v) for v in self.rating_range))
         object.__setattr__(self, "device", str(resolve_device(self.device, needs_sparse=self.solver == "als")))
 
+    @property
+    def solve(self) -> str:
+        """How ALS solves its systems: ``als_solve``, with ``auto`` decided by the number of factors."""
+        if self.als_solve != "auto":
+            return self.als_solve
+        return "cg" if self.n_factors >= CG_FROM_FACTORS else "exact"
+
+    def auto_fields(self) -> tuple:
+        """The settings still to be chosen on validation."""
+        return tuple(name for name in SEARCHABLE if getattr(self, name) == AUTO)
+
+    def with_prior(self) -> "TrainConfig":
+        """Every ``auto`` setting replaced by where the search starts (``PRIOR``)."""
+        return replace(self, **{name: PRIOR[self.solver][name] for name in self.auto_fields()})
+
     def _checks(self):
         def finite(value) -> bool:
-            return isinstance(value, (int, float)) and math.isfinite(value)
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        def number_or_auto(name, ok) -> tuple:
+            value = getattr(self, name)
+            return (value == AUTO or (finite(value) and ok(value)), f"{name} must be {AUTO!r} or "
+                    f"{_RANGES[name]}, got {value!r}")
 
         low_high = tuple(self.rating_range)
         yield self.solver in SOLVERS, f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}"
@@ -70,15 +112,16 @@ class TrainConfig:
         yield self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"
         yield self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"
         yield finite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}"
-        yield finite(self.reg) and self.reg >= 0, f"reg must be >= 0, got {self.reg}"
-        yield (self.solver != "als" or self.reg > 0,
+        yield number_or_auto("reg", lambda v: v >= 0)
+        yield (self.solver != "als" or self.reg == AUTO or self.reg > 0,
                f"reg must be > 0 with solver 'als' (a user with fewer ratings than factors has no "
                f"unique least-squares solution otherwise), got {self.reg}")
-        yield (finite(self.confidence) and self.confidence >= 1,
-               f"confidence must be >= 1 (a rated film weighs at least as much as an unrated one), got {self.confidence}")
+        yield number_or_auto("confidence", lambda v: v >= 1)
         yield finite(self.bias_reg) and self.bias_reg >= 0, f"bias_reg must be >= 0, got {self.bias_reg}"
-        yield (finite(self.implicit_weight) and self.implicit_weight >= 0,
-               f"implicit_weight must be >= 0, got {self.implicit_weight}")
+        yield number_or_auto("reg_exponent", lambda v: 0 <= v <= 2)
+        yield self.als_solve in ALS_SOLVES, f"als_solve must be one of {', '.join(ALS_SOLVES)}, got {self.als_solve!r}"
+        yield self.cg_steps >= 1, f"cg_steps must be >= 1, got {self.cg_steps}"
+        yield number_or_auto("implicit_weight", lambda v: v >= 0)
         yield self.implicit_users >= 0, f"implicit_users must be >= 0, got {self.implicit_users}"
         yield self.implicit_items >= 0, f"implicit_items must be >= 0, got {self.implicit_items}"
         yield finite(self.init_std) and self.init_std > 0, f"init_std must be > 0, got {self.init_std}"
@@ -86,5 +129,11 @@ class TrainConfig:
         yield finite(self.min_delta) and self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"
 
     def as_params(self) -> dict:
-        """The settings as JSON-ready values (what a bundle and a benchmark record)."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k != "progress"}
+        """The settings as JSON-ready values (what a bundle, a run and a benchmark record), with
+        ``als_solve`` as it runs."""
+        params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k != "progress"}
+        return {**params, "als_solve": self.solve}
+
+
+_RANGES = {"reg": "a number >= 0", "confidence": "a number >= 1 (a rated film weighs at least as much as an unrated one)",
+           "reg_exponent": "a number between 0 and 2", "implicit_weight": "a number >= 0"}

@@ -1,4 +1,5 @@
-"""Ratings as a compressed sparse row matrix, and the two sparse products ALS needs."""
+"""Ratings as a compressed sparse row matrix in blocks of rows and tiles of columns, and the
+sparse products ALS needs."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 # per-row temporaries and the one-float-per-rating values of a product at any scale.
 BLOCK_ROWS = 8192
 BLOCK_RATINGS = 1 << 20
+# ... and, when more blocks are asked for (one per worker thread and more), at least this many
+# ratings: smaller ones would cost more in per-operation overhead than they balance.
+MIN_BLOCK_RATINGS = 1 << 15
+# A column tile's slice of the table a product reads is about this many bytes: a few MB stay
+# in a CPU's cache while products gather rows from them in random order (docs/benchmarks.md).
+TILE_BYTES = 8 << 20
 # Ratings sorted per pass while building: bounds the build's temporaries, and what the
 # allocator keeps of them afterwards.
 BUILD_CHUNK = 1 << 16
@@ -50,66 +57,149 @@ class Csr:
         self.crow = crow.to(index_dtype)
         self.shape = (n_rows, n_cols)
         self.block_starts = None  # row where each block starts; planned on first use
+        self.plan = None  # per block: rows, ratings and column tiles (plan_blocks)
 
     def row_counts(self) -> torch.Tensor:
         """Ratings per row."""
         return self.crow[1:].long() - self.crow[:-1].long()
 
-    def plan_blocks(self, row_counts: torch.Tensor | None = None) -> None:
+    def plan_blocks(self, row_counts: torch.Tensor | None = None, tile_cols: int | None = None,
+                    min_blocks: int = 1) -> None:
         """Cut the rows into blocks of at most ``BLOCK_ROWS`` rows and ``BLOCK_RATINGS`` ratings
-        (a row with more ratings is a block of its own). Ranks holding shards of one matrix pass
-        the all-reduced ``row_counts``, so that every rank cuts at the same rows."""
-        n_rows = self.shape[0]
-        if row_counts is None and n_rows <= BLOCK_ROWS and len(self.cols) <= BLOCK_RATINGS:
-            self.block_starts = [0, n_rows]
-            return
-        ends = torch.cumsum((row_counts if row_counts is not None else self.row_counts()).cpu().long(), 0)
-        starts, first = [], 0
-        while first < n_rows:
-            before = int(ends[first - 1]) if first else 0
-            fits = int(torch.searchsorted(ends, before + BLOCK_RATINGS, right=True))
-            starts.append(first)
-            first = min(first + BLOCK_ROWS, max(fits, first + 1))
-        self.block_starts = starts + [n_rows]
+        (a row with more ratings is a block of its own), and into ``min_blocks`` or more while
+        each keeps ``MIN_BLOCK_RATINGS``. Ranks holding shards of one matrix pass the
+        all-reduced ``row_counts``, so that every rank cuts at the same rows.
 
-    def max_block_rows(self) -> int:
-        starts = self._starts()
-        return max((b - a for a, b in zip(starts[:-1], starts[1:])), default=0)
+        With ``tile_cols``, each block's ratings are also regrouped by ranges of that many
+        columns (tiles): a product then reads one range of the column-side table at a time,
+        which stays in the cache when the whole table would not. Plan once, before the first
+        product: tiling reorders the ratings.
+        """
+        if self.plan is not None and any(len(block[4]) > 1 for block in self.plan):
+            raise RuntimeError("this matrix is already tiled: plan its blocks once")
+        n_rows = self.shape[0]
+        counts = (row_counts if row_counts is not None else self.row_counts()).cpu().long()
+        total = int(counts.sum())
+        per_block = min(BLOCK_RATINGS, max(MIN_BLOCK_RATINGS, -(-total // max(min_blocks, 1))))
+        if n_rows <= BLOCK_ROWS and total <= per_block:
+            self.block_starts = [0, n_rows]
+        else:
+            ends = torch.cumsum(counts, 0)
+            starts, first = [], 0
+            while first < n_rows:
+                before = int(ends[first - 1]) if first else 0
+                fits = int(torch.searchsorted(ends, before + per_block, right=True))
+                starts.append(first)
+                first = min(first + BLOCK_ROWS, max(fits, first + 1))
+            self.block_starts = starts + [n_rows]
+        tiled = tile_cols is not None and 0 < tile_cols < self.shape[1]
+        self.plan = []  # per block: first and last row, first and last rating, tiles
+        for first, last in zip(self.block_starts[:-1], self.block_starts[1:]):
+            lo, hi = int(self.crow[first]), int(self.crow[last])
+            tiles = self._tile(first, last, int(tile_cols)) if tiled else \
+                [(self.crow[first:last + 1] - lo, 0, hi - lo, 0, self.shape[1])]
+            self.plan.append((first, last, lo, hi, tiles))
+
+    @staticmethod
+    def tile_width(table_width: int, element_size: int = 4) -> int:
+        """Columns per tile for products with tables ``table_width`` elements wide."""
+        return max(1024, TILE_BYTES // (table_width * element_size))
+
+    def _tile(self, first: int, last: int, width: int) -> list:
+        """Regroup rows ``first:last``'s ratings by column range (stable: rows stay in order);
+        returns each tile's (row pointers, first and last rating, first and last column)."""
+        lo, hi = int(self.crow[first]), int(self.crow[last])
+        cols = self.cols[lo:hi].to(torch.long)
+        tile = torch.div(cols, width, rounding_mode="floor")
+        order = torch.argsort(tile, stable=True)
+        rows = torch.repeat_interleave(torch.arange(last - first, device=cols.device),
+                                       self.crow[first + 1:last + 1].long() - self.crow[first:last].long())
+        rows, tile = rows[order], tile[order]
+        self.cols[lo:hi] = (cols[order] - tile * width).to(self.cols.dtype)
+        self.ratings[lo:hi] = self.ratings[lo:hi][order]
+        tiles, start = [], 0
+        for t, count in enumerate(torch.bincount(tile, minlength=(self.shape[1] + width - 1) // width).tolist()):
+            if count:
+                crow = torch.zeros(last - first + 1, dtype=self.crow.dtype, device=cols.device)
+                torch.cumsum(torch.bincount(rows[start:start + count], minlength=last - first), 0, out=crow[1:])
+                tiles.append((crow, start, start + count, t * width, min((t + 1) * width, self.shape[1])))
+            start += count
+        return tiles
 
     def blocks(self):
-        """(first row, view of the block's rows) pairs sharing this matrix's storage."""
-        starts = self._starts()
-        for first, last in zip(starts[:-1], starts[1:]):
-            lo, hi = int(self.crow[first]), int(self.crow[last])
-            part = object.__new__(Csr)
-            part.crow = self.crow[first:last + 1] - lo
-            part.cols, part.ratings = self.cols[lo:hi], self.ratings[lo:hi]
-            part.scale, part.shape, part.block_starts = self.scale, (last - first, self.shape[1]), [0, last - first]
-            yield first, part
+        """(first row, :class:`Block` of rows) pairs sharing this matrix's storage."""
+        if self.plan is None:
+            self.plan_blocks()
+        for first, last, lo, hi, tiles in self.plan:
+            yield first, Block(self.cols[lo:hi], self.ratings[lo:hi], self.scale, (last - first, self.shape[1]), tiles)
+
+    def whole(self) -> "Block":
+        """The whole matrix as one block (it must not be tiled)."""
+        if self.plan is not None and any(len(block[4]) > 1 or block[4][0][3] for block in self.plan):
+            raise RuntimeError("a tiled matrix is only read block by block")
+        return Block(self.cols, self.ratings, self.scale, self.shape, [(self.crow, 0, len(self.cols), 0, self.shape[1])])
+
+    def pattern_product(self, table: torch.Tensor) -> torch.Tensor:
+        return self.whole().pattern_product(table)
+
+    def residual_product(self, offset: float, col_bias: torch.Tensor, table: torch.Tensor) -> tuple:
+        return self.whole().residual_product(offset, col_bias, table)
+
+
+class Block:
+    """Rows of a :class:`Csr` solved together, in column tiles, and the products ALS needs.
+
+    A tile is (row pointers, first and last of the block's ratings, first and last column);
+    its column indices count from the tile's first column, so it multiplies a slice of the
+    column-side table. An untiled block is one tile.
+    """
+
+    def __init__(self, cols, ratings, scale: float, shape: tuple, tiles: list):
+        # Two-byte column indices are widened once per block: a solver multiplies it many times.
+        self.cols = cols.to(tiles[0][0].dtype) if cols.dtype == torch.uint16 else cols
+        self.ratings, self.scale, self.shape, self.tiles = ratings, scale, shape, tiles
 
     def pattern_product(self, table: torch.Tensor) -> torch.Tensor:
         """Per row, the sum of ``table`` rows over that row's rated columns."""
-        cols = self._index_cols()
-        return self._matrix(cols, torch.ones(len(cols), dtype=table.dtype, device=table.device)) @ table
+        return self.product(torch.ones(len(self.cols), dtype=table.dtype, device=table.device), table)
 
     def residual_product(self, offset: float, col_bias: torch.Tensor, table: torch.Tensor) -> tuple:
         """(per row: sum of ``(r - offset - col_bias[col]) * table[col]``, total squared residual)."""
-        cols = self._index_cols()
-        values = torch.index_select(col_bias, 0, cols)
-        values.neg_().add_(self.ratings, alpha=self.scale).sub_(offset)
-        return self._matrix(cols, values) @ table, torch.dot(values, values)
+        values = self.residuals(offset, col_bias)
+        return self.product(values, table), torch.dot(values, values)
 
-    def _starts(self) -> list:
-        if self.block_starts is None:
-            self.plan_blocks()
-        return self.block_starts
+    def residuals(self, offset: float, col_bias: torch.Tensor) -> torch.Tensor:
+        """Per rating (in storage order), ``r - offset - col_bias[col]``."""
+        values = self.gather(col_bias)
+        return values.neg_().add_(self.ratings, alpha=self.scale).sub_(offset)
 
-    def _index_cols(self) -> torch.Tensor:
-        """Column indices in the products' dtype (the crow's)."""
-        return self.cols.to(self.crow.dtype) if self.cols.dtype == torch.uint16 else self.cols
+    def gather(self, col_values: torch.Tensor) -> torch.Tensor:
+        """Per rating, ``col_values[col]``."""
+        out = torch.empty(len(self.cols), dtype=col_values.dtype, device=col_values.device)
+        for _, start, end, first, last in self.tiles:
+            torch.index_select(col_values[first:last], 0, self.cols[start:end], out=out[start:end])
+        return out
 
-    def _matrix(self, cols: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        return torch.sparse_csr_tensor(self.crow, cols, values, self.shape, check_invariants=False)
+    def product(self, values: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Per row, the sum over its ratings of ``values * table[col]`` (sparse-dense products)."""
+        out = None
+        for crow, start, end, first, last in self.tiles:
+            part = self._matrix(crow, start, end, values, last - first) @ table[first:last]
+            out = part if out is None else out.add_(part)
+        return out
+
+    def dots(self, rows: torch.Tensor, cols_t: torch.Tensor) -> torch.Tensor:
+        """Per rating, the dot product of its row of ``rows`` (n_rows, D) with its column of
+        ``cols_t`` (D, n_cols): sampled dense-dense products, never the rows x columns matrix."""
+        zeros = torch.zeros(len(self.cols), dtype=rows.dtype, device=rows.device)  # (beta=0 still reads them)
+        parts = [torch.sparse.sampled_addmm(self._matrix(crow, start, end, zeros, last - first), rows,
+                                            cols_t[:, first:last], beta=0.0).values()
+                 for crow, start, end, first, last in self.tiles]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _matrix(self, crow, start: int, end: int, values: torch.Tensor, n_cols: int) -> torch.Tensor:
+        return torch.sparse_csr_tensor(crow, self.cols[start:end], values[start:end], (self.shape[0], n_cols),
+                                       check_invariants=False)
 
 
 def _fill(out_cols, out_codes, rows, cols, ratings, crow, scale) -> None:

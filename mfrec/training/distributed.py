@@ -24,7 +24,12 @@ import torch.distributed as dist
 
 from mfrec.data.prepare import load_prepared
 from mfrec.training.fit import TrainConfig
+from mfrec.training.search import SearchConfig
 from mfrec.workflow import train_and_evaluate
+
+
+def _number_or_auto(text: str):
+    return text if text == "auto" else float(text)
 
 
 def main(argv=None) -> int:
@@ -35,8 +40,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="folder for the model and metrics.json (rank 0)")
     for name in ("n_factors", "epochs", "batch_size", "seed"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("lr", "reg", "implicit_weight", "confidence"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    for name in ("reg", "reg_exponent", "implicit_weight", "confidence"):  # "auto": chosen on validation
+        parser.add_argument(f"--{name.replace('_', '-')}", type=_number_or_auto, default=getattr(defaults, name))
     parser.add_argument("--solver", default=defaults.solver, help="als (default) or adam")
     parser.add_argument("--device", default="auto", help="auto: cuda:LOCAL_RANK when GPUs exist, else cpu")
     args = parser.parse_args(argv)
@@ -51,11 +57,14 @@ def main(argv=None) -> int:
         rank, world = dist.get_rank(), dist.get_world_size()
         prepared = load_prepared(args.prepared)
         config = TrainConfig(n_factors=args.n_factors, epochs=args.epochs, batch_size=args.batch_size,
-                             seed=args.seed, lr=args.lr, reg=args.reg, implicit_weight=args.implicit_weight,
-                             confidence=args.confidence, solver=args.solver,
+                             seed=args.seed, lr=args.lr, reg=args.reg, reg_exponent=args.reg_exponent,
+                             implicit_weight=args.implicit_weight, confidence=args.confidence, solver=args.solver,
                              device=device, progress=False,
                              rating_range=tuple(prepared.manifest.get("rating_scale", (0.5, 5.0))))
-        outcome = train_and_evaluate(prepared.train, prepared.val, prepared.test, prepared.movies, config)
+        # Every rank runs the same settings search (same seed, all-reduced sweeps) and so
+        # makes the same choice; rank 0 decides when its time limit is reached.
+        outcome = train_and_evaluate(prepared.train, prepared.val, prepared.test, prepared.movies, config,
+                                     search=SearchConfig(seed=args.seed))
         if rank == 0:
             out = Path(args.out)
             outcome.recommender.save(out / "recommender")

@@ -19,11 +19,12 @@ import torch
 from tqdm.auto import tqdm
 
 from mfrec.data.ids import Interactions
-from mfrec.errors import TrainingError
+from mfrec.errors import ConfigError, TrainingError
 from mfrec.training.adam import AdamSolver
 from mfrec.training.als import AlsSolver
 from mfrec.training.config import TrainConfig
 from mfrec.training.model import MatrixFactorization, predict_ratings, rating_tables
+from mfrec.training.parallel import workers_for
 
 
 @dataclass
@@ -51,6 +52,7 @@ def fit(
     val: Optional[Interactions] = None,
     epochs: Optional[int] = None,
     on_epoch: Optional[EpochCallback] = None,
+    score_epoch: Optional[Callable[[MatrixFactorization], dict]] = None,
 ) -> FitResult:
     """Fit a model on ``train``; with ``val``, stop early on validation RMSE and keep the best epoch.
 
@@ -65,8 +67,17 @@ def fit(
     epochs:
         Overrides ``config.epochs`` (the refit uses the epoch count validation chose).
     on_epoch:
-        Called after every epoch with ``{"epoch", "train_loss", "val_rmse"}``.
+        Called after every epoch with ``{"epoch", "train_loss", "val_rmse"}`` (and what
+        ``score_epoch`` adds); an exception it raises stops the fit.
+    score_epoch:
+        Called with the model after every epoch; returns more metrics for the record (e.g.
+        validation NDCG, which a settings search prunes on).
     """
+    if config.auto_fields():
+        raise ConfigError(f"fit() takes chosen settings, but {', '.join(config.auto_fields())} "
+                          f"{'is' if len(config.auto_fields()) == 1 else 'are'} 'auto': train with "
+                          f"mfrec.workflow.train_and_evaluate (which chooses them on validation), or pass numbers "
+                          f"(TrainConfig.with_prior() gives the search's starting values)")
     if len(train) == 0:
         raise TrainingError("the training set is empty")
     if (train.users < 0).any() or (train.items < 0).any():
@@ -85,13 +96,14 @@ def fit(
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _fit(train, config, val, n_epochs, device, on_epoch)
+        with workers_for(device, len(train), distributed=_distributed_rank()[1] > 1) as workers:
+            return _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers)
     finally:
         if switch:
             torch.use_deterministic_algorithms(was_deterministic)
 
 
-def _fit(train, config, val, n_epochs, device, on_epoch) -> FitResult:
+def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers) -> FitResult:
     seed_everything(config.seed)
     start = time.perf_counter()
 
@@ -112,7 +124,7 @@ def _fit(train, config, val, n_epochs, device, on_epoch) -> FitResult:
         # Every rank builds its shard's sparse matrices and all-reduces the per-row sums.
         if world > 1:
             users, items, ratings = (t[rank::world] for t in (users, items, ratings))
-        solver = AlsSolver(model, users, items, ratings, config, distributed=world > 1)
+        solver = AlsSolver(model, users, items, ratings, config, distributed=world > 1, workers=workers)
         del users, items, ratings
     else:
         solver = AdamSolver(model, users, items, ratings, config, device, index_dtype, rank, world)
@@ -139,6 +151,8 @@ def _fit(train, config, val, n_epochs, device, on_epoch) -> FitResult:
             bar.set_postfix(loss=f"{train_loss:.4f}", val_rmse=f"{record['val_rmse']:.4f}")
         else:
             bar.set_postfix(loss=f"{train_loss:.4f}")
+        if score_epoch is not None:
+            record.update(score_epoch(model))
         result.history.append(record)
         if on_epoch is not None:
             on_epoch(record)

@@ -1,0 +1,89 @@
+"""Validation scores of models in training: rating RMSE and NDCG@10 of ``recommend``.
+
+The train step chooses its settings and sweep count on these (:mod:`mfrec.training.search`),
+so they are computed the way test metrics and served answers are: from the same
+:class:`~mfrec.serving.bundle.Bundle` data (the training ratings as each user's seen films,
+their genre votes) with the scoring functions of :mod:`mfrec.serving.scoring` that the
+served ``recommend`` ranks with. Only the sampled validation users are scored, and what does
+not depend on the model (their genre taste) is computed once.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mfrec.data.ids import IdIndex
+from mfrec.evaluation import metrics
+from mfrec.serving import genres, scoring
+from mfrec.serving.bundle import Bundle, RankingConfig
+from mfrec.training.model import MatrixFactorization, predict_ratings, rating_tables
+
+K = 10
+
+
+class Validation:
+    """Scores models fitted on ``train`` (indexed by ``users``/``items``) on ``val``.
+
+    NDCG is averaged over at most ``max_users`` validation users with a relevant film (a
+    seeded sample when there are more), so that scoring stays cheap at any scale.
+    """
+
+    def __init__(self, train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, users: IdIndex, items: IdIndex,
+                 train_config, max_users: int = 5000, seed: int = 0):
+        placeholder = MatrixFactorization(len(users), len(items), train_config.n_factors)
+        self.base = Bundle.build(placeholder, users, items, train, movies, train_config.with_prior(),
+                                 RankingConfig().with_prior())
+        self.val_users = users.index(val["userId"].to_numpy())
+        self.val_items = items.index(val["movieId"].to_numpy())
+        self.val_ratings = val["rating"].to_numpy(np.float64)
+        ranked, relevant = metrics.relevant_sets(val, self.val_users, self.val_items)
+        if len(ranked) > max_users:
+            keep = np.sort(np.random.default_rng(seed).choice(len(ranked), max_users, replace=False))
+            ranked, relevant = ranked[keep], [relevant[j] for j in keep]
+        self.ranked, self.relevant = ranked, relevant
+        self._users = torch.from_numpy(ranked)
+        self._genres = torch.from_numpy(genres.genre_matrix(self.base.items["genres"].to_numpy())[1])
+        rates = genres.base_rates(self.base.genre_votes, self.base.vote_total)
+        prior = self.base.ranking.genre_prior
+        self._taste = torch.from_numpy(genres.taste(self.base.genre_votes[ranked], self.base.vote_total[ranked],
+                                                    rates, prior))
+
+    def rmse(self, model) -> float:
+        """Rating RMSE on the validation ratings (an unknown user or film predicted from the
+        biases, as in training's early stopping)."""
+        with torch.no_grad():
+            tables = tuple(t.numpy() for t in rating_tables(_on_cpu(model)))
+        return metrics.rmse(predict_ratings(tables, self.val_users, self.val_items, self.base.rating_range),
+                            self.val_ratings)
+
+    def ndcg(self, model, ranking: RankingConfig) -> float:
+        """NDCG@10 of ``recommend`` for the (sampled) validation users."""
+        return float(np.mean(self.ndcg_per_user(model, ranking)))
+
+    @torch.no_grad()
+    def ndcg_per_user(self, model, ranking: RankingConfig) -> np.ndarray:
+        """Each (sampled) validation user's NDCG@10 of ``recommend``."""
+        model = _on_cpu(model)
+        weight, genre_weight = float(ranking.rating_weight), float(ranking.genre_weight)
+        with_genres = genre_weight > 0
+        taste = self._taste * genre_weight if with_genres else None
+        rows = scoring.ranking_rows(model, self._users, weight, None, taste)
+        scores = rows @ scoring.ranking_table(model, weight, self._genres if with_genres else None)
+        scoring.mask_seen(scores, self.base.seen_indptr, self.base.seen_indices, self.ranked)
+        return metrics.per_user(scoring.top_k(scores, K)[1].numpy(), self.relevant, K)[2]
+
+
+def clearly_better(new: np.ndarray, old: np.ndarray) -> bool:
+    """Whether per-user scores ``new`` beat ``old`` (same users) by more than the standard
+    error of the mean difference: a gain validation noise alone would rarely show."""
+    diff = np.asarray(new, np.float64) - np.asarray(old, np.float64)
+    return bool(diff.mean() > diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else bool(diff.mean() > 0)
+
+
+def _on_cpu(model):
+    """``model``, or a CPU copy of it (ranking reads numpy views of a CPU model)."""
+    return model if model.item_factors.device.type == "cpu" else copy.deepcopy(model).cpu()

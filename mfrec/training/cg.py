@@ -1,0 +1,193 @@
+"""Conjugate-gradient ALS steps: a few warm-started CG iterations per row instead of an exact solve.
+
+The systems are those of :mod:`mfrec.training.als` (its docstring has the objective). The
+exact steps build every row's D x D matrix (``nnz * D^2`` work) and factorise it
+(``rows * D^3``); conjugate gradients only multiply by it. A product with a row's matrix is
+a sum over its ratings of ``w f (f . v)`` plus a shared dense part, so for a whole block of
+rows it is one sampled dense-dense product (``f . v`` per rating) and one sparse-dense
+product per data term, ``O(nnz * D)``, plus one ``rows x D x D`` matrix product. A sweep
+therefore grows like ``k^2`` (the dense parts) instead of ``k^3``. Each CG step runs on every
+row of a block at once (per-row step sizes), starting from the current factors, as
+implicit's CPU solver does; ``cg_steps`` iterations per side and sweep (3 by default) do
+not solve a row exactly, but the sweeps converge to the same objective (tests compare the
+loss with the exact steps).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mfrec.training.csr import Csr
+
+
+def _reduce(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over the ranks of an initialised process group (each rank holds a shard of ratings)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor)
+    return tensor
+
+
+class _Rows:
+    """A block of rows whose systems ``A x = b`` CG solves together: ``apply(V)`` is ``A V``
+    row by row; ``x`` the current solutions (warm start), ``residual`` ``b - A x``."""
+
+    def __init__(self, apply, x: torch.Tensor, residual: torch.Tensor):
+        self.apply, self.x, self.residual = apply, x, residual
+
+
+def conjugate_gradient(systems: list[_Rows], steps: int) -> None:
+    """``steps`` CG iterations on every row of every system (each row its own step sizes),
+    updating ``x`` and ``residual`` in place. The systems of one list share nothing but the
+    loop: their products may run together in ``apply``."""
+    directions = [s.residual.clone() for s in systems]
+    norms = [(s.residual * s.residual).sum(1) for s in systems]
+    for step in range(steps):
+        for s, d, rr in zip(systems, directions, norms):
+            ad = s.apply(d)
+            curvature = (d * ad).sum(1)
+            # A converged row (zero direction) takes no step rather than 0/0.
+            alpha = torch.where(curvature > 0, rr / curvature.clamp_min(1e-30), torch.zeros_like(rr))
+            s.x.addcmul_(alpha[:, None], d)
+            s.residual.addcmul_(alpha[:, None], ad, value=-1.0)
+        if step == steps - 1:
+            break
+        for i, (s, d, rr) in enumerate(zip(systems, directions, norms)):
+            new = (s.residual * s.residual).sum(1)
+            beta = torch.where(rr > 0, new / rr.clamp_min(1e-30), torch.zeros_like(rr))
+            d.mul_(beta[:, None]).add_(s.residual)
+            norms[i] = new
+
+
+def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user: Csr, weights: tuple,
+                bias_reg: float, row_reg: torch.Tensor, steps: int, out: tuple, distributed: bool = False,
+                workers=None):
+    """The user step by CG, warm-started from and written into ``out = (bias, p, c)``.
+
+    Rating system of user u, unknowns ``x = (p_u, b_u)``: ``sum over rated f f^T + diag(reg_u,
+    bias_reg) `` with ``f = (q_i, 1)``, right side ``sum r~ f``. Choice system, unknown
+    ``c_u``: ``(w1 - w0) sum over rated q q^T + w0 Q^T Q + reg_u I``, right side
+    ``sum over rated (w1 - (w1 - w0) d_i) q_i - w0 Q^T d``. Returns the squared rating error
+    at the new factors.
+    """
+    q = item_factors
+    k, dtype, device = q.shape[1], q.dtype, q.device
+    w0, w1 = weights
+    omega = w1 - w0
+    bias, p, c = out
+    if w0 == 0:
+        c.zero_()  # no choice loss, no choice vectors (as in the exact step)
+    f = torch.cat([q, torch.ones(len(q), 1, dtype=dtype, device=device)], 1)
+    f_t, q_t = f.T, q.T  # the sampled product reads an item's features contiguously this way
+    if w0 > 0:
+        gram = w0 * (q.T @ q)
+        offset = w0 * (q.T @ item_choice_bias)
+        choice_target = w1 - omega * item_choice_bias  # per item: what a rated pair pulls towards
+
+    def block(first, part):
+        rows = slice(first, first + part.shape[0])
+        lam = row_reg[rows][:, None]
+        prior = torch.cat([lam.expand(-1, k), torch.full_like(lam, bias_reg)], 1)
+        target = part.residuals(float(global_mean), item_bias)
+
+        def rating_product(v, part=part, prior=prior):
+            return _plus(part.product(part.dots(v, f_t), f), distributed, prior * v)
+
+        x = torch.cat([p[rows], bias[rows][:, None]], 1)
+        residual = _plus(part.product(target - part.dots(x, f_t), f), distributed, -prior * x)
+        systems = [_Rows(rating_product, x, residual)]
+        if w0 > 0:
+            def choice_product(v, part=part, lam=lam):
+                return _plus(part.product(part.dots(v, q_t), q), distributed, v @ gram + lam * v, scale=omega)
+
+            y = c[rows].clone()
+            pulled = part.gather(choice_target) - omega * part.dots(y, q_t)
+            systems.append(_Rows(choice_product, y, _plus(part.product(pulled, q), distributed,
+                                                          -(offset + y @ gram + lam * y))))
+        conjugate_gradient(systems, steps)
+        p[rows], bias[rows] = x[:, :k], x[:, k]
+        if w0 > 0:
+            c[rows] = systems[1].x
+        error = target - part.dots(x, f_t)
+        return torch.dot(error, error).to(torch.float64)
+
+    sq_error = sum(_map(workers, block, by_user.blocks()), torch.zeros((), dtype=torch.float64, device=device))
+    return _reduce(sq_error) if distributed else sq_error
+
+
+def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr, weights: tuple, bias_reg: float,
+                row_reg: torch.Tensor, constant: torch.Tensor, steps: int, out: tuple, distributed: bool = False,
+                workers=None):
+    """The item step by CG, warm-started from and written into ``out = (q, b_i, d_i)``.
+
+    Item i's unknowns ``z = (q_i, b_i, d_i)``; its matrix sums, over the users who rated it,
+    ``f f^T + (w1 - w0) g g^T`` with ``f = (p_u, 1, 0)`` and ``g = (c_u, 0, 1)``, plus
+    ``constant`` (``w0`` times every user's ``g g^T``: :func:`mfrec.training.als._item_constant`
+    without its prior) and ``diag(reg_i, bias_reg, bias_reg)``; right side ``sum r~ f + w1
+    sum g``.
+    """
+    p, c = user_factors, user_choice
+    k, dtype, device = p.shape[1], p.dtype, p.device
+    w0, w1 = weights
+    omega = w1 - w0
+    implicit = w0 > 0
+    factors, bias, choice_bias = out
+    if not implicit:
+        choice_bias.zero_()  # no choice loss, no choice bias (as in the exact step)
+    ones = torch.ones(len(p), 1, dtype=dtype, device=device)
+    f = torch.cat([p, ones], 1)  # (p, 1): f without its zero
+    f_t = f.T
+    if implicit:
+        g = torch.cat([c, ones], 1)  # (c, 1): g without its zero
+        g_t = g.T
+
+    def block(first, part):
+        m = part.shape[0]
+        rows = slice(first, first + m)
+        lam = row_reg[rows][:, None]
+        prior = torch.cat([lam.expand(-1, k), torch.full((m, 2 if implicit else 1), bias_reg, dtype=dtype,
+                                                          device=device)], 1)
+        target = part.residuals(float(global_mean), user_bias)
+
+        def product(z, rating_values=None, choice_values=None, part=part, prior=prior):
+            """``A z`` (or, given per-rating values, the sums they weigh, without the dense part)."""
+            dense = rating_values is not None
+            rating = part.product(rating_values if dense else part.dots(z[:, :k + 1], f_t), f)
+            data = torch.zeros(len(z), z.shape[1], dtype=dtype, device=device)
+            data[:, :k + 1] = rating
+            if implicit:
+                zc = torch.cat([z[:, :k], z[:, k + 1:]], 1)
+                choice = part.product(choice_values if dense else omega * part.dots(zc, g_t), g)
+                data[:, :k] += choice[:, :k]
+                data[:, k + 1] = choice[:, k]
+            if distributed:
+                _reduce(data)
+            return data if dense else data + z @ constant + prior * z
+
+        z = torch.cat([factors[rows], bias[rows][:, None]] + ([choice_bias[rows][:, None]] if implicit else []), 1)
+        zc = torch.cat([z[:, :k], z[:, k + 1:]], 1) if implicit else None
+        rating_values = target - part.dots(z[:, :k + 1], f_t)
+        choice_values = (w1 - omega * part.dots(zc, g_t)) if implicit else None
+        residual = product(z, rating_values, choice_values) - z @ constant - prior * z
+        system = _Rows(product, z, residual)
+        conjugate_gradient([system], steps)
+        factors[rows], bias[rows] = z[:, :k], z[:, k]
+        if implicit:
+            choice_bias[rows] = z[:, k + 1]
+
+    _map(workers, block, by_item.blocks())
+    return factors, bias, choice_bias
+
+
+def _map(workers, fn, blocks) -> list:
+    """``fn`` over the blocks, by ``workers`` (:class:`mfrec.training.parallel.Workers`) or here."""
+    return workers.map(fn, blocks) if workers is not None else [fn(*block) for block in blocks]
+
+
+def _plus(data: torch.Tensor, distributed: bool, dense: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``scale * data + dense`` where ``data`` sums over this rank's ratings (all-reduced first
+    when the ratings are sharded over ranks) and ``dense`` is every rank's own."""
+    if distributed:
+        _reduce(data)
+    if scale != 1.0:
+        data.mul_(scale)
+    return data.add_(dense)

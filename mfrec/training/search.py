@@ -1,0 +1,303 @@
+"""Choosing the train step's settings on the validation split, for each dataset.
+
+Settings left ``"auto"`` -- ``reg``, ``reg_exponent``, ``implicit_weight`` and ``confidence``
+of :class:`~mfrec.training.config.TrainConfig`, ``rating_weight`` and ``genre_weight`` of
+:class:`~mfrec.serving.bundle.RankingConfig` -- are chosen by a small budgeted search; set
+values are used as given. The search never looks at the test split.
+
+- A trial fits on the training split with the trial's training settings; early stopping on
+  validation RMSE chooses its sweep count, as in every fit. Optuna's TPE sampler (seeded)
+  proposes the trials; the first is the prior (``PRIOR``: values a hand search once found on
+  ml-latest-small), so the search can only improve on it.
+- The ranking weights do not change the fit: each trial scores a small grid of them on its
+  model (rating weight first, then genre weight), which costs a few rankings, not fits.
+- ``objective="ndcg"`` (default: ``recommend`` is the main task) keeps the trial with the best
+  validation NDCG@10 among those whose validation RMSE is within ``RMSE_TOLERANCE`` of the
+  best trial's, so ranking gains never cost rating accuracy; ``"rmse"`` keeps the lowest
+  validation RMSE (and still picks the ranking weights by NDCG).
+- Budget: ``trials`` (deterministic: same seed, same choice), cut short by ``seconds`` (the
+  table says when). With more than ``sample_ratings`` training ratings the search runs on a
+  seeded sample of users holding about that many; ``reg`` is per row and per k
+  (:func:`~mfrec.training.als.row_penalties`), so the choice carries to the whole data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+
+from mfrec.data.ids import IdIndex, Interactions
+from mfrec.errors import ConfigError
+from mfrec.evaluation.validation import Validation, clearly_better
+from mfrec.serving.bundle import RANKING_PRIOR, RankingConfig
+from mfrec.training.config import PRIOR, TrainConfig
+from mfrec.training.fit import FitResult, fit
+
+OBJECTIVES = ("ndcg", "rmse")
+RMSE_TOLERANCE = 0.005
+# What each searched setting may take: (low, high, log scale).
+RANGES = {"reg": (0.3, 50.0, True), "reg_exponent": (0.0, 1.0, False), "implicit_weight": (0.25, 16.0, True),
+          "confidence": (1.5, 50.0, True)}
+RATING_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0)
+GENRE_WEIGHTS = (0.0, 0.05, 0.1, 0.2)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The search's objective and budget."""
+
+    objective: str = "ndcg"
+    trials: int = 16
+    seconds: float = 120.0
+    sample_ratings: int = 1_000_000
+    validation_users: int = 5000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if not (isinstance(self.trials, int) and self.trials >= 1):
+            raise ConfigError(f"search_trials must be an integer >= 1, got {self.trials!r}")
+        if not (isinstance(self.seconds, (int, float)) and math.isfinite(self.seconds) and self.seconds > 0):
+            raise ConfigError(f"search_seconds must be a number > 0, got {self.seconds!r}")
+        if self.sample_ratings < 1000 or self.validation_users < 10:
+            raise ConfigError("sample_ratings must be >= 1000 and validation_users >= 10")
+
+
+@dataclass
+class Choice:
+    """What the search chose, and every trial it ran (``trials``: one dict per trial)."""
+
+    config: TrainConfig
+    ranking: RankingConfig
+    trials: list = field(default_factory=list)
+    best: dict = field(default_factory=dict)
+    fit: Optional[FitResult] = None  # the chosen trial's fit on the whole training split, if it had one
+    stopped: str = ""
+    seconds: float = 0.0
+    sampled: Optional[dict] = None
+
+    def chosen(self) -> dict:
+        """The chosen value of every searched setting."""
+        return dict(self.best.get("params", {}))
+
+    def summary(self) -> str:
+        """What was chosen and why, in a sentence."""
+        first, best = self.trials[0], self.best
+        values = ", ".join(f"{k}={_format(v)}" for k, v in self.chosen().items())
+        where = f" on a sample of {self.sampled['users']:,} users ({self.sampled['ratings']:,} ratings)" \
+            if self.sampled else ""
+        if best is first:
+            why = "the starting point (trial 0): no trial ranked clearly better on validation"
+        else:
+            why = (f"trial {best['trial']}: validation NDCG@10 {best['val_ndcg_at_10']:.4f} against the starting "
+                   f"point's {first.get('val_ndcg_at_10', float('nan')):.4f}, RMSE {best['val_rmse']:.4f}")
+        return (f"settings chosen on validation{where}: {values} -- {why}; {len(self.trials)} trials in "
+                f"{self.seconds:.1f} s, stopped by {self.stopped}")
+
+    def rows(self) -> list:
+        """The trials as JSON-ready dicts."""
+        return [{k: v for k, v in row.items() if not k.startswith("_")} for row in self.trials]
+
+    def table(self) -> str:
+        """The trials as a markdown table (what a run logs)."""
+        names = [n for n in self.trials[0]["params"]] if self.trials else []
+        head = ["trial", *names, "sweeps", "val RMSE", "val NDCG@10", "seconds", "state"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in self.trials:
+            mark = " (chosen)" if row is self.best else ""
+            params = [_format(row["params"][n]) for n in names]
+            lines.append("| " + " | ".join([f"{row['trial']}{mark}", *params, str(row.get("best_epoch", "")),
+                                             _format(row.get("val_rmse")), _format(row.get("val_ndcg_at_10")),
+                                             f"{row['seconds']:.2f}", row["state"]]) + " |")
+        return "\n".join(lines)
+
+
+def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config: TrainConfig,
+           ranking: RankingConfig = RankingConfig(), search: SearchConfig = SearchConfig(),
+           space: Optional[dict] = None, on_trial: Optional[Callable[[dict, Optional[FitResult]], None]] = None,
+           prune: bool = False) -> Choice:
+    """Choose every ``auto`` setting of ``config`` and ``ranking`` on ``val``.
+
+    ``space`` adds settings to search that are not ``auto`` (``-e tune`` adds ``n_factors``:
+    ``{"n_factors": [8, 16, ...]}`` for a choice among values, or ``(low, high, log)``).
+    ``on_trial(row, fit_result)`` is called after each trial. With ``prune``, trials report
+    their validation curve (NDCG@10 at the prior ranking weights, or RMSE) every sweep and
+    Optuna's median pruner stops those far behind the others.
+    """
+    import optuna
+
+    started = time.perf_counter()
+    space = {**{name: RANGES[name] for name in config.auto_fields()}, **(space or {})}
+    fixed = PRIOR[config.solver]
+    if config.solver == "adam":
+        space.pop("confidence", None)  # the Adam solver's choice loss has no confidence
+    search_train, search_val, sampled = _sample(train, val, search.sample_ratings, search.seed)
+    users, items = IdIndex(search_train["userId"]), IdIndex(search_train["movieId"])
+    tr = Interactions.from_frame(search_train, users, items)
+    va = Interactions.from_frame(search_val, users, items) if len(search_val) else None
+    if va is None:
+        raise ConfigError("choosing settings on validation needs a validation split (val_fraction > 0), "
+                          "or set reg, implicit_weight, confidence, rating_weight and genre_weight explicitly")
+    validation = Validation(search_train, search_val, movies, users, items, config,
+                            max_users=search.validation_users, seed=search.seed)
+    prior = {name: (fixed[name] if name in fixed else getattr(config, name)) for name in space}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=min(5, search.trials),
+                                         multivariate=True)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3) if prune else optuna.pruners.NopPruner()
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    study.enqueue_trial({name: _grid_value(space[name], value) for name, value in prior.items()})
+    budget = search.trials if space else 1  # nothing to sample: one fit, whose ranking weights are chosen
+    trials, fits, stopped = [], {}, f"{budget} trial{'s' if budget > 1 else ''}"
+    for number in range(budget):
+        trial = study.ask()
+        params = {name: _suggest(trial, name, spec) for name, spec in space.items()}
+        row = {"trial": number, "params": params}
+        trial_started = time.perf_counter()
+        cfg = replace(config, **{**{n: fixed[n] for n in config.auto_fields()}, **params})
+        state, result = "complete", None
+        try:
+            hooks = _pruning_hooks(trial, validation, ranking, search.objective) if prune else {}
+            result = fit(tr, cfg, val=va, **hooks)
+        except optuna.TrialPruned:
+            state = "pruned"
+        if result is not None:
+            row.update(best_epoch=result.best_epoch, val_rmse=result.best_val_rmse)
+            weights, per_user = _ranking_weights(validation, result.model, ranking)
+            row["params"] = {**params, **weights}
+            row["val_ndcg_at_10"] = float(per_user.mean())
+            row["_per_user"] = per_user
+            fits[number] = result
+        row.update(seconds=time.perf_counter() - trial_started, state=state)
+        trials.append(row)
+        if state == "pruned":
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, _value(row, trials, search.objective))
+        if on_trial is not None:
+            on_trial(row, result)
+        if _agree(time.perf_counter() - started > search.seconds) and number + 1 < budget:
+            stopped = f"the time limit ({search.seconds:g} s) after {number + 1} of {budget} trials"
+            break
+    best = _best(trials, search.objective)
+    chosen = {k: v for k, v in best["params"].items() if k in TrainConfig.__dataclass_fields__}
+    resolved = replace(config, **{**{n: fixed[n] for n in config.auto_fields()}, **chosen})
+    resolved_ranking = replace(ranking, **{k: v for k, v in best["params"].items() if k in RANKING_PRIOR})
+    reusable = fits.get(best["trial"]) if sampled is None else None
+    return Choice(resolved, resolved_ranking, trials, best, reusable, stopped, time.perf_counter() - started, sampled)
+
+
+def _sample(train: pd.DataFrame, val: pd.DataFrame, target: int, seed: int) -> tuple:
+    """``(train, val, None)`` when train holds at most ``target`` ratings, else the ratings of a
+    seeded sample of users holding about ``target`` of them, and what was sampled."""
+    if len(train) <= target:
+        return train, val, None
+    counts = train["userId"].value_counts(sort=False)
+    order = np.random.default_rng(seed).permutation(len(counts))
+    keep = counts.index.to_numpy()[order[:int(np.searchsorted(np.cumsum(counts.to_numpy()[order]), target)) + 1]]
+    part = train[train["userId"].isin(keep)]
+    return part, val[val["userId"].isin(keep)], {"users": int(len(keep)), "ratings": int(len(part))}
+
+
+def _suggest(trial, name: str, spec):
+    if isinstance(spec, (list, tuple)) and not (len(spec) == 3 and isinstance(spec[2], bool)):
+        return trial.suggest_categorical(name, list(spec))
+    low, high, log = spec
+    if isinstance(low, int) and isinstance(high, int):
+        return trial.suggest_int(name, low, high, log=log)
+    return trial.suggest_float(name, low, high, log=log)
+
+
+def _grid_value(spec, value):
+    """``value`` as the search space can take it (the nearest choice of a categorical)."""
+    if isinstance(spec, (list, tuple)) and not (len(spec) == 3 and isinstance(spec[2], bool)):
+        return min(spec, key=lambda v: abs(v - value))
+    low, high, _ = spec
+    return min(max(value, low), high)
+
+
+def _ranking_weights(validation: Validation, model, ranking: RankingConfig) -> tuple[dict, np.ndarray]:
+    """The ``auto`` ranking weights that rank ``model`` best on validation (rating weight over
+    its grid, then genre weight at that rating weight; a move away from the prior only when
+    :func:`clearly_better`), and the validation users' NDCG@10 with them."""
+    current = ranking.with_prior()
+    scores = validation.ndcg_per_user(model, current)
+    for name, grid in (("rating_weight", RATING_WEIGHTS), ("genre_weight", GENRE_WEIGHTS)):
+        if name not in ranking.auto_fields():
+            continue
+        candidates = [replace(current, **{name: value}) for value in grid if value != getattr(current, name)]
+        tried = [(validation.ndcg_per_user(model, c), c) for c in candidates]
+        if tried:
+            best_scores, best = max(tried, key=lambda t: t[0].mean())
+            if clearly_better(best_scores, scores):
+                scores, current = best_scores, best
+    return {name: getattr(current, name) for name in ranking.auto_fields()}, scores
+
+
+def _pruning_hooks(trial, validation: Validation, ranking: RankingConfig, objective: str) -> dict:
+    """``fit`` hooks that score each sweep on validation (NDCG@10 at the prior ranking
+    weights, for the ndcg objective), report the curve to Optuna and stop the fit when its
+    pruner says so."""
+    import optuna
+
+    def on_epoch(record):
+        value = -record["val_rmse"] if objective == "rmse" else record["val_ndcg_at_10"]
+        trial.report(value, record["epoch"])
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+
+    score = None if objective == "rmse" else (lambda model: {"val_ndcg_at_10": validation.ndcg(model, ranking.with_prior())})
+    return {"on_epoch": on_epoch, "score_epoch": score}
+
+
+def _value(row: dict, trials: list, objective: str) -> float:
+    """What the sampler maximises for a finished trial: NDCG, less a penalty for rating error
+    beyond the tolerance (of the best so far), or minus the RMSE."""
+    if objective == "rmse":
+        return -row["val_rmse"]
+    best_rmse = min(t["val_rmse"] for t in trials if t["state"] == "complete")
+    return row["val_ndcg_at_10"] - 10.0 * max(0.0, row["val_rmse"] - best_rmse - RMSE_TOLERANCE)
+
+
+def _best(trials: list, objective: str) -> dict:
+    """The chosen trial. For NDCG: the best among those within the RMSE tolerance, unless it
+    is not :func:`clearly_better` than the first (the prior): noise should not move a choice."""
+    complete = [t for t in trials if t["state"] == "complete" and math.isfinite(t["val_rmse"])]
+    if not complete:
+        raise ConfigError("no trial of the settings search finished; raise search_trials or search_seconds")
+    if objective == "rmse":
+        return min(complete, key=lambda t: (t["val_rmse"], t["trial"]))
+    best_rmse = min(t["val_rmse"] for t in complete)
+    near = [t for t in complete if t["val_rmse"] <= best_rmse + RMSE_TOLERANCE]
+    best = max(near, key=lambda t: (t["val_ndcg_at_10"], -t["trial"]))
+    first = trials[0]
+    if first in near and best is not first and not clearly_better(best["_per_user"], first["_per_user"]):
+        return first
+    return best
+
+
+def _agree(flag: bool) -> bool:
+    """``flag`` as rank 0 of an initialised process group sees it (every rank then runs the
+    same trials), else ``flag``."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+        value = torch.tensor([1.0 if flag else 0.0], device=device)
+        torch.distributed.broadcast(value, 0)
+        return bool(value.item())
+    return flag
+
+
+def _format(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.3g}"
+    return str(value)

@@ -1,0 +1,181 @@
+"""The ALS solvers: conjugate-gradient steps against the exact solve, frequency-scaled
+penalties, column tiles and worker threads (each must give the one-block, one-thread,
+exact answer it stands in for)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import mfrec.training.csr as csr_module
+from mfrec.data.ids import IdIndex, Interactions
+from mfrec.errors import ConfigError
+from mfrec.training import als, cg, parallel
+from mfrec.training.config import TrainConfig
+from mfrec.training.csr import Csr
+from mfrec.training.fit import fit
+from mfrec.training.model import MatrixFactorization
+from mfrec.training.parallel import SERIAL, Workers
+
+
+def _ratings(n_users=60, n_items=45, n=900, seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    pairs = torch.unique(torch.randint(0, n_users * n_items, (n,), generator=gen))
+    users, items = (pairs // n_items).int(), (pairs % n_items).int()
+    ratings = torch.randint(1, 11, (len(pairs),), generator=gen).float() * 0.5
+    return users, items, ratings
+
+
+def _model(n_users, n_items, k, mean, seed=5, dtype=torch.float64):
+    m = MatrixFactorization(n_users, n_items, k, mean, init_std=0.3, generator=torch.Generator().manual_seed(seed))
+    return m.to(dtype)
+
+
+@pytest.mark.parametrize("implicit_weight", [2.0, 0.0])
+@pytest.mark.parametrize("exponent", [0.0, 0.7])
+def test_enough_cg_steps_solve_each_side_exactly(implicit_weight, exponent):
+    """CG on a D-dimensional SPD system is exact after D steps: with that many steps, both CG
+    steps give the exact steps' answers (float64), penalties per row included."""
+    users, items, ratings = _ratings()
+    k = 5
+    config = TrainConfig(n_factors=k, reg=1.3, reg_exponent=exponent, implicit_weight=implicit_weight,
+                         confidence=4.0, bias_reg=2.0)
+    by_user, by_item = Csr(users, items, ratings, 60, 45), Csr(items, users, ratings, 45, 60)
+    user_reg = als.row_penalties(by_user.row_counts(), config.reg, exponent, k).double()
+    item_reg = als.row_penalties(by_item.row_counts(), config.reg, exponent, k).double()
+    weights = (config.implicit_weight, config.implicit_weight * config.confidence)
+    m = _model(60, 45, k, float(ratings.mean()))
+    with torch.no_grad():
+        exact_items = als.solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean, by_item,
+                                      config, row_reg=item_reg)
+        start = tuple(t.clone() for t in (m.item_factors, m.item_bias, m.item_logit_bias))
+        constant = als._item_constant(m.user_choice_factors, k, weights[0])
+        cg_items = cg.solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean, by_item, weights,
+                                  config.bias_reg, item_reg, constant, k + 3, start)
+        for a, b in zip(exact_items, cg_items):
+            assert torch.allclose(a, b, atol=1e-8)
+        *exact_users, exact_sq = als.solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean,
+                                                 by_user, config, row_reg=user_reg)
+        start = tuple(t.clone() for t in (m.user_bias, m.user_factors, m.user_choice_factors))
+        cg_sq = cg.solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean, by_user, weights,
+                               config.bias_reg, user_reg, k + 3, start)
+        for a, b in zip(exact_users, start):
+            assert torch.allclose(a, b, atol=1e-8)
+        assert math.isclose(float(exact_sq), float(cg_sq), rel_tol=1e-8)
+
+
+def _objective(model, config, data) -> float:
+    """The training objective (mfrec.training.als), summed densely (small problems only)."""
+    u, i = torch.as_tensor(data.users, dtype=torch.long), torch.as_tensor(data.items, dtype=torch.long)
+    r = torch.as_tensor(data.ratings, dtype=torch.float64)
+    m = model.double()
+    with torch.no_grad():
+        rating = ((r - m(u, i)) ** 2).sum()
+        w0, w1 = config.implicit_weight, config.implicit_weight * config.confidence
+        scores = m.user_choice_factors @ m.item_factors.T + m.item_logit_bias
+        chosen = torch.zeros_like(scores)
+        chosen[u, i] = 1.0
+        weight = torch.full_like(scores, w0)
+        weight[u, i] = w1
+        choice = (weight * (chosen - scores) ** 2).sum()
+        reg_u = als.row_penalties(torch.bincount(u, minlength=data.n_users), config.reg, config.reg_exponent,
+                                  config.n_factors)
+        reg_i = als.row_penalties(torch.bincount(i, minlength=data.n_items), config.reg, config.reg_exponent,
+                                  config.n_factors)
+        penalty = (reg_u * (m.user_factors ** 2 + m.user_choice_factors ** 2).sum(1)).sum() + \
+            (reg_i * (m.item_factors ** 2).sum(1)).sum()
+        biases = config.bias_reg * (m.user_bias ** 2).sum() + config.bias_reg * (m.item_bias ** 2).sum() + \
+            config.bias_reg * (m.item_logit_bias ** 2).sum()
+    return float(rating + choice + penalty + biases)
+
+
+@pytest.mark.parametrize("exponent", [0.0, 0.5])
+def test_cg_sweeps_reach_the_exact_sweeps_objective(small_split, exponent):
+    """Three CG steps a side and sweep (the default) converge to the objective the exact
+    sweeps reach: within 0.1 % after 40 sweeps on 200 users of ml-latest-small at k=24."""
+    train = small_split[0]
+    train = train[train["userId"].isin(np.unique(train["userId"])[:200])]
+    users, items = IdIndex(train["userId"]), IdIndex(train["movieId"])
+    data = Interactions.from_frame(train, users, items)
+    losses = {}
+    for solve in ("exact", "cg"):
+        config = TrainConfig(n_factors=24, als_solve=solve, reg_exponent=exponent, progress=False).with_prior()
+        losses[solve] = _objective(fit(data, config, epochs=40).model, config, data)
+    assert losses["cg"] == pytest.approx(losses["exact"], rel=1e-3)
+
+
+def test_auto_solve_picks_by_factors():
+    assert TrainConfig(n_factors=8).solve == "exact"
+    assert TrainConfig(n_factors=64).solve == "cg"
+    assert TrainConfig(n_factors=64, als_solve="exact").solve == "exact"
+    # Decided by the config's own k, also after a replace (the sweep changes n_factors).
+    from dataclasses import replace
+    assert replace(TrainConfig(n_factors=8), n_factors=128).solve == "cg"
+    assert TrainConfig(n_factors=64).as_params()["als_solve"] == "cg"
+
+
+def test_row_penalties_scale_with_counts_and_factors():
+    counts = torch.tensor([1, 4, 10, 25])  # mean 10
+    flat = als.row_penalties(counts, 2.0, 0.0, 8)
+    assert torch.allclose(flat, torch.full((4,), 2.0, dtype=torch.float64))
+    # reg is per 8 factors: 32 factors double the penalty.
+    assert torch.allclose(als.row_penalties(counts, 2.0, 0.0, 32), torch.full((4,), 4.0, dtype=torch.float64))
+    scaled = als.row_penalties(counts, 2.0, 1.0, 8)
+    assert torch.allclose(scaled, 2.0 * counts.double() / 10)
+    # A new customer is scaled against the training users' mean, not their own.
+    assert float(als.row_penalties(torch.tensor([5]), 2.0, 0.5, 8, mean_count=20.0)[0]) == pytest.approx(1.0)
+
+
+def test_tiled_blocks_give_the_untiled_products():
+    users, items, ratings = _ratings(n_users=40, n_items=300, n=3000)
+    plain, tiled = Csr(users, items, ratings, 40, 300), Csr(users, items, ratings, 40, 300)
+    plain.plan_blocks(min_blocks=1)
+    tiled.plan_blocks(tile_cols=37)
+    assert len(tiled.plan[0][4]) == 9  # ceil(300 / 37) tiles
+    gen = torch.Generator().manual_seed(1)
+    table = torch.randn(300, 6, generator=gen)
+    bias = torch.randn(300, generator=gen)
+    rows = torch.randn(40, 6, generator=gen)
+    (_, a), (_, b) = next(plain.blocks()), next(tiled.blocks())
+    assert torch.allclose(a.pattern_product(table), b.pattern_product(table), atol=1e-5)
+    product_a, sq_a = a.residual_product(3.0, bias, table)
+    product_b, sq_b = b.residual_product(3.0, bias, table)
+    assert torch.allclose(product_a, product_b, atol=1e-4) and torch.isclose(sq_a, sq_b)
+    # Per-rating values come in each block's storage order: sums over them agree.
+    dots_a, dots_b = a.dots(rows, table.T), b.dots(rows, table.T)
+    assert torch.isclose(dots_a.sum(), dots_b.sum(), rtol=1e-5)
+    assert torch.allclose(a.product(dots_a, table), b.product(dots_b, table), atol=1e-3)
+    with pytest.raises(RuntimeError, match="plan its blocks once"):
+        tiled.plan_blocks(tile_cols=37)
+
+
+@pytest.mark.parametrize("solve", ["exact", "cg"])
+def test_worker_threads_give_the_one_thread_sweep(solve, monkeypatch):
+    """Blocks solved on two worker threads give the serial sweep's numbers, bit for bit."""
+    monkeypatch.setattr(csr_module, "BLOCK_ROWS", 7)
+    users, items, ratings = _ratings()
+    config = TrainConfig(n_factors=6, als_solve=solve).with_prior()
+    results = []
+    for workers in (SERIAL, Workers(2)):
+        m = _model(60, 45, 6, float(ratings.mean()), dtype=torch.float32)
+        solver = als.AlsSolver(m, users, items, ratings, config, workers=workers)
+        losses = [solver.epoch() for _ in range(3)]
+        results.append((losses, [t.detach().clone() for t in m.parameters()]))
+        workers.close()
+    assert results[0][0] == results[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+
+
+def test_threads_setting(monkeypatch):
+    monkeypatch.setenv(parallel.ENV, "3")
+    assert parallel.available_threads() == 3
+    before = torch.get_num_threads()
+    with parallel.workers_for(torch.device("cpu"), 10**7) as workers:
+        assert workers.n == 3 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with parallel.workers_for(torch.device("cpu"), 1000) as workers:  # a small fit: one thread
+        assert workers.n == 1
+    monkeypatch.setenv(parallel.ENV, "many")
+    with pytest.raises(ConfigError, match="MFREC_THREADS must be a whole number >= 1, got 'many'"):
+        parallel.available_threads()
