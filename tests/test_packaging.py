@@ -50,5 +50,7 @@ def test_train_defaults_agree_with_library():
     cfg = TrainConfig()
     for entry in ("main", "train"):
         params = project["entry_points"][entry]["parameters"]
-        for key in ("n_factors", "epochs", "batch_size", "lr", "reg", "implicit_weight", "seed"):
+        for key in ("n_factors", "epochs", "batch_size", "lr", "reg", "implicit_weight", "confidence", "als_solve",
+                    "seed"):
             assert params[key]["default"] == getattr(cfg, key), f"{entry}.{key}"
+        assert float(params["reg_exponent"]["default"]) == cfg.reg_exponent

@@ -23,6 +23,7 @@ from mfrec.serving.bundle import Bundle, RankingConfig
 from mfrec.training.model import MatrixFactorization, predict_ratings, rating_tables
 
 K = 10
+CHUNK = 128  # validation users scored at a time
 
 
 class Validation:
@@ -72,9 +73,13 @@ class Validation:
         with_genres = genre_weight > 0
         taste = self._taste * genre_weight if with_genres else None
         rows = scoring.ranking_rows(model, self._users, weight, None, taste)
-        scores = rows @ scoring.ranking_table(model, weight, self._genres if with_genres else None)
-        scoring.mask_seen(scores, self.base.seen_indptr, self.base.seen_indices, self.ranked)
-        return metrics.per_user(scoring.top_k(scores, K)[1].numpy(), self.relevant, K)[2]
+        table = scoring.ranking_table(model, weight, self._genres if with_genres else None)
+        top = []
+        for start in range(0, len(rows), CHUNK):  # a block of scores that stays in the cache
+            scores = rows[start:start + CHUNK] @ table
+            scoring.mask_seen(scores, self.base.seen_indptr, self.base.seen_indices, self.ranked[start:start + CHUNK])
+            top.append(scoring.top_k(scores, K)[1])
+        return metrics.per_user(torch.cat(top).numpy(), self.relevant, K)[2]
 
 
 def clearly_better(new: np.ndarray, old: np.ndarray) -> bool:

@@ -71,7 +71,7 @@ def fit(
         ``score_epoch`` adds); an exception it raises stops the fit.
     score_epoch:
         Called with the model after every epoch; returns more metrics for the record (e.g.
-        validation NDCG, which a settings search prunes on).
+        validation NDCG, which ``-e tune`` prunes its trials on).
     """
     if config.auto_fields():
         raise ConfigError(f"fit() takes chosen settings, but {', '.join(config.auto_fields())} "
@@ -158,9 +158,7 @@ def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers) -
             on_epoch(record)
         if val is not None:
             if record["val_rmse"] < best_rmse:
-                best_rmse = record["val_rmse"]
-                best_state = _state(model)
-                result.best_epoch = epoch
+                best_rmse, best_state, result.best_epoch = record["val_rmse"], _state(model), epoch
             if record["val_rmse"] < progress_rmse - config.min_delta:
                 progress_rmse, since_progress = record["val_rmse"], 0
             else:

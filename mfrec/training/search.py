@@ -52,7 +52,7 @@ class SearchConfig:
     """The search's objective and budget."""
 
     objective: str = "ndcg"
-    trials: int = 16
+    trials: int = 24
     seconds: float = 120.0
     sample_ratings: int = 1_000_000
     validation_users: int = 5000
@@ -111,7 +111,7 @@ class Choice:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in self.trials:
             mark = " (chosen)" if row is self.best else ""
-            params = [_format(row["params"][n]) for n in names]
+            params = [_format(row["params"].get(n)) for n in names]
             lines.append("| " + " | ".join([f"{row['trial']}{mark}", *params, str(row.get("best_epoch", "")),
                                              _format(row.get("val_rmse")), _format(row.get("val_ndcg_at_10")),
                                              f"{row['seconds']:.2f}", row["state"]]) + " |")
@@ -121,14 +121,15 @@ class Choice:
 def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config: TrainConfig,
            ranking: RankingConfig = RankingConfig(), search: SearchConfig = SearchConfig(),
            space: Optional[dict] = None, on_trial: Optional[Callable[[dict, Optional[FitResult]], None]] = None,
-           prune: bool = False) -> Choice:
+           curve: bool = False) -> Choice:
     """Choose every ``auto`` setting of ``config`` and ``ranking`` on ``val``.
 
     ``space`` adds settings to search that are not ``auto`` (``-e tune`` adds ``n_factors``:
     ``{"n_factors": [8, 16, ...]}`` for a choice among values, or ``(low, high, log)``).
-    ``on_trial(row, fit_result)`` is called after each trial. With ``prune``, trials report
-    their validation curve (NDCG@10 at the prior ranking weights, or RMSE) every sweep and
-    Optuna's median pruner stops those far behind the others.
+    ``on_trial(row, fit_result)`` is called after each trial. Trials report their validation
+    curve every sweep -- RMSE, or with ``curve`` NDCG@10 at the prior ranking weights (a
+    ranking per sweep: ``-e tune`` affords it) -- and Optuna's median pruner stops those
+    behind the median of earlier trials at the same sweep.
     """
     import optuna
 
@@ -148,9 +149,9 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
                             max_users=search.validation_users, seed=search.seed)
     prior = {name: (fixed[name] if name in fixed else getattr(config, name)) for name in space}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=min(5, search.trials),
-                                         multivariate=True)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3) if prune else optuna.pruners.NopPruner()
+    # The prior and three random trials, then TPE's proposals.
+    sampler = optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=4, multivariate=True)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=4)
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
     study.enqueue_trial({name: _grid_value(space[name], value) for name, value in prior.items()})
     budget = search.trials if space else 1  # nothing to sample: one fit, whose ranking weights are chosen
@@ -163,8 +164,7 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
         cfg = replace(config, **{**{n: fixed[n] for n in config.auto_fields()}, **params})
         state, result = "complete", None
         try:
-            hooks = _pruning_hooks(trial, validation, ranking, search.objective) if prune else {}
-            result = fit(tr, cfg, val=va, **hooks)
+            result = fit(tr, cfg, val=va, **_hooks(trial, validation, ranking, curve))
         except optuna.TrialPruned:
             state = "pruned"
         if result is not None:
@@ -240,41 +240,49 @@ def _ranking_weights(validation: Validation, model, ranking: RankingConfig) -> t
     return {name: getattr(current, name) for name in ranking.auto_fields()}, scores
 
 
-def _pruning_hooks(trial, validation: Validation, ranking: RankingConfig, objective: str) -> dict:
-    """``fit`` hooks that score each sweep on validation (NDCG@10 at the prior ranking
-    weights, for the ndcg objective), report the curve to Optuna and stop the fit when its
-    pruner says so."""
+def _hooks(trial, validation: Validation, ranking: RankingConfig, curve: bool) -> dict:
+    """``fit`` keywords for a trial: each sweep's validation score -- RMSE, or with ``curve``
+    NDCG@10 at the starting ranking weights -- goes to Optuna, whose pruner may stop the fit.
+    (Early stopping, which chooses the sweep count, follows validation RMSE either way.)"""
     import optuna
 
+    prior = ranking.with_prior()
+    key = "val_ndcg_at_10" if curve else "val_rmse"
+
     def on_epoch(record):
-        value = -record["val_rmse"] if objective == "rmse" else record["val_ndcg_at_10"]
-        trial.report(value, record["epoch"])
+        trial.report(record[key] if curve else -record[key], record["epoch"])
         if trial.should_prune():
             raise optuna.TrialPruned()
 
-    score = None if objective == "rmse" else (lambda model: {"val_ndcg_at_10": validation.ndcg(model, ranking.with_prior())})
+    score = (lambda model: {key: validation.ndcg(model, prior)}) if curve else None
     return {"on_epoch": on_epoch, "score_epoch": score}
 
 
 def _value(row: dict, trials: list, objective: str) -> float:
     """What the sampler maximises for a finished trial: NDCG, less a penalty for rating error
-    beyond the tolerance (of the best so far), or minus the RMSE."""
+    beyond the tolerance (of the best so far at its n_factors), or minus the RMSE."""
     if objective == "rmse":
         return -row["val_rmse"]
-    best_rmse = min(t["val_rmse"] for t in trials if t["state"] == "complete")
+    size = row["params"].get("n_factors")
+    best_rmse = min(t["val_rmse"] for t in trials if t["state"] == "complete" and t["params"].get("n_factors") == size)
     return row["val_ndcg_at_10"] - 10.0 * max(0.0, row["val_rmse"] - best_rmse - RMSE_TOLERANCE)
 
 
 def _best(trials: list, objective: str) -> dict:
-    """The chosen trial. For NDCG: the best among those within the RMSE tolerance, unless it
-    is not :func:`clearly_better` than the first (the prior): noise should not move a choice."""
+    """The chosen trial. For NDCG: the best among those whose validation RMSE is within the
+    tolerance of the best at the same ``n_factors`` (when the search varies it), unless it is
+    not :func:`clearly_better` than the first (the starting point): noise should not move a
+    choice."""
     complete = [t for t in trials if t["state"] == "complete" and math.isfinite(t["val_rmse"])]
     if not complete:
         raise ConfigError("no trial of the settings search finished; raise search_trials or search_seconds")
     if objective == "rmse":
         return min(complete, key=lambda t: (t["val_rmse"], t["trial"]))
-    best_rmse = min(t["val_rmse"] for t in complete)
-    near = [t for t in complete if t["val_rmse"] <= best_rmse + RMSE_TOLERANCE]
+    best_rmse = {}
+    for t in complete:
+        size = t["params"].get("n_factors")
+        best_rmse[size] = min(best_rmse.get(size, math.inf), t["val_rmse"])
+    near = [t for t in complete if t["val_rmse"] <= best_rmse[t["params"].get("n_factors")] + RMSE_TOLERANCE]
     best = max(near, key=lambda t: (t["val_ndcg_at_10"], -t["trial"]))
     first = trials[0]
     if first in near and best is not first and not clearly_better(best["_per_user"], first["_per_user"]):
@@ -299,5 +307,5 @@ def _format(value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:.3g}"
+        return f"{value:.4g}"
     return str(value)
