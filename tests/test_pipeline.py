@@ -139,3 +139,34 @@ def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tr
     third = top_level(client, exp.experiment_id)[-1]
     assert third.info.status == "FAILED"
     assert len(client.search_model_versions(f"name = '{model_name}'")) == 2
+
+
+def test_tune_logs_every_trial_and_registers_only_the_chosen_pipeline(tracking_server, shared_zip, tmp_path):
+    experiment = f"tune-{uuid.uuid4().hex[:8]}"
+    model_name = f"mfrec-{uuid.uuid4().hex[:6]}"
+    proc = mlflow_run(tracking_server, experiment, tmp_path, f"data_path={shared_zip}", f"model_name={model_name}",
+                      "n_factors_list=8,16", "tune_trials=5", "epochs=6", entry="tune")
+    client = MlflowClient(tracking_server)
+    exp = client.get_experiment_by_name(experiment)
+    (tune,) = top_level(client, exp.experiment_id)
+    assert tune.info.status == "FINISHED" and tune.info.run_name.startswith("tune-ml-latest-small-")
+    runs = {r.info.run_name.rsplit("/", 1)[1]: r for r in
+            client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{tune.info.run_id}'")}
+    trials = {name: r for name, r in runs.items() if name.startswith("trial-")}
+    assert sorted(trials) == [f"trial-{n}" for n in range(5)]
+    # The first trials are the starting point at each n_factors, run to the end.
+    assert {trials[f"trial-{n}"].data.params["n_factors"] for n in (0, 1)} == {"8", "16"}
+    for run in trials.values():
+        assert run.data.tags["mfrec.trial_state"] in ("complete", "pruned")
+        assert len(client.get_metric_history(run.info.run_id, "val_ndcg_at_10")) == run.data.metrics["sweeps_run"]
+    assert "final_val_ndcg_at_10" in trials["trial-0"].data.metrics
+    (best,) = [r for name, r in runs.items() if name.startswith("best-")]
+    k = tune.data.params["chosen_n_factors"]
+    assert best.data.params["n_factors"] == k and tune.data.metrics["best_n_factors"] == float(k)
+    assert best.data.params["reg"] == tune.data.params["chosen_reg"]  # run as a pipeline with the chosen values
+    assert tune.data.metrics["best_test_ndcg_at_10"] == best.data.metrics["test_ndcg_at_10"]
+    assert "search/trials.md" in {f.path for f in client.list_artifacts(tune.info.run_id, "search")}
+    (version,) = client.search_model_versions(f"name = '{model_name}'")
+    assert version.tags["run_id"] == best.info.run_id
+    assert "settings chosen on validation" in proc.stderr and "(chosen)" in proc.stderr
+    assert f"registered its model as version {version.version}" in proc.stderr

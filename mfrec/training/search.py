@@ -126,7 +126,8 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
 
     ``space`` adds settings to search that are not ``auto`` (``-e tune`` adds ``n_factors``:
     ``{"n_factors": [8, 16, ...]}`` for a choice among values, or ``(low, high, log)``).
-    ``on_trial(row, fit_result)`` is called after each trial. Trials report their validation
+    ``on_trial(row, fit_result)`` is called after each trial (``row["_history"]``: its sweeps'
+    records, pruned trials' too). Trials report their validation
     curve every sweep -- RMSE, or with ``curve`` NDCG@10 at the prior ranking weights (a
     ranking per sweep: ``-e tune`` affords it) -- and Optuna's median pruner stops those
     behind the median of earlier trials at the same sweep.
@@ -149,11 +150,17 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
                             max_users=search.validation_users, seed=search.seed)
     prior = {name: (fixed[name] if name in fixed else getattr(config, name)) for name in space}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # The prior and three random trials, then TPE's proposals.
+    # The prior (at each n_factors, when that is searched) and three random trials, then TPE's.
     sampler = optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=4, multivariate=True)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=4)
+    start = {name: _grid_value(space[name], value) for name, value in prior.items()}
+    # A size added to the search (n_factors) starts from the prior at each of its values.
+    starts = [start] + [{**start, name: value} for name, spec in space.items() if name not in fixed and _is_choice(spec)
+                        for value in spec if value != start[name]]
+    # Those first trials run to the end; later ones are pruned when behind their median.
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=max(3, len(starts)), n_warmup_steps=4)
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
-    study.enqueue_trial({name: _grid_value(space[name], value) for name, value in prior.items()})
+    for params in starts:
+        study.enqueue_trial(params)
     budget = search.trials if space else 1  # nothing to sample: one fit, whose ranking weights are chosen
     trials, fits, stopped = [], {}, f"{budget} trial{'s' if budget > 1 else ''}"
     for number in range(budget):
@@ -162,11 +169,12 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
         row = {"trial": number, "params": params}
         trial_started = time.perf_counter()
         cfg = replace(config, **{**{n: fixed[n] for n in config.auto_fields()}, **params})
-        state, result = "complete", None
+        state, result, history = "complete", None, []
         try:
-            result = fit(tr, cfg, val=va, **_hooks(trial, validation, ranking, curve))
+            result = fit(tr, cfg, val=va, **_hooks(trial, validation, ranking, curve, history))
         except optuna.TrialPruned:
             state = "pruned"
+        row["_history"] = history
         if result is not None:
             row.update(best_epoch=result.best_epoch, val_rmse=result.best_val_rmse)
             weights, per_user = _ranking_weights(validation, result.model, ranking)
@@ -205,8 +213,13 @@ def _sample(train: pd.DataFrame, val: pd.DataFrame, target: int, seed: int) -> t
     return part, val[val["userId"].isin(keep)], {"users": int(len(keep)), "ratings": int(len(part))}
 
 
+def _is_choice(spec) -> bool:
+    """Whether a search-space entry is a list of values (else ``(low, high, log)``)."""
+    return isinstance(spec, (list, tuple)) and not (len(spec) == 3 and isinstance(spec[2], bool))
+
+
 def _suggest(trial, name: str, spec):
-    if isinstance(spec, (list, tuple)) and not (len(spec) == 3 and isinstance(spec[2], bool)):
+    if _is_choice(spec):
         return trial.suggest_categorical(name, list(spec))
     low, high, log = spec
     if isinstance(low, int) and isinstance(high, int):
@@ -216,7 +229,7 @@ def _suggest(trial, name: str, spec):
 
 def _grid_value(spec, value):
     """``value`` as the search space can take it (the nearest choice of a categorical)."""
-    if isinstance(spec, (list, tuple)) and not (len(spec) == 3 and isinstance(spec[2], bool)):
+    if _is_choice(spec):
         return min(spec, key=lambda v: abs(v - value))
     low, high, _ = spec
     return min(max(value, low), high)
@@ -240,16 +253,18 @@ def _ranking_weights(validation: Validation, model, ranking: RankingConfig) -> t
     return {name: getattr(current, name) for name in ranking.auto_fields()}, scores
 
 
-def _hooks(trial, validation: Validation, ranking: RankingConfig, curve: bool) -> dict:
+def _hooks(trial, validation: Validation, ranking: RankingConfig, curve: bool, history: list) -> dict:
     """``fit`` keywords for a trial: each sweep's validation score -- RMSE, or with ``curve``
-    NDCG@10 at the starting ranking weights -- goes to Optuna, whose pruner may stop the fit.
-    (Early stopping, which chooses the sweep count, follows validation RMSE either way.)"""
+    NDCG@10 at the starting ranking weights -- goes to Optuna, whose pruner may stop the fit,
+    and its record to ``history``. (Early stopping, which chooses the sweep count, follows
+    validation RMSE either way.)"""
     import optuna
 
     prior = ranking.with_prior()
     key = "val_ndcg_at_10" if curve else "val_rmse"
 
     def on_epoch(record):
+        history.append(record)
         trial.report(record[key] if curve else -record[key], record["epoch"])
         if trial.should_prune():
             raise optuna.TrialPruned()
