@@ -16,8 +16,15 @@ training side that the user has not rated is a candidate; relevant = held-out ra
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -151,3 +158,42 @@ def sweep_times(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_use
     return {"factors": factors, "als_solve": config.solve, "mfrec_sweep_seconds": mfrec_sweep,
             "implicit_sweep_seconds": implicit_sweep, "ratio": mfrec_sweep / implicit_sweep,
             "mfrec_runs": ours, "implicit_runs": theirs, "torch_threads": torch.get_num_threads()}
+
+
+def sweep_comparison(scale: str, factors: list[int], workdir: Path, busy: bool = False, repeats: int = 2,
+                     timeout: float | None = None) -> dict:
+    """:func:`sweep_times` at each of ``factors`` on dataset ``scale``, in a fresh child process
+    that loads only the raw arrays (and implicit's matrix), quiet or beside CPU-bound processes."""
+    from benchmarks.contention import cpu_hogs
+    from benchmarks.scale import write_rating_arrays
+    from mfrec.data.prepare import load_dataset
+
+    loaded = load_dataset(scale, "", progress=False)
+    with tempfile.TemporaryDirectory(prefix="mfrec-sweeps-", dir=workdir) as tmp:
+        shape = write_rating_arrays(loaded.ratings, Path(tmp))
+        del loaded
+        cmd = [sys.executable, "-m", "benchmarks.peers", "sweep-child", tmp, ",".join(map(str, factors)), str(repeats)]
+        env_root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": env_root + (os.pathsep + os.environ["PYTHONPATH"]
+                                                       if os.environ.get("PYTHONPATH") else "")}
+        with cpu_hogs() if busy else contextlib.nullcontext():
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"sweep child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return {"dataset": scale, **shape, "busy": busy, "by_factors": json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def _sweep_child(folder: str, factors: str, repeats: str) -> list:
+    folder = Path(folder)
+    shape = json.loads((folder / "shape.json").read_text())
+    arrays = [np.load(folder / f"{name}.npy") for name in ("users", "items", "ratings")]
+    return [sweep_times(*arrays, shape["users"], shape["items"], int(k), repeats=int(repeats))
+            for k in factors.split(",")]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "sweep-child":
+        print(json.dumps(_sweep_child(*sys.argv[2:])))
+    else:
+        print("usage: python -m benchmarks.peers sweep-child FOLDER K[,K...] REPEATS", file=sys.stderr)
+        sys.exit(2)

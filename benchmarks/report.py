@@ -16,7 +16,7 @@ def markdown_table(results: dict) -> str:
     def add(section, what, value, note=""):
         rows.append(f"| {section} | {what} | {value} | {note} |")
 
-    for name in ("notebook", "mfrec", "surprise", "throughput", "serving"):
+    for name in results:
         if isinstance(results.get(name), dict) and "failed" in results[name]:
             add(name, "FAILED", "", results[name]["failed"].replace("|", "/").replace("\n", " ")[:300])
     ok = {name: block for name, block in results.items() if not (isinstance(block, dict) and "failed" in block)}
@@ -32,22 +32,22 @@ def markdown_table(results: dict) -> str:
             "unclipped, as the notebook computed it")
         add("notebook loop", "throughput", f"{nb['ratings_per_second']:,.0f} ratings/s", "")
     if mf:
-        add("mfrec default", "epoch time", f"{mf['median_epoch_seconds']:.3f} s",
-            f"median, {mf['train_rows']:,} rows, solver {mf['config'].get('solver', 'adam')}")
+        add("mfrec default", "sweep time", f"{mf['median_epoch_seconds'] * 1000:.1f} ms",
+            f"the refit's fit() per sweep, {mf['refit_rows']:,} rows, solver {mf['config'].get('solver', 'adam')}")
         runs = mf.get("train_seconds_runs", [mf["train_seconds"]])
         add("mfrec default", "train_seconds", f"{mf['train_seconds']:.3f} s",
-            f"median of {len(runs)} run(s) (first {runs[0]:.3f} s): {mf['epochs_run']} validation epochs "
-            f"({mf['select_seconds']:.3f} s) + refit of {mf['best_epoch']} on {mf['refit_rows']:,} rows "
+            f"median of {len(runs)} run(s) (first {runs[0]:.3f} s): settings search, {mf['search_trials']} trials "
+            f"({mf['search_seconds']:.3f} s) + refit of {mf['best_epoch']} sweeps on {mf['refit_rows']:,} rows "
             f"({mf['refit_seconds']:.3f} s, its fit() {mf['refit_fit_seconds']:.3f} s)")
         add("mfrec default", "test RMSE", f"{mf['test_rmse']:.4f}", f"NDCG@10 {mf['test_ndcg_at_10']:.4f}")
     if cmp_:
         add("headline", "notebook 128-epoch time / mfrec train_seconds",
             f"**{cmp_['notebook_full_over_mfrec_train']:.1f}x**",
             "notebook time " + ("extrapolated" if nb and nb["full_run_seconds_is_extrapolated"] else "measured"))
-        add("headline", "notebook epoch / mfrec epoch", f"{cmp_['notebook_epoch_over_mfrec_epoch']:.1f}x", "")
+        add("headline", "notebook epoch / mfrec sweep", f"{cmp_['notebook_epoch_over_mfrec_epoch']:.1f}x", "")
         if "surprise_fit_over_mfrec_train" in cmp_:
             add("headline", "Surprise SVD fit / mfrec train_seconds", f"{cmp_['surprise_fit_over_mfrec_train']:.2f}x",
-                "> 1: mfrec (validation + refit) is faster than Surprise's fit")
+                "> 1: mfrec's train step (settings search + refit) is faster than Surprise's fit")
             add("headline", "Surprise SVD fit / mfrec refit fit()", f"{cmp_['surprise_fit_over_mfrec_refit_fit']:.2f}x",
                 "like for like: one fit with fixed settings on train+val, data preparation excluded")
     sp = ok.get("surprise")
@@ -76,10 +76,16 @@ def markdown_table(results: dict) -> str:
                 f"{tp['peak_rss_over_raw']:.2f}x the raw arrays ({_gib(tp['raw_bytes'])}); "
                 f"{tp['peak_rss_above_imports_over_raw']:.2f}x above the {_gib(tp['rss_after_imports_bytes'])} "
                 "of interpreter + torch")
+            if "busy" in tp:
+                add("busy machine", f"one sweep over {tp['ratings']:,} ratings (k={cfg['n_factors']}), quiet / beside "
+                    f"{tp['busy']['hogs']} CPU-bound processes",
+                    f"{tp['steady_epoch_seconds']:.2f} s / {tp['busy']['steady_epoch_seconds']:.2f} s",
+                    f"**{tp['busy']['busy_over_quiet']:.2f}x**")
             for extra in tp.get("variants", []):
                 add("scale", f"epoch throughput ({extra['label']})", f"{extra['ratings_per_second']:,.0f} ratings/s",
                     f"epoch times {', '.join(f'{s:.1f} s' for s in extra['epoch_seconds'])}; peak RSS "
                     f"{_gib(extra['peak_rss_bytes'])} ({extra['peak_rss_over_raw']:.2f}x raw)")
+    _ranking_rows(add, ok)
     sv = ok.get("serving")
     if sv:
         if "skipped" in sv:
@@ -93,6 +99,39 @@ def markdown_table(results: dict) -> str:
                         f"{run['requests']} requests, {run['errors']} errors")
     head = ["| section | measurement | value | notes |", "|---|---|---|---|"]
     return "\n".join(head + rows) + "\n"
+
+
+def _ranking_rows(add, ok: dict) -> None:
+    """Rows of the contention, peer, tune and sweep sections."""
+    mf = ok.get("mfrec") or {}
+    if "busy_training" in ok:
+        b = ok["busy_training"]
+        add("busy machine", "default train step (search included), quiet / beside 2 CPU-bound processes",
+            f"{b['quiet_seconds']:.2f} s / {b['busy_seconds']:.2f} s", f"**{b['busy_over_quiet']:.2f}x**")
+    if "peers" in ok:
+        ease, als = ok["peers"]["ease"], ok["peers"]["implicit_als"]
+        add("ranking", "mfrec default (k=8, settings chosen on validation): test NDCG@10",
+            f"{mf.get('test_ndcg_at_10', float('nan')):.4f}", f"test RMSE {mf.get('test_rmse', float('nan')):.4f}")
+        add("ranking", "EASE: test NDCG@10", f"{ease['test_ndcg_at_10']:.4f}",
+            f"lambda {ease['lambda']:g} chosen on validation; {ease['items']:,} items")
+        if "skipped" in als:
+            add("ranking", "implicit ALS", "skipped", als["skipped"])
+        else:
+            add("ranking", "implicit ALS: test NDCG@10", f"{als['test_ndcg_at_10']:.4f}",
+                f"{als['params']} chosen on validation over {als['trials']} settings")
+    if "tune" in ok:
+        t = ok["tune"]
+        add("ranking", "-e tune's search at its default budget: test NDCG@10", f"**{t['test_ndcg_at_10']:.4f}**",
+            f"k={t['n_factors']}, test RMSE {t['test_rmse']:.4f}; {t['trials']} trials in {t['search_seconds']:.0f} s; "
+            + ", ".join(f"{k}={v:g}" for k, v in t["chosen"].items()))
+    for name, block in ok.items():
+        if not name.startswith("sweeps_"):
+            continue
+        label = f"{block['dataset']}{' beside 2 CPU-bound processes' if block['busy'] else ''}"
+        for row in block["by_factors"]:
+            add("sweep vs implicit", f"{label}, k={row['factors']} ({row['als_solve']})",
+                f"{row['mfrec_sweep_seconds']:.3f} s / {row['implicit_sweep_seconds']:.3f} s",
+                f"**{row['ratio']:.2f}x** implicit's CG ALS sweep ({block['ratings']:,} ratings)")
 
 
 def flat_metrics(results: dict) -> dict:
@@ -118,6 +157,21 @@ def flat_metrics(results: dict) -> dict:
         if variant.get("config", {}).get("implicit_weight") == 0:
             for key in ("ratings_per_second", "peak_rss_over_raw"):
                 out[f"throughput_rating_only_{key}"] = float(variant[key])
+    for name, block in results.items():
+        if name.startswith("sweeps_") and "by_factors" in (block or {}):
+            suffix = name[len("sweeps_"):].replace("-", "_")
+            for row in block["by_factors"]:
+                out[f"sweep_ratio_{suffix}_k{row['factors']}"] = float(row["ratio"])
+    for key, path in (("busy_training_over_quiet", ("busy_training", "busy_over_quiet")),
+                      ("ease_test_ndcg_at_10", ("peers", "ease", "test_ndcg_at_10")),
+                      ("implicit_als_test_ndcg_at_10", ("peers", "implicit_als", "test_ndcg_at_10")),
+                      ("tune_test_ndcg_at_10", ("tune", "test_ndcg_at_10")),
+                      ("throughput_busy_over_quiet", ("throughput", "busy", "busy_over_quiet"))):
+        value = results
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out[key] = float(value)
     serving = results.get("serving") or {}
     for model in ("mfrec", "identity"):
         for run in serving.get(model, []) if isinstance(serving.get(model), list) else []:

@@ -1,16 +1,21 @@
-"""MLflow entry point ``benchmark``: notebook loop vs mfrec, Surprise, scale, REST.
+"""MLflow entry point ``benchmark``: notebook loop vs mfrec, peers, solvers, scale, REST.
 
-    python -m benchmarks.run --data-path ../shared/data/ml-latest-small.zip \\
+    python -m benchmarks.run --data-path path/to/ml-latest-small.zip \\
         --scale synthetic-25m --notebook-epochs 3 --serve-requests 2000 --seed 0
 
 Measures, in one run on this machine: the original notebook's training loop (per-row
-DataLoader, batch 128) against mfrec's default training on the seeded 80/20 split of
-``--dataset`` (train+val = 80 %, test = 20 %); Surprise SVD on the same split when
-``scikit-surprise`` is installed; epoch throughput and peak RSS of mfrec's training on the
-``--scale`` dataset (a child process; ``--scale none`` skips it); and REST latency/throughput of
-``recommend`` (1 user, k=10) against ``mlflow models serve --env-manager local``, next to a
-trivial pyfunc that returns its input (``--serve-requests 0`` skips it).
-``--notebook-epochs 128`` runs the whole notebook instead of extrapolating from a few epochs.
+DataLoader, batch 128) against mfrec's default train step (settings search included) on the
+seeded split of ``--dataset`` (train+val = 80 %, test = 20 %); Surprise SVD on the same split
+when ``scikit-surprise`` is installed; the default train step quiet and beside two CPU-bound
+processes (``--busy false`` skips these); EASE and implicit's ALS, each tuned on validation,
+on the same split (``--peers false``); ``-e tune``'s search at its default budget
+(``--tune false``); seconds per ALS sweep against implicit's CG ALS at the same k on each of
+``--sweep-scales`` (child processes); epoch throughput and peak RSS of mfrec's training on
+the ``--scale`` dataset (``--scale none`` skips it), quiet and beside the CPU-bound
+processes; and REST latency/throughput of ``recommend`` (1 user, k=10) against ``mlflow
+models serve --env-manager local``, next to a trivial pyfunc that returns its input
+(``--serve-requests 0`` skips it). ``--notebook-epochs 128`` runs the whole notebook instead
+of extrapolating from a few epochs. Peers need ``pip install -e '.[bench]'``.
 
 Logs params, headline metrics and ``benchmark/results.md`` + ``benchmark/results.json``, and
 prints the markdown table on stdout.
@@ -31,7 +36,8 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from benchmarks import report, scale as scaling, training
+from benchmarks import peers, ranking, report, scale as scaling, training
+from benchmarks.contention import cpu_hogs
 from benchmarks.machine import load_average, machine_info
 from benchmarks.rest import rest_benchmark
 from entrypoints.common import parser_for
@@ -42,9 +48,10 @@ from mfrec.errors import ConfigError, MfrecError
 DEFAULTS = {
     "data_path": "", "scale": "synthetic-25m", "notebook_epochs": "3", "serve_requests": "2000",
     "seed": "0", "dataset": "ml-latest-small", "throughput_epochs": "2", "rating_only_variant": "true",
-    "serve_workers": "1",
+    "serve_workers": "1", "peers": "true", "tune": "true", "tune_trials": "60", "busy": "true",
+    "sweep_scales": "synthetic-1m,synthetic-25m", "sweep_factors": "32,64,128", "sweep_factors_small": "256",
 }
-NUMBERS = {"notebook_epochs": int, "serve_requests": int, "seed": int, "throughput_epochs": int}
+NUMBERS = {"notebook_epochs": int, "serve_requests": int, "seed": int, "throughput_epochs": int, "tune_trials": int}
 
 def build_parser() -> argparse.ArgumentParser:
     return parser_for("python -m benchmarks.run", __doc__.split("\n\n")[0], DEFAULTS,
@@ -97,7 +104,7 @@ def run_benchmark(values: dict, workdir: Path, progress_json: Path | None = None
     from mfrec.training.config import TrainConfig
 
     numbers = {k: parse_number(k, values[k], kind) for k, kind in NUMBERS.items()}
-    for name, low in {"notebook_epochs": 1, "throughput_epochs": 1, "serve_requests": 0}.items():
+    for name, low in {"notebook_epochs": 1, "throughput_epochs": 1, "serve_requests": 0, "tune_trials": 1}.items():
         if numbers[name] < low:
             raise ConfigError(f"{name} must be >= {low}, got {numbers[name]}")
     rating_only = parse_bool("rating_only_variant", values["rating_only_variant"])
@@ -131,6 +138,20 @@ def run_benchmark(values: dict, workdir: Path, progress_json: Path | None = None
 
     section("mfrec", run_mfrec)
     section("surprise", lambda: training.surprise_benchmark(train_val, p.test, seed=seed, rating_scale=rating_range))
+    if parse_bool("busy", values["busy"]):
+        section("busy_training", lambda: ranking.busy_training(p, seed, rating_range))
+    if parse_bool("peers", values["peers"]):
+        section("peers", lambda: ranking.peers_section(p, seed))
+    if parse_bool("tune", values["tune"]):
+        section("tune", lambda: ranking.tune_section(p, seed, rating_range, numbers["tune_trials"]))
+    factors = _factor_list("sweep_factors", values["sweep_factors"])
+    extra = _factor_list("sweep_factors_small", values["sweep_factors_small"])
+    for index, name in enumerate(s.strip() for s in values["sweep_scales"].split(",") if s.strip()):
+        # The first (smallest) set also gets the larger k, and a run beside CPU-bound processes.
+        ks = factors + (extra if index == 0 else [])
+        section(f"sweeps_{name}", functools.partial(peers.sweep_comparison, name, ks, workdir))
+        if index == 0 and parse_bool("busy", values["busy"]):
+            section(f"sweeps_{name}_busy", functools.partial(peers.sweep_comparison, name, factors, workdir, True))
     failed = failed_sections(results)
     if "notebook" not in failed and "mfrec" not in failed:
         results["compare"] = training.compare(results["notebook"], results["mfrec"],
@@ -147,6 +168,12 @@ def run_benchmark(values: dict, workdir: Path, progress_json: Path | None = None
                                                      overrides={"seed": seed, "implicit_weight": 0.0})
                 variant["label"] = "implicit_weight=0, rating loss only (not the default)"
                 out["variants"] = [variant]
+            if parse_bool("busy", values["busy"]):
+                with cpu_hogs():
+                    busy = scaling.throughput_benchmark(scale, epochs=numbers["throughput_epochs"], workdir=workdir,
+                                                        overrides={"seed": seed})
+                out["busy"] = {"steady_epoch_seconds": busy["steady_epoch_seconds"], "hogs": 2,
+                               "busy_over_quiet": busy["steady_epoch_seconds"] / out["steady_epoch_seconds"]}
             return out
 
         section("throughput", run_scale)
@@ -161,6 +188,13 @@ def run_benchmark(values: dict, workdir: Path, progress_json: Path | None = None
             workers=workers))
     results["load_average_end"] = load_average()
     return results
+
+
+def _factor_list(name: str, text: str) -> list[int]:
+    values = [parse_number(name, part.strip(), int) for part in str(text).split(",") if part.strip()]
+    if any(v < 1 for v in values):
+        raise ConfigError(f"{name} must be comma-separated integers >= 1, got {text!r}")
+    return values
 
 
 def _worker_counts(text: str) -> tuple[int, ...]:

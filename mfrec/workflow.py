@@ -19,6 +19,7 @@ from mfrec.serving.bundle import Bundle, RankingConfig
 from mfrec.serving.recommender import Recommender
 from mfrec.training.config import TrainConfig
 from mfrec.training.fit import fit
+from mfrec.training.parallel import threads_for
 from mfrec.training.search import Choice, SearchConfig, choose
 
 
@@ -42,8 +43,14 @@ def train_and_evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFram
     ``val``, refit on train+val, evaluate on ``test``.
 
     The peers we compare with train on every non-test rating, so the final model does too
-    (``refit=False`` keeps the validation-phase model, trained on ``train`` only).
+    (``refit=False`` keeps the validation-phase model, trained on ``train`` only). A small
+    problem runs on one thread throughout (:func:`mfrec.training.parallel.threads_for`).
     """
+    with threads_for(len(train)):
+        return _train_and_evaluate(train, val, test, movies, config, ranking, refit, on_epoch, search, on_trial)
+
+
+def _train_and_evaluate(train, val, test, movies, config, ranking, refit, on_epoch, search, on_trial) -> TrainOutcome:
     started = time.perf_counter()
     users, items = IdIndex(train["userId"]), IdIndex(train["movieId"])
     va = Interactions.from_frame(val, users, items) if len(val) else None
@@ -105,8 +112,9 @@ def served_model(outcome: TrainOutcome, train: pd.DataFrame, val: pd.DataFrame, 
     started = time.perf_counter()
     config, ranking = outcome.config, outcome.ranking
     users, items = IdIndex(ratings["userId"]), IdIndex(ratings["movieId"])
-    result = fit(Interactions.from_frame(ratings, users, items), config, epochs=outcome.best_epoch)
-    fit_on = {"ratings": int(len(ratings)), "parts": "train+val+test", "refit_all": True}
-    bundle = Bundle.build(result.model, users, items, ratings, movies, config, ranking,
-                          best_epoch=outcome.best_epoch, fit_on=fit_on)
+    with threads_for(len(ratings)):
+        result = fit(Interactions.from_frame(ratings, users, items), config, epochs=outcome.best_epoch)
+        fit_on = {"ratings": int(len(ratings)), "parts": "train+val+test", "refit_all": True}
+        bundle = Bundle.build(result.model, users, items, ratings, movies, config, ranking,
+                              best_epoch=outcome.best_epoch, fit_on=fit_on)
     return Recommender(bundle), time.perf_counter() - started

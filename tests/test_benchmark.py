@@ -60,7 +60,8 @@ def test_notebook_full_run_is_measured_when_all_epochs_run(tiny_split):
 def test_mfrec_benchmark_and_comparison(tiny_split):
     train, val, test, movies = tiny_split
     figures, outcome = training.mfrec_benchmark(train, val, test, movies, TrainConfig(epochs=3, progress=False))
-    assert figures["epochs_run"] == len(figures["epoch_seconds"]) <= 3
+    assert figures["epochs_run"] <= 3 and figures["search_trials"] == 24  # the default train step searches
+    assert figures["median_epoch_seconds"] == pytest.approx(figures["refit_fit_seconds"] / figures["best_epoch"])
     assert figures["refit_rows"] == len(train) + len(val)
     _positive(figures["median_epoch_seconds"], figures["train_seconds"], figures["test_rmse"],
               figures["ratings_per_second"])
@@ -172,7 +173,8 @@ def test_entry_point_logs_table_and_json(tmp_path, monkeypatch):
     with mlflow_uris(uri):
         rc = benchmark.main(["--dataset", "synthetic-3k", "--scale", "synthetic-2k", "--notebook-epochs", "1",
                              "--serve-requests", "0", "--throughput-epochs", "1", "--rating-only-variant", "false",
-                             "--output-json", str(out_json)])
+                             "--tune-trials", "3", "--sweep-scales", "synthetic-2k", "--sweep-factors", "4",
+                             "--sweep-factors-small", "", "--output-json", str(out_json)])
         assert rc == 0
         results = json.loads(out_json.read_text())
         run = mlflow.get_run(results["run_id"])
@@ -189,6 +191,18 @@ def test_entry_point_logs_table_and_json(tmp_path, monkeypatch):
                 "throughput_ratings_per_second", "throughput_peak_rss_over_raw", "mfrec_test_rmse"):
         _positive(m[key])
     assert "extrapolated" in table and "| headline |" in table and "peak RSS" in table
+    # Peers, tune, sweeps against implicit, quiet and beside CPU-bound processes.
+    for row in ("| ranking | EASE: test NDCG@10 |", "| ranking | implicit ALS: test NDCG@10 |",
+                "| ranking | -e tune's search at its default budget: test NDCG@10 |",
+                "| sweep vs implicit | synthetic-2k, k=4 (exact) |",
+                "| sweep vs implicit | synthetic-2k beside 2 CPU-bound processes, k=4 (exact) |",
+                "| busy machine | default train step (search included), quiet / beside 2 CPU-bound processes |",
+                "| busy machine | one sweep over"):
+        assert row in table, row
+    assert results["tune"]["trials"] == 3 and results["busy_training"]["hogs"] == 2
+    for key in ("ease_test_ndcg_at_10", "implicit_als_test_ndcg_at_10", "tune_test_ndcg_at_10",
+                "sweep_ratio_synthetic_2k_k4", "busy_training_over_quiet", "throughput_busy_over_quiet"):
+        _positive(m[key])
 
 
 def test_entry_point_rejects_bad_parameters(tmp_path, monkeypatch):
@@ -215,7 +229,8 @@ def test_a_failing_section_is_reported_and_the_rest_still_logged(tmp_path, monke
     out_json = tmp_path / "results.json"
     with mlflow_uris(f"sqlite:///{tmp_path / 'mlflow.db'}"):
         rc = benchmark.main(["--dataset", "synthetic-3k", "--scale", "synthetic-2k", "--notebook-epochs", "1",
-                             "--serve-requests", "0", "--output-json", str(out_json)])
+                             "--serve-requests", "0", "--peers", "false", "--tune", "false", "--busy", "false",
+                             "--sweep-scales", "", "--output-json", str(out_json)])
         results = json.loads(out_json.read_text())
         table = mlflow.artifacts.load_text(f"runs:/{results['run_id']}/benchmark/results.md")
         metrics = mlflow.get_run(results["run_id"]).data.metrics

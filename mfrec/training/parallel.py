@@ -72,6 +72,22 @@ SMALL_RATINGS = 1 << 19
 
 
 @contextlib.contextmanager
+def threads_for(n_ratings: int):
+    """torch on one thread for the duration when ``n_ratings`` is a small problem (its ranking
+    and evaluation products take a few milliseconds, and on a busy machine one descheduled
+    thread holds each of them up), else as it is."""
+    if n_ratings >= SMALL_RATINGS:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def workers_for(device: torch.device, n_ratings: int, distributed: bool = False):
     """Workers for a fit of ``n_ratings`` ratings on ``device``: on a CPU, one for a small fit
     and :func:`available_threads` otherwise, with torch one-threaded for the duration
