@@ -29,32 +29,39 @@ def _reduce(tensor: torch.Tensor) -> torch.Tensor:
 
 class _Rows:
     """A block of rows whose systems ``A x = b`` CG solves together: ``apply(V)`` is ``A V``
-    row by row; ``x`` the current solutions (warm start), ``residual`` ``b - A x``."""
+    row by row; ``x`` the current solutions (warm start), ``residual`` ``b - A x`` and
+    ``diagonal`` each row's diagonal of ``A`` (the Jacobi preconditioner)."""
 
-    def __init__(self, apply, x: torch.Tensor, residual: torch.Tensor):
-        self.apply, self.x, self.residual = apply, x, residual
+    def __init__(self, apply, x: torch.Tensor, residual: torch.Tensor, diagonal: torch.Tensor):
+        self.apply, self.x, self.residual, self.inverse = apply, x, residual, diagonal.reciprocal()
 
 
 def conjugate_gradient(systems: list[_Rows], steps: int) -> None:
-    """``steps`` CG iterations on every row of every system (each row its own step sizes),
-    updating ``x`` and ``residual`` in place. The systems of one list share nothing but the
-    loop: their products may run together in ``apply``."""
-    directions = [s.residual.clone() for s in systems]
-    norms = [(s.residual * s.residual).sum(1) for s in systems]
+    """``steps`` preconditioned CG iterations on every row of every system (each row its own
+    step sizes), updating ``x`` and ``residual`` in place.
+
+    Jacobi preconditioning: a row's system mixes a bias, whose diagonal entry is its number of
+    ratings, with factors whose entries are sums of small squares; scaled by the diagonal,
+    two steps do what three did without (docs/benchmarks.md, "CG steps").
+    """
+    scaled = [s.residual * s.inverse for s in systems]
+    directions = [z.clone() for z in scaled]
+    norms = [(s.residual * z).sum(1) for s, z in zip(systems, scaled)]
     for step in range(steps):
-        for s, d, rr in zip(systems, directions, norms):
+        for s, d, rz in zip(systems, directions, norms):
             ad = s.apply(d)
             curvature = (d * ad).sum(1)
             # A converged row (zero direction) takes no step rather than 0/0.
-            alpha = torch.where(curvature > 0, rr / curvature.clamp_min(1e-30), torch.zeros_like(rr))
+            alpha = torch.where(curvature > 0, rz / curvature.clamp_min(1e-30), torch.zeros_like(rz))
             s.x.addcmul_(alpha[:, None], d)
             s.residual.addcmul_(alpha[:, None], ad, value=-1.0)
         if step == steps - 1:
             break
-        for i, (s, d, rr) in enumerate(zip(systems, directions, norms)):
-            new = (s.residual * s.residual).sum(1)
-            beta = torch.where(rr > 0, new / rr.clamp_min(1e-30), torch.zeros_like(rr))
-            d.mul_(beta[:, None]).add_(s.residual)
+        for i, (s, d, rz) in enumerate(zip(systems, directions, norms)):
+            z = s.residual * s.inverse
+            new = (s.residual * z).sum(1)
+            beta = torch.where(rz > 0, new / rz.clamp_min(1e-30), torch.zeros_like(rz))
+            d.mul_(beta[:, None]).add_(z)
             norms[i] = new
 
 
@@ -78,6 +85,7 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
         c.zero_()  # no choice loss, no choice vectors (as in the exact step)
     f = torch.cat([q, torch.ones(len(q), 1, dtype=dtype, device=device)], 1)
     f_t, q_t = f.T, q.T  # the sampled product reads an item's features contiguously this way
+    f_squared = f * f
     if w0 > 0:
         gram = w0 * (q.T @ q)
         offset = w0 * (q.T @ item_choice_bias)
@@ -94,15 +102,17 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
 
         x = torch.cat([p[rows], bias[rows][:, None]], 1)
         residual = _plus(part.product(target - part.dots(x, f_t), f), distributed, -prior * x)
-        systems = [_Rows(rating_product, x, residual)]
+        squares = _plus(part.pattern_product(f_squared), distributed, prior)  # the rating systems' diagonals
+        systems = [_Rows(rating_product, x, residual, squares)]
         if w0 > 0:
             def choice_product(v, part=part, lam=lam):
                 return _plus(part.product(part.dots(v, q_t), q), distributed, v @ gram + lam * v, scale=omega)
 
             y = c[rows].clone()
             pulled = part.gather(choice_target) - omega * part.dots(y, q_t)
+            diagonal = _plus(squares[:, :k] - prior[:, :k], False, gram.diagonal()[None, :] + lam, scale=omega)
             systems.append(_Rows(choice_product, y, _plus(part.product(pulled, q), distributed,
-                                                          -(offset + y @ gram + lam * y))))
+                                                          -(offset + y @ gram + lam * y)), diagonal))
         conjugate_gradient(systems, steps)
         p[rows], bias[rows] = x[:, :k], x[:, k]
         if w0 > 0:
@@ -133,43 +143,45 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
     factors, bias, choice_bias = out
     if not implicit:
         choice_bias.zero_()  # no choice loss, no choice bias (as in the exact step)
-    ones = torch.ones(len(p), 1, dtype=dtype, device=device)
-    f = torch.cat([p, ones], 1)  # (p, 1): f without its zero
-    f_t = f.T
+    D = k + 2 if implicit else k + 1
+    # The users' features as full-width rows: f = (p, 1, 0) and g = (c, 0, 1).
+    f = torch.zeros(len(p), D, dtype=dtype, device=device)
+    f[:, :k], f[:, k] = p, 1.0
+    f_t = f.T  # the sampled product reads a user's features contiguously this way
     if implicit:
-        g = torch.cat([c, ones], 1)  # (c, 1): g without its zero
+        g = torch.zeros(len(p), D, dtype=dtype, device=device)
+        g[:, :k], g[:, k + 1] = c, 1.0
         g_t = g.T
+    squares = f * f + omega * g * g if implicit else f * f
 
     def block(first, part):
         m = part.shape[0]
         rows = slice(first, first + m)
         lam = row_reg[rows][:, None]
-        prior = torch.cat([lam.expand(-1, k), torch.full((m, 2 if implicit else 1), bias_reg, dtype=dtype,
-                                                          device=device)], 1)
+        prior = torch.cat([lam.expand(-1, k), torch.full((m, D - k), bias_reg, dtype=dtype, device=device)], 1)
         target = part.residuals(float(global_mean), user_bias)
 
-        def product(z, rating_values=None, choice_values=None, part=part, prior=prior):
-            """``A z`` (or, given per-rating values, the sums they weigh, without the dense part)."""
-            dense = rating_values is not None
-            rating = part.product(rating_values if dense else part.dots(z[:, :k + 1], f_t), f)
-            data = torch.zeros(len(z), z.shape[1], dtype=dtype, device=device)
-            data[:, :k + 1] = rating
+        def sums(rating_values, choice_values):
+            """Per item, sum over its ratings of rating_values f + choice_values g."""
+            data = part.product(rating_values, f)
             if implicit:
-                zc = torch.cat([z[:, :k], z[:, k + 1:]], 1)
-                choice = part.product(choice_values if dense else omega * part.dots(zc, g_t), g)
-                data[:, :k] += choice[:, :k]
-                data[:, k + 1] = choice[:, k]
-            if distributed:
-                _reduce(data)
-            return data if dense else data + z @ constant + prior * z
+                data.add_(part.product(choice_values, g))
+            return _reduce(data) if distributed else data
 
-        z = torch.cat([factors[rows], bias[rows][:, None]] + ([choice_bias[rows][:, None]] if implicit else []), 1)
-        zc = torch.cat([z[:, :k], z[:, k + 1:]], 1) if implicit else None
-        rating_values = target - part.dots(z[:, :k + 1], f_t)
-        choice_values = (w1 - omega * part.dots(zc, g_t)) if implicit else None
-        residual = product(z, rating_values, choice_values) - z @ constant - prior * z
-        system = _Rows(product, z, residual)
-        conjugate_gradient([system], steps)
+        def product(z, part=part, prior=prior):
+            choice = omega * part.dots(z, g_t) if implicit else None
+            return sums(part.dots(z, f_t), choice).add_(z @ constant).add_(prior * z)
+
+        z = torch.empty(m, D, dtype=dtype, device=device)
+        z[:, :k], z[:, k] = factors[rows], bias[rows]
+        if implicit:
+            z[:, k + 1] = choice_bias[rows]
+        rating_values = target - part.dots(z, f_t)
+        choice_values = (w1 - omega * part.dots(z, g_t)) if implicit else None
+        residual = sums(rating_values, choice_values).sub_(z @ constant).sub_(prior * z)
+        diagonal = (_reduce(part.pattern_product(squares)) if distributed else part.pattern_product(squares))
+        diagonal.add_(constant.diagonal()).add_(prior)
+        conjugate_gradient([_Rows(product, z, residual, diagonal)], steps)
         factors[rows], bias[rows] = z[:, :k], z[:, k]
         if implicit:
             choice_bias[rows] = z[:, k + 1]
