@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from mfrec.evaluation.evaluate import fold_in_ndcg  # noqa: E402
 from mfrec.data.prepare import PrepareConfig, load_prepared, prepare  # noqa: E402
+from mfrec.serving.bundle import RankingConfig  # noqa: E402
 from mfrec.training.config import TrainConfig  # noqa: E402
 from mfrec.workflow import train_and_evaluate  # noqa: E402
 
@@ -45,7 +46,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         prepare(PrepareConfig(args.dataset, args.data_path), Path(tmp) / "p", progress=False)
         p = load_prepared(Path(tmp) / "p")
-    rec = train_and_evaluate(p.train, p.val, p.val, p.movies, TrainConfig(progress=False), refit=False).recommender
+    rec = train_and_evaluate(p.train, p.val, p.val, p.movies, TrainConfig(progress=False).with_prior(),
+                             RankingConfig().with_prior(), refit=False).recommender
     print("| films told | " + " | ".join(f"weight {w}" for w in WEIGHTS) + " |")
     print("|---|" + "---|" * len(WEIGHTS))
     for n_known in KNOWN:

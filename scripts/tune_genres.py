@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mfrec.evaluation.metrics import ranking_metrics, relevant_sets  # noqa: E402
 from mfrec.data.prepare import PrepareConfig, load_prepared, prepare  # noqa: E402
+from mfrec.serving.bundle import RankingConfig  # noqa: E402
 from mfrec.training.config import TrainConfig  # noqa: E402
 from mfrec.workflow import train_and_evaluate  # noqa: E402
 
@@ -34,7 +35,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         prepare(PrepareConfig(args.dataset, args.data_path), Path(tmp) / "p", progress=False)
         p = load_prepared(Path(tmp) / "p")
-    rec = train_and_evaluate(p.train, p.val, p.val, p.movies, TrainConfig(progress=False), refit=False).recommender
+    rec = train_and_evaluate(p.train, p.val, p.val, p.movies, TrainConfig(progress=False).with_prior(),
+                             RankingConfig().with_prior(), refit=False).recommender
     users, relevant = relevant_sets(p.val, rec.user_index.index(p.val["userId"].to_numpy()),
                                     rec.item_index.index(p.val["movieId"].to_numpy()))
     print("| genre prior | " + " | ".join(f"weight {w}" for w in WEIGHTS) + " |")

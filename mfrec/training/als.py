@@ -31,6 +31,7 @@ import functools
 import torch
 
 from mfrec.training import cg
+from mfrec.training import csr as csr_module
 from mfrec.training.csr import Csr
 from mfrec.training.linalg import packed, packed_outer_into, solve_spd, unpack_into
 from mfrec.training.parallel import SERIAL, Workers
@@ -312,8 +313,10 @@ class AlsSolver:
             # Tiles pay off where the table a product gathers from outgrows the CPU's cache.
             tile = Csr.tile_width(width) if ratings.device.type == "cpu" else None
             # At least a few blocks per worker (when big enough), so that a worker slowed by other
-            # work on its core leaves the rest to the others.
-            csr.plan_blocks(rows if distributed else None, tile, min_blocks=4 * workers.n if workers.n > 1 else 1)
+            # work on its core leaves the rest to the others; the blocks in flight together hold
+            # as many ratings as one block of a single worker.
+            csr.plan_blocks(rows if distributed else None, tile, min_blocks=4 * workers.n if workers.n > 1 else 1,
+                            max_ratings=csr_module.BLOCK_RATINGS // workers.n)
             counts.append(rows)
         dtype = model.user_factors.dtype
         self.user_reg, self.item_reg = (row_penalties(c, config.reg, config.reg_exponent, config.n_factors).to(dtype)

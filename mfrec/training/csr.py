@@ -64,10 +64,10 @@ class Csr:
         return self.crow[1:].long() - self.crow[:-1].long()
 
     def plan_blocks(self, row_counts: torch.Tensor | None = None, tile_cols: int | None = None,
-                    min_blocks: int = 1) -> None:
+                    min_blocks: int = 1, max_ratings: int | None = None) -> None:
         """Cut the rows into blocks of at most ``BLOCK_ROWS`` rows and ``BLOCK_RATINGS`` ratings
-        (a row with more ratings is a block of its own), and into ``min_blocks`` or more while
-        each keeps ``MIN_BLOCK_RATINGS``. Ranks holding shards of one matrix pass the
+        (or ``max_ratings``; a row with more ratings is a block of its own), and into
+        ``min_blocks`` or more while each keeps ``MIN_BLOCK_RATINGS``. Ranks holding shards of one matrix pass the
         all-reduced ``row_counts``, so that every rank cuts at the same rows.
 
         With ``tile_cols``, each block's ratings are also regrouped by ranges of that many
@@ -80,7 +80,7 @@ class Csr:
         n_rows = self.shape[0]
         counts = (row_counts if row_counts is not None else self.row_counts()).cpu().long()
         total = int(counts.sum())
-        per_block = min(BLOCK_RATINGS, max(MIN_BLOCK_RATINGS, -(-total // max(min_blocks, 1))))
+        per_block = min(max_ratings or BLOCK_RATINGS, max(MIN_BLOCK_RATINGS, -(-total // max(min_blocks, 1))))
         if n_rows <= BLOCK_ROWS and total <= per_block:
             self.block_starts = [0, n_rows]
         else:
