@@ -2,7 +2,7 @@
 
     python scripts/ui_screenshots.py --data-path ../shared/data/ml-latest-small.zip [--out docs/screenshots]
 
-Runs two pipelines (k=8; k=32 with reg=10) with `mlflow run . --env-manager local` into a fresh
+Runs two pipelines (k=8; k=32) with `mlflow run . --env-manager local` into a fresh
 sqlite store, starts `mlflow server` on it (loopback), and saves PNGs taken by headless
 Chromium (Debian's package: `apt-get install chromium`) driven by Playwright
 (`pip install -e ".[ui]"`; it uses that Chromium and downloads no browser).
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.served import free_port, stop_process, wait_http  # noqa: E402
 
 EXPERIMENT = "mfrec-demo"
-PIPELINES = (["n_factors=8"], ["n_factors=32", "reg=10"])
+PIPELINES = (["n_factors=8"], ["n_factors=32"])
 COMPARED = ("test_rmse", "test_ndcg_at_10", "cluster_genre_purity", "train_seconds")
 
 

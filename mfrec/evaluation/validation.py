@@ -82,11 +82,18 @@ class Validation:
         return metrics.per_user(torch.cat(top).numpy(), self.relevant, K)[2]
 
 
+# A gain counts when it exceeds this many standard errors of the mean per-user difference: the
+# best of a few dozen trials beats the starting point by one standard error by chance alone.
+CLEAR_GAIN = 2.0
+
+
 def clearly_better(new: np.ndarray, old: np.ndarray) -> bool:
-    """Whether per-user scores ``new`` beat ``old`` (same users) by more than the standard
-    error of the mean difference: a gain validation noise alone would rarely show."""
+    """Whether per-user scores ``new`` beat ``old`` (same users) by more than ``CLEAR_GAIN``
+    standard errors of the mean difference: a gain validation noise alone would rarely show."""
     diff = np.asarray(new, np.float64) - np.asarray(old, np.float64)
-    return bool(diff.mean() > diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else bool(diff.mean() > 0)
+    if len(diff) < 2:
+        return bool(diff.mean() > 0)
+    return bool(diff.mean() > CLEAR_GAIN * diff.std(ddof=1) / np.sqrt(len(diff)))
 
 
 def _on_cpu(model):

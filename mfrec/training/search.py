@@ -94,6 +94,10 @@ class Choice:
             if self.sampled else ""
         if best is first:
             why = "the starting point (trial 0): no trial ranked clearly better on validation"
+        elif best.get("_start"):
+            why = (f"the starting point at n_factors {best['params'].get('n_factors')} (trial {best['trial']}): "
+                   f"validation NDCG@10 {best['val_ndcg_at_10']:.4f} against trial 0's "
+                   f"{first.get('val_ndcg_at_10', float('nan')):.4f}; no trial at that size ranked clearly better")
         else:
             why = (f"trial {best['trial']}: validation NDCG@10 {best['val_ndcg_at_10']:.4f} against the starting "
                    f"point's {first.get('val_ndcg_at_10', float('nan')):.4f}, RMSE {best['val_rmse']:.4f}")
@@ -166,7 +170,7 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
     for number in range(budget):
         trial = study.ask()
         params = {name: _suggest(trial, name, spec) for name, spec in space.items()}
-        row = {"trial": number, "params": params}
+        row = {"trial": number, "params": params, "_start": number < len(starts)}
         trial_started = time.perf_counter()
         cfg = replace(config, **{**{n: fixed[n] for n in config.auto_fields()}, **params})
         state, result, history = "complete", None, []
@@ -284,25 +288,27 @@ def _value(row: dict, trials: list, objective: str) -> float:
 
 
 def _best(trials: list, objective: str) -> dict:
-    """The chosen trial. For NDCG: the best among those whose validation RMSE is within the
-    tolerance of the best at the same ``n_factors`` (when the search varies it), unless it is
-    not :func:`clearly_better` than the first (the starting point): noise should not move a
-    choice."""
+    """The chosen trial. For NDCG, per ``n_factors`` (one group when the search does not vary
+    it): the best trial among those whose validation RMSE is within the tolerance of the
+    group's best, unless it is not :func:`clearly_better` than the group's first trial (its
+    starting point): noise should not move a choice. Then the group whose pick ranks best."""
     complete = [t for t in trials if t["state"] == "complete" and math.isfinite(t["val_rmse"])]
     if not complete:
         raise ConfigError("no trial of the settings search finished; raise search_trials or search_seconds")
     if objective == "rmse":
         return min(complete, key=lambda t: (t["val_rmse"], t["trial"]))
-    best_rmse = {}
-    for t in complete:
-        size = t["params"].get("n_factors")
-        best_rmse[size] = min(best_rmse.get(size, math.inf), t["val_rmse"])
-    near = [t for t in complete if t["val_rmse"] <= best_rmse[t["params"].get("n_factors")] + RMSE_TOLERANCE]
-    best = max(near, key=lambda t: (t["val_ndcg_at_10"], -t["trial"]))
-    first = trials[0]
-    if first in near and best is not first and not clearly_better(best["_per_user"], first["_per_user"]):
-        return first
-    return best
+    groups = {}
+    for t in complete:  # in trial order: a group's first trial is its starting point
+        groups.setdefault(t["params"].get("n_factors"), []).append(t)
+    picks = []
+    for group in groups.values():
+        best_rmse = min(t["val_rmse"] for t in group)
+        near = [t for t in group if t["val_rmse"] <= best_rmse + RMSE_TOLERANCE]
+        best, start = max(near, key=lambda t: (t["val_ndcg_at_10"], -t["trial"])), group[0]
+        if start in near and best is not start and not clearly_better(best["_per_user"], start["_per_user"]):
+            best = start
+        picks.append(best)
+    return max(picks, key=lambda t: (t["val_ndcg_at_10"], -t["trial"]))
 
 
 def _agree(flag: bool) -> bool:
