@@ -144,19 +144,26 @@ def sweep_times(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_use
     data = Interactions(users, items, ratings, n_users, n_items)
     config = TrainConfig(n_factors=factors, progress=False, seed=seed).with_prior()
     matrix = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(n_users, n_items))
+    try:
+        import implicit  # noqa: F401
+    except ImportError:
+        implicit = None  # mfrec's sweeps alone (pip install -e '.[bench]' for the comparison)
     ours, theirs = [], []
     for _ in range(repeats):
         stamps = []
         fit(data, config, epochs=3, on_epoch=lambda record: stamps.append(time.perf_counter()))
         ours.append(float(np.median(np.diff(stamps))))
+        if implicit is None:
+            continue
         stamps = []
         with threadpoolctl.threadpool_limits(1, "blas"):
             _implicit_model({"factors": factors, "regularization": 0.1, "alpha": 1.0}, seed, iterations=3).fit(
                 matrix, show_progress=False, callback=lambda *_: stamps.append(time.perf_counter()))
         theirs.append(float(np.median(np.diff(stamps))))
-    mfrec_sweep, implicit_sweep = float(np.median(ours)), float(np.median(theirs))
+    mfrec_sweep = float(np.median(ours))
+    implicit_sweep = float(np.median(theirs)) if theirs else None
     return {"factors": factors, "als_solve": config.solve, "mfrec_sweep_seconds": mfrec_sweep,
-            "implicit_sweep_seconds": implicit_sweep, "ratio": mfrec_sweep / implicit_sweep,
+            "implicit_sweep_seconds": implicit_sweep, "ratio": mfrec_sweep / implicit_sweep if theirs else None,
             "mfrec_runs": ours, "implicit_runs": theirs, "torch_threads": torch.get_num_threads()}
 
 

@@ -129,6 +129,10 @@ def _ranking_rows(add, ok: dict) -> None:
             continue
         label = f"{block['dataset']}{' beside 2 CPU-bound processes' if block['busy'] else ''}"
         for row in block["by_factors"]:
+            if row["ratio"] is None:
+                add("sweep vs implicit", f"{label}, k={row['factors']} ({row['als_solve']})",
+                    f"{row['mfrec_sweep_seconds']:.3f} s", "implicit not installed: pip install -e '.[bench]'")
+                continue
             add("sweep vs implicit", f"{label}, k={row['factors']} ({row['als_solve']})",
                 f"{row['mfrec_sweep_seconds']:.3f} s / {row['implicit_sweep_seconds']:.3f} s",
                 f"**{row['ratio']:.2f}x** implicit's CG ALS sweep ({block['ratings']:,} ratings)")
@@ -161,7 +165,9 @@ def flat_metrics(results: dict) -> dict:
         if name.startswith("sweeps_") and "by_factors" in (block or {}):
             suffix = name[len("sweeps_"):].replace("-", "_")
             for row in block["by_factors"]:
-                out[f"sweep_ratio_{suffix}_k{row['factors']}"] = float(row["ratio"])
+                out[f"sweep_seconds_{suffix}_k{row['factors']}"] = float(row["mfrec_sweep_seconds"])
+                if row["ratio"] is not None:
+                    out[f"sweep_ratio_{suffix}_k{row['factors']}"] = float(row["ratio"])
     for key, path in (("busy_training_over_quiet", ("busy_training", "busy_over_quiet")),
                       ("ease_test_ndcg_at_10", ("peers", "ease", "test_ndcg_at_10")),
                       ("implicit_als_test_ndcg_at_10", ("peers", "implicit_als", "test_ndcg_at_10")),

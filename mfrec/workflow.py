@@ -52,7 +52,7 @@ def train_and_evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFram
 
 def _train_and_evaluate(train, val, test, movies, config, ranking, refit, on_epoch, search, on_trial) -> TrainOutcome:
     started = time.perf_counter()
-    users, items = IdIndex(train["userId"]), IdIndex(train["movieId"])
+    users, items = train_users, train_items = IdIndex(train["userId"]), IdIndex(train["movieId"])
     va = Interactions.from_frame(val, users, items) if len(val) else None
     choice = None
     if config.auto_fields() or ranking.auto_fields():
@@ -90,7 +90,7 @@ def _train_and_evaluate(train, val, test, movies, config, ranking, refit, on_epo
     if choice is not None:
         scores.update({"search_trials": len(choice.trials), "val_ndcg_at_10": choice.best["val_ndcg_at_10"]})
     elif va is not None:  # what a search would have scored these settings at, for comparisons (the sweep's)
-        validation = Validation(train, val, movies, IdIndex(train["userId"]), IdIndex(train["movieId"]), config,
+        validation = Validation(train, val, movies, train_users, train_items, config,
                                 max_users=search.validation_users, seed=search.seed)
         scores["val_ndcg_at_10"] = validation.ndcg(first.model, ranking)
     return TrainOutcome(rec, scores, first.history, first.best_epoch, first.device, config, ranking, choice)

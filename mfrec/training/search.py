@@ -131,10 +131,11 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
     ``space`` adds settings to search that are not ``auto`` (``-e tune`` adds ``n_factors``:
     ``{"n_factors": [8, 16, ...]}`` for a choice among values, or ``(low, high, log)``).
     ``on_trial(row, fit_result)`` is called after each trial (``row["_history"]``: its sweeps'
-    records, pruned trials' too). Trials report their validation
-    curve every sweep -- RMSE, or with ``curve`` NDCG@10 at the prior ranking weights (a
-    ranking per sweep: ``-e tune`` affords it) -- and Optuna's median pruner stops those
-    behind the median of earlier trials at the same sweep.
+    records, pruned trials' too). Trials report their validation curve every sweep -- RMSE,
+    or with ``curve`` NDCG@10 at the prior ranking weights (a ranking per sweep: ``-e tune``
+    affords it) -- and Optuna's median pruner stops those behind the median of earlier trials
+    at the same sweep. The fits of trial 0 and of the leading trial so far are kept, so that
+    the train step reuses the chosen one's when it is among them.
     """
     import optuna
 
@@ -166,7 +167,7 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
     for params in starts:
         study.enqueue_trial(params)
     budget = search.trials if space else 1  # nothing to sample: one fit, whose ranking weights are chosen
-    trials, fits, stopped = [], {}, f"{budget} trial{'s' if budget > 1 else ''}"
+    trials, fits, leader, stopped = [], {}, -math.inf, f"{budget} trial{'s' if budget > 1 else ''}"
     for number in range(budget):
         trial = study.ask()
         params = {name: _suggest(trial, name, spec) for name, spec in space.items()}
@@ -185,13 +186,16 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
             row["params"] = {**params, **weights}
             row["val_ndcg_at_10"] = float(per_user.mean())
             row["_per_user"] = per_user
-            fits[number] = result
         row.update(seconds=time.perf_counter() - trial_started, state=state)
         trials.append(row)
         if state == "pruned":
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
-            study.tell(trial, _value(row, trials, search.objective))
+            value = _value(row, trials, search.objective)
+            study.tell(trial, value)
+            if number == 0 or value > leader:  # memory for two models, not one per trial
+                fits = {n: f for n, f in fits.items() if n == 0}
+                fits[number], leader = result, value
         if on_trial is not None:
             on_trial(row, result)
         if _agree(time.perf_counter() - started > search.seconds) and number + 1 < budget:
