@@ -9,6 +9,15 @@ import sys
 from typing import Optional
 
 
+def child_env() -> dict:
+    """This process's environment with the repository first on ``PYTHONPATH``, for a child
+    interpreter that runs ``python -m benchmarks....``."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 def load_average() -> list[float]:
     try:
         return [round(x, 2) for x in os.getloadavg()]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -172,6 +171,7 @@ def sweep_comparison(scale: str, factors: list[int], workdir: Path, busy: bool =
     """:func:`sweep_times` at each of ``factors`` on dataset ``scale``, in a fresh child process
     that loads only the raw arrays (and implicit's matrix), quiet or beside CPU-bound processes."""
     from benchmarks.contention import cpu_hogs
+    from benchmarks.machine import child_env
     from benchmarks.scale import write_rating_arrays
     from mfrec.data.prepare import load_dataset
 
@@ -180,11 +180,8 @@ def sweep_comparison(scale: str, factors: list[int], workdir: Path, busy: bool =
         shape = write_rating_arrays(loaded.ratings, Path(tmp))
         del loaded
         cmd = [sys.executable, "-m", "benchmarks.peers", "sweep-child", tmp, ",".join(map(str, factors)), str(repeats)]
-        env_root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": env_root + (os.pathsep + os.environ["PYTHONPATH"]
-                                                       if os.environ.get("PYTHONPATH") else "")}
         with cpu_hogs() if busy else contextlib.nullcontext():
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"sweep child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return {"dataset": scale, **shape, "busy": busy, "by_factors": json.loads(proc.stdout.strip().splitlines()[-1])}

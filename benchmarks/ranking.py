@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import time
 
-import pandas as pd
-
 from benchmarks import peers
 from benchmarks.contention import quiet_and_busy
 
@@ -62,6 +60,3 @@ def busy_training(prepared, seed: int = 0, rating_range=(0.5, 5.0)) -> dict:
     measure()  # the first run also pays torch's and Optuna's set-up
     return quiet_and_busy(measure)
 
-
-def train_val(prepared) -> pd.DataFrame:
-    return pd.concat([prepared.train, prepared.val], ignore_index=True)

@@ -7,7 +7,6 @@ that loads only the raw arrays, so its peak RSS (``VmHWM``) belongs to the train
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 
-from benchmarks.machine import load_average, peak_rss_bytes, rss_bytes
+from benchmarks.machine import child_env, load_average, peak_rss_bytes, rss_bytes
 
 if TYPE_CHECKING:  # the training child imports no pandas
     import pandas as pd
@@ -104,11 +103,8 @@ def throughput_benchmark(scale: str = "synthetic-25m", epochs: int = 2, workdir:
         del loaded
         cmd = [sys.executable, "-m", "benchmarks.scale", "throughput-child", tmp, str(int(epochs)),
                json.dumps(overrides or {})]
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         load_before = load_average()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"throughput child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -202,7 +202,6 @@ def trained_small(small_split):
 def served_recommender(trained_small, small_split):
     """The model the pipeline serves for ``trained_small``: the same recipe fit on every
     prepared rating (train + validation + test)."""
-    from mfrec.training.config import TrainConfig
     from mfrec.workflow import served_model
 
     rec, _ = served_model(trained_small, *small_split)

@@ -1,6 +1,7 @@
-"""Validation scores of models in training: rating RMSE and NDCG@10 of ``recommend``.
+"""Validation NDCG@10 of ``recommend`` for models in training.
 
-The train step chooses its settings and sweep count on these (:mod:`mfrec.training.search`),
+The train step chooses its settings on it (:mod:`mfrec.training.search`; the sweep count
+follows validation RMSE, which :func:`mfrec.training.fit.fit` computes itself),
 so they are computed the way test metrics and served answers are: from the same
 :class:`~mfrec.serving.bundle.Bundle` data (the training ratings as each user's seen films,
 their genre votes) with the scoring functions of :mod:`mfrec.serving.scoring` that the
@@ -20,7 +21,7 @@ from mfrec.data.ids import IdIndex
 from mfrec.evaluation import metrics
 from mfrec.serving import genres, scoring
 from mfrec.serving.bundle import Bundle, RankingConfig
-from mfrec.training.model import MatrixFactorization, predict_ratings, rating_tables
+from mfrec.training.model import MatrixFactorization
 
 K = 10
 CHUNK = 128  # validation users scored at a time
@@ -38,10 +39,8 @@ class Validation:
         placeholder = MatrixFactorization(len(users), len(items), train_config.n_factors)
         self.base = Bundle.build(placeholder, users, items, train, movies, train_config.with_prior(),
                                  RankingConfig().with_prior())
-        self.val_users = users.index(val["userId"].to_numpy())
-        self.val_items = items.index(val["movieId"].to_numpy())
-        self.val_ratings = val["rating"].to_numpy(np.float64)
-        ranked, relevant = metrics.relevant_sets(val, self.val_users, self.val_items)
+        ranked, relevant = metrics.relevant_sets(val, users.index(val["userId"].to_numpy()),
+                                                 items.index(val["movieId"].to_numpy()))
         if len(ranked) > max_users:
             keep = np.sort(np.random.default_rng(seed).choice(len(ranked), max_users, replace=False))
             ranked, relevant = ranked[keep], [relevant[j] for j in keep]
@@ -52,14 +51,6 @@ class Validation:
         prior = self.base.ranking.genre_prior
         self._taste = torch.from_numpy(genres.taste(self.base.genre_votes[ranked], self.base.vote_total[ranked],
                                                     rates, prior))
-
-    def rmse(self, model) -> float:
-        """Rating RMSE on the validation ratings (an unknown user or film predicted from the
-        biases, as in training's early stopping)."""
-        with torch.no_grad():
-            tables = tuple(t.numpy() for t in rating_tables(_on_cpu(model)))
-        return metrics.rmse(predict_ratings(tables, self.val_users, self.val_items, self.base.rating_range),
-                            self.val_ratings)
 
     def ndcg(self, model, ranking: RankingConfig) -> float:
         """NDCG@10 of ``recommend`` for the (sampled) validation users."""

@@ -72,19 +72,21 @@ SMALL_RATINGS = 1 << 19
 
 
 @contextlib.contextmanager
-def threads_for(n_ratings: int):
-    """torch on one thread for the duration when ``n_ratings`` is a small problem (its ranking
-    and evaluation products take a few milliseconds, and on a busy machine one descheduled
-    thread holds each of them up), else as it is."""
-    if n_ratings >= SMALL_RATINGS:
-        yield
-        return
+def one_torch_thread():
+    """torch on one thread for the duration, then as it was."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def threads_for(n_ratings: int):
+    """torch on one thread for the duration when ``n_ratings`` is a small problem (its ranking
+    and evaluation products take a few milliseconds, and on a busy machine one descheduled
+    thread holds each of them up), else as it is."""
+    return one_torch_thread() if n_ratings < SMALL_RATINGS else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
@@ -96,11 +98,9 @@ def workers_for(device: torch.device, n_ratings: int, distributed: bool = False)
     if device.type != "cpu" or distributed:
         yield Workers(1)
         return
-    before = torch.get_num_threads()
     workers = Workers(available_threads() if n_ratings >= SMALL_RATINGS else 1)
-    torch.set_num_threads(1)
     try:
-        yield workers
+        with one_torch_thread():
+            yield workers
     finally:
         workers.close()
-        torch.set_num_threads(before)
