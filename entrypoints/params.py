@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, replace
 
 from mfrec.clustering.kmeans import ClusterConfig
+from mfrec.data.custom import Columns
 from mfrec.data.prepare import PrepareConfig
 from mfrec.data.split import SplitConfig
 from mfrec.errors import ConfigError
@@ -17,9 +18,14 @@ from mfrec.training.config import TrainConfig
 from mfrec.training.search import SearchConfig
 
 _SPLIT, _TRAIN, _CLUSTER, _SEARCH = SplitConfig(), TrainConfig.__dataclass_fields__, ClusterConfig(), SearchConfig()
+# dataset=custom: which columns of the user's tables mean what (parameter -> Columns field).
+COLUMN_PARAMS = {"user_column": "user", "item_column": "item", "rating_column": "rating",
+                 "timestamp_column": "timestamp", "items_path": "items_path", "title_column": "title",
+                 "category_column": "category", "category_separator": "separator"}
 PREPARE_DEFAULTS = {"dataset": PrepareConfig.dataset, "data_path": "", "split": _SPLIT.method,
                     "test_fraction": str(_SPLIT.test_fraction), "val_fraction": str(_SPLIT.val_fraction),
-                    "seed": str(_SPLIT.seed)}
+                    "seed": str(_SPLIT.seed),
+                    **{param: getattr(Columns(), field) for param, field in COLUMN_PARAMS.items()}}
 TRAIN_NUMBERS = {"n_factors": int, "epochs": int, "batch_size": int, "lr": float, "reg": float, "reg_exponent": float,
                  "implicit_weight": float, "confidence": float, "seed": int}
 # Settings that take "auto": chosen on validation by the train step (mfrec.training.search).
@@ -78,7 +84,9 @@ def prepare_config(values: dict) -> PrepareConfig:
     split = SplitConfig(values["split"], parse_number("test_fraction", values["test_fraction"], float),
                         parse_number("val_fraction", values["val_fraction"], float),
                         parse_number("seed", values["seed"], int))
-    return PrepareConfig(values["dataset"], values["data_path"] or "", split)
+    text = {field: str(values.get(param, getattr(Columns(), field)) or "") for param, field in COLUMN_PARAMS.items()}
+    columns = Columns(**{field: value if field == "separator" else value.strip() for field, value in text.items()})
+    return PrepareConfig(values["dataset"], values["data_path"] or "", split, columns)
 
 
 def train_config(values: dict, progress=None) -> TrainConfig:
@@ -136,8 +144,10 @@ class PipelineConfig:
     def params(self) -> dict:
         """The MLproject parameters this config was made from, as it read them."""
         split, train = self.prepare.split, self.train
+        columns = self.prepare.columns
         return {"dataset": self.prepare.dataset, "data_path": self.prepare.data_path, "split": split.method,
                 "test_fraction": split.test_fraction, "val_fraction": split.val_fraction, "seed": split.seed,
+                **{param: getattr(columns, field) for param, field in COLUMN_PARAMS.items()},
                 **{name: getattr(train, name) for name in TRAIN_NUMBERS if name != "seed"},
                 "solver": train.solver, "als_solve": train.als_solve, "device": train.device,
                 "rating_weight": self.ranking.rating_weight, "genre_weight": self.ranking.genre_weight,

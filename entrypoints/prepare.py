@@ -24,8 +24,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from entrypoints.common import parser_for
-from entrypoints.params import PREPARE_DEFAULTS, prepare_config
+from entrypoints.params import COLUMN_PARAMS, PREPARE_DEFAULTS, prepare_config
 from mfrec import tracking
+from mfrec.data.custom import Columns
 from mfrec.data.prepare import (MANIFEST, MOVIES_FILE, RATING_FILES, Loaded, PrepareConfig, load_dataset,
                                 load_prepared, prepare_key, prepare_loaded)
 from mfrec.errors import MfrecError
@@ -47,7 +48,9 @@ def run_prepare(config: PrepareConfig, progress: bool = True) -> dict:
         tracking.log_new_params({"dataset": config.dataset, "data_path": config.data_path, "split": split.method,
                                  "test_fraction": split.test_fraction, "val_fraction": split.val_fraction,
                                  "seed": split.seed})
-        loaded = load_dataset(config.dataset, config.data_path, progress=progress)
+        if config.columns != Columns():
+            tracking.log_new_params({param: getattr(config.columns, field) for param, field in COLUMN_PARAMS.items()})
+        loaded = load_dataset(config.dataset, config.data_path, progress=progress, columns=config.columns)
         key = prepare_key(loaded.data_sha256, config.split)
         earlier = find_reusable(MlflowClient(), run.info.experiment_id, key, exclude_run=run_id)
         if earlier:
@@ -150,7 +153,7 @@ def _dataset_source(manifest: dict):
     source = manifest["source"]
     if source["kind"] == "download":
         return HTTPDatasetSource(source["url"])
-    if source["kind"] in ("zip", "dir"):
+    if source["kind"] in ("zip", "dir", "file"):
         return resolve_dataset_source(source["path"])
     return CodeDatasetSource(tags={"mfrec.generator": source["verification"], "mfrec.dataset": manifest["dataset"]})
 

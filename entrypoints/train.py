@@ -62,6 +62,7 @@ def run_train(prepared_uri: str, config: TrainConfig, ranking: RankingConfig, re
         config = outcome.config
         served, served_seconds = served_model(outcome, prepared.train, prepared.val, prepared.test, prepared.movies,
                                               refit_all)
+        served = served.with_ids(prepared.ids)  # custom data: answer with its own ids
         fit_on = served.meta["fit_on"]
         metrics = {**outcome.metrics, "served_fit_seconds": served_seconds, "served_ratings": fit_on["ratings"]}
         tracking.log_metrics_split(metrics, HEADLINE_METRICS, metrics_run, own_run)

@@ -38,10 +38,18 @@ OUTPUT_COLUMNS = {"userId": "long", "movieId": "long", "prediction": "double", "
                   "source": "string", "cluster": "long"}
 
 
-def signature() -> ModelSignature:
+ID_OUTPUTS = {"userId": "users", "movieId": "items", "similar_movieId": "items"}
+
+
+def signature(id_kinds: dict | None = None) -> ModelSignature:
+    """The served model's signature; ``id_kinds`` (``{"users": "string", "items": "int64"}``,
+    a custom dataset's) types the answer's id columns ("string" or "long")."""
     # Inputs typed "any": the model checks values itself (mfrec.serving.contract).
     inputs = Schema([ColSpec(AnyType(), name, required=False) for name in ("userId", "movieId", "rating")])
-    outputs = Schema([ColSpec(dtype, name, required=False) for name, dtype in OUTPUT_COLUMNS.items()])
+    types = dict(OUTPUT_COLUMNS)
+    for name, side in ID_OUTPUTS.items() if id_kinds else ():
+        types[name] = "string" if id_kinds[side] == "string" else "long"
+    outputs = Schema([ColSpec(dtype, name, required=False) for name, dtype in types.items()])
     params = ParamSchema([
         ParamSpec("task", "string", "predict"),
         ParamSpec("k", "long", 10),
@@ -75,7 +83,7 @@ def pip_requirements() -> list[str]:
 def log_pyfunc(bundle_dir, name: str = "mfrec-recommender", registered_model_name: str | None = None):
     """Log a saved bundle folder as a pyfunc model (models from code: no pickle), carrying
     only the part of mfrec that serving imports."""
-    example = (pd.DataFrame({"userId": [1, 1], "movieId": [1, 50]}), {"task": "predict", "k": 10, "exclude_seen": True})
+    example, id_kinds = _example(Path(bundle_dir))
     with tempfile.TemporaryDirectory(prefix="mfrec-code-") as tmp:
         return mlflow.pyfunc.log_model(
             name=name,
@@ -83,10 +91,24 @@ def log_pyfunc(bundle_dir, name: str = "mfrec-recommender", registered_model_nam
             artifacts={"recommender": str(bundle_dir)},
             code_paths=[str(served_code(Path(tmp)))],
             pip_requirements=pip_requirements(),
-            signature=signature(),
+            signature=signature(id_kinds),
             input_example=example,
             registered_model_name=registered_model_name,
         )
+
+
+def _example(bundle_dir: Path) -> tuple:
+    """An input example in the model's own ids, and their kinds (``None``: MovieLens ids)."""
+    from mfrec.data.ids import read_id_file
+    from mfrec.serving.bundle import ID_FILES
+
+    params = {"task": "predict", "k": 10, "exclude_seen": True}
+    kinds = json.loads((bundle_dir / "meta.json").read_text()).get("ids")
+    if not kinds:
+        return (pd.DataFrame({"userId": [1, 1], "movieId": [1, 50]}), params), None
+    users, items = (read_id_file(bundle_dir / ID_FILES[side]) for side in ("users", "items"))
+    frame = pd.DataFrame({"userId": [users[0], users[0]], "movieId": [items[0], items[-1]]})
+    return (frame, params), kinds
 
 
 def served_code(folder: Path) -> Path:

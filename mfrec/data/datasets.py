@@ -126,9 +126,12 @@ FORMAT_FILES = MappingProxyType({
 })
 
 
+CUSTOM = "custom"  # your own table at data_path (mfrec.data.custom)
+
+
 def names() -> list[str]:
-    """Registry names of the real datasets plus the synthetic presets."""
-    return [*_REAL, *_SYNTHETIC_PRESETS]
+    """Registry names of the real datasets plus the synthetic presets and ``custom``."""
+    return [*_REAL, *_SYNTHETIC_PRESETS, CUSTOM]
 
 
 def synthetic_shape(n_ratings: int) -> tuple[int, int, int]:
@@ -171,10 +174,12 @@ def get_spec(name: str) -> DatasetSpec:
     """
     if name in _REAL:
         return _REAL[name]
+    if name == CUSTOM:  # its rating scale is the data's (mfrec.data.custom)
+        return DatasetSpec(CUSTOM, "custom", rating_step=0.0)
     spec = _synthetic_spec(name)
     if spec is None:
         raise ConfigError(
             f"unknown dataset {name!r}; known: {', '.join(names())}, or synthetic-<N>[k|m] "
-            "(e.g. synthetic-1m for one million generated ratings)"
+            "(e.g. synthetic-1m for one million generated ratings), or custom (your own table at data_path)"
         )
     return spec

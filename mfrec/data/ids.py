@@ -86,3 +86,63 @@ def csr_from_pairs(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.
     counts = np.bincount(rows, minlength=n_rows)
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return indptr, np.asarray(cols)[order].astype(np.int64)
+
+
+@dataclass
+class ExternalIds:
+    """A dataset's own ids, for data that has them (``dataset=custom``): ``users[c]`` is the id
+    of user code ``c`` (the ``userId`` of mfrec's tables), ``items[c]`` that of item code ``c``.
+    Each is sorted and holds int64 or text (a numpy object array of ``str``)."""
+
+    users: np.ndarray
+    items: np.ndarray
+
+    def kinds(self) -> dict:
+        return {"users": id_kind(self.users), "items": id_kind(self.items)}
+
+
+def read_id_file(path) -> np.ndarray:
+    """The ``id`` column of a ``user_ids.parquet`` / ``item_ids.parquet`` file: int64 or text."""
+    import pandas as pd
+
+    column = pd.read_parquet(path)["id"]
+    return column.to_numpy(np.int64) if pd.api.types.is_integer_dtype(column) else column.to_numpy(dtype=object)
+
+
+def id_kind(ids: np.ndarray) -> str:
+    """``"string"`` or ``"int64"``: which ids a side has."""
+    return "string" if ids.dtype == object else "int64"
+
+
+class IdCodec:
+    """One side's own ids to codes and back, for requests: known ids get their code, others
+    codes past the end (which no :class:`IdIndex` of the model knows), so that the answer
+    can name them again."""
+
+    def __init__(self, ids: np.ndarray):
+        import pandas as pd
+
+        self.ids = ids
+        self.kind = id_kind(ids)
+        self._index = pd.Index(ids)
+        self._index.get_indexer(ids[:1])  # build the hash table now, not in the first request
+
+    def encode(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, the unknown ids that codes ``len(ids) + j`` stand for)."""
+        import pandas as pd
+
+        codes = self._index.get_indexer(values).astype(np.int64)
+        unknown = codes < 0
+        if not unknown.any():
+            return codes, values[:0]
+        extra = pd.unique(values[unknown])
+        codes[unknown] = len(self.ids) + pd.Index(extra).get_indexer(values[unknown])
+        return codes, np.asarray(extra)
+
+    def decode(self, codes: np.ndarray, extra: np.ndarray) -> np.ndarray:
+        codes = np.asarray(codes, dtype=np.int64)
+        out = np.empty(len(codes), dtype=self.ids.dtype)
+        known = codes < len(self.ids)
+        out[known] = self.ids[codes[known]]
+        out[~known] = extra[codes[~known] - len(self.ids)]
+        return out

@@ -2,7 +2,8 @@
 
 A prepared folder holds ``train.parquet``, ``val.parquet``, ``test.parquet`` (userId int32,
 movieId int32, rating float32, timestamp int64), ``movies.parquet`` (movieId int32, title,
-genres) and ``manifest.json``. It is written to a temporary sibling folder and renamed into place
+genres) and ``manifest.json``; for ``dataset=custom`` also ``user_ids.parquet`` and
+``item_ids.parquet`` (column ``id``: the data's own id of each code, in code order). It is written to a temporary sibling folder and renamed into place
 only when complete, so a failure never leaves a half-written folder under the final name.
 
 Two preparations with equal ``prepare_key`` hold the same data split the same way: the key hashes
@@ -25,8 +26,10 @@ import numpy as np
 import pandas as pd
 
 from mfrec import __version__
-from mfrec.data.datasets import DEFAULT_DATASET, SYNTHETIC_SEED, DatasetSpec, get_spec
+from mfrec.data.custom import Columns
+from mfrec.data.datasets import CUSTOM, DEFAULT_DATASET, SYNTHETIC_SEED, DatasetSpec, get_spec
 from mfrec.data.download import Source, file_digest, resolve_source
+from mfrec.data.ids import ExternalIds, read_id_file
 from mfrec.errors import ChecksumError, ConfigError, DataError
 from mfrec.data.parse import RATINGS_DTYPES, read_dataset, summarize
 from mfrec.data.split import SplitConfig, split_ratings, unseen_report
@@ -36,6 +39,7 @@ RATING_FILES = ("train.parquet", "val.parquet", "test.parquet")
 MOVIES_FILE = "movies.parquet"
 MANIFEST = "manifest.json"
 MOVIES_DTYPES = {"movieId": "int32", "title": "str", "genres": "str"}
+ID_FILES = {"users": "user_ids.parquet", "items": "item_ids.parquet"}
 DATA_HASH_METHOD = "mfrec-data-v1"
 
 
@@ -50,6 +54,7 @@ class Loaded:
     movies: pd.DataFrame
     report: dict
     data_sha256: str
+    ids: ExternalIds | None = None  # the data's own ids (custom data)
 
 
 @dataclass
@@ -62,18 +67,22 @@ class Prepared:
     test: pd.DataFrame
     movies: pd.DataFrame
     manifest: dict
+    ids: ExternalIds | None = None  # the data's own ids (custom data)
 
 
 def load_dataset(dataset: str = DEFAULT_DATASET, data_path: str | Path | None = "",
                  cache_dir: str | Path | None = None, base_url: str | None = None,
-                 progress: bool = True) -> Loaded:
-    """Fetch (or take ``data_path``), verify and parse ``dataset``; generate synthetic ones.
+                 progress: bool = True, columns: Columns = Columns()) -> Loaded:
+    """Fetch (or take ``data_path``), verify and parse ``dataset``; generate synthetic ones;
+    read a custom table with ``columns`` (:mod:`mfrec.data.custom`).
 
     Raises:
         ConfigError, DataError, DownloadError, ChecksumError: see :mod:`mfrec.data.download` and
             :mod:`mfrec.data.parse`.
     """
     spec = get_spec(dataset)
+    if dataset == CUSTOM:
+        return _load_custom(spec, data_path, columns)
     source = resolve_source(dataset, data_path, cache_dir=cache_dir, base_url=base_url,
                             progress=progress)
     if spec.is_synthetic:
@@ -94,13 +103,40 @@ def load_dataset(dataset: str = DEFAULT_DATASET, data_path: str | Path | None = 
     return Loaded(dataset, spec, source, ratings, movies, report, data_sha256(ratings, movies))
 
 
-def data_sha256(ratings: pd.DataFrame, movies: pd.DataFrame) -> str:
+def _load_custom(spec: DatasetSpec, data_path, columns: Columns) -> Loaded:
+    from mfrec.data.custom import read_custom
+    from mfrec.data.parse import dedupe_ratings
+
+    if not data_path:
+        raise ConfigError("dataset custom reads your table: set data_path to its CSV or parquet file or folder")
+    custom = read_custom(data_path, columns)
+    ratings, removed, examples = dedupe_ratings(custom.ratings)
+    ids = custom.ids
+    values = ratings["rating"].to_numpy()
+    scale = (0.0, 1.0) if columns.implicit else (float(values.min()), float(values.max()))
+    spec = DatasetSpec(spec.name, spec.format, rating_min=scale[0], rating_max=scale[1], rating_step=0.0)
+    path = Path(data_path)
+    source = Source(CUSTOM, "dir" if path.is_dir() else "file", path, verified=None,
+                    verification=f"sha256 {custom.source_sha256} of {len(custom.files)} file(s)")
+    report = {"format": "custom", "ratings_rows_read": int(len(custom.ratings)), "duplicates_removed": int(removed),
+              "duplicate_examples": [[_plain(ids.users[u]), _plain(ids.items[m])] for u, m in examples],
+              "source_sha256": custom.source_sha256, **custom.report,
+              **summarize(ratings, custom.items, scale, 0.0)}
+    return Loaded(CUSTOM, spec, source, ratings, custom.items, report, data_sha256(ratings, custom.items, ids), ids)
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def data_sha256(ratings: pd.DataFrame, movies: pd.DataFrame, ids: ExternalIds | None = None) -> str:
     """SHA-256 of the canonical parsed content (``mfrec-data-v1``).
 
     Hashes each ratings column (userId, movieId, rating, timestamp) as little-endian
     int32/int32/float32/int64 in (userId, movieId) order, then movies sorted by movieId: the ids
     as int32 and titles and genres as UTF-8 joined by U+001F. Equal data gives equal hashes
-    whatever the zip packing, file order or source (zip, folder, download).
+    whatever the zip packing, file order or source (zip, folder, download). With ``ids`` (custom
+    data) each side's own ids follow, as int64 or UTF-8 text joined by U+001F.
     """
     ratings = _in_key_order(ratings, ["userId", "movieId"])
     movies = _in_key_order(movies, ["movieId"])
@@ -113,6 +149,11 @@ def data_sha256(ratings: pd.DataFrame, movies: pd.DataFrame) -> str:
     h.update(memoryview(np.ascontiguousarray(movies["movieId"].to_numpy("<i4"))))
     for col in ("title", "genres"):
         h.update(b"\x1e" + "\x1f".join(movies[col].astype(str).tolist()).encode("utf-8"))
+    for side in ("users", "items") if ids is not None else ():
+        values = getattr(ids, side)
+        h.update(f"ids.{side}:{len(values)}\n".encode())
+        h.update("\x1f".join(values.tolist()).encode("utf-8") if values.dtype == object
+                 else memoryview(np.ascontiguousarray(values.astype("<i8"))))
     return h.hexdigest()
 
 
@@ -123,11 +164,21 @@ class PrepareConfig:
     dataset: str = DEFAULT_DATASET
     data_path: str = ""  # a local zip or extracted folder; empty: download (or generate) it
     split: SplitConfig = SplitConfig()
+    columns: Columns = Columns()  # which columns mean what (dataset=custom)
 
     def __post_init__(self) -> None:
         spec = get_spec(self.dataset)
         if spec.is_synthetic and self.data_path:
             raise ConfigError(f"dataset {self.dataset!r} is generated; data_path must be empty")
+        if self.dataset == CUSTOM:
+            if not self.data_path:
+                raise ConfigError("dataset custom reads your table: set data_path to its CSV or parquet file or folder")
+            if self.split.method == "temporal" and not self.columns.timestamp:
+                raise ConfigError("split temporal needs the time of each row: name it with timestamp_column "
+                                  "(or use split random)")
+        elif self.columns != Columns():
+            raise ConfigError(f"the column parameters describe your own table (dataset custom); dataset "
+                              f"{self.dataset!r} has the MovieLens layout")
         object.__setattr__(self, "data_path", str(self.data_path or ""))
 
 
@@ -144,7 +195,7 @@ def prepare(config: PrepareConfig, out_dir: str | Path = "prepared", cache_dir: 
     An existing ``out_dir`` is replaced, but only once the new folder is complete.
     """
     loaded = load_dataset(config.dataset, config.data_path, cache_dir=cache_dir, base_url=base_url,
-                          progress=progress)
+                          progress=progress, columns=config.columns)
     return prepare_loaded(loaded, config.split, out_dir)
 
 
@@ -159,6 +210,8 @@ def prepare_loaded(loaded: Loaded, split: SplitConfig, out_dir: str | Path) -> d
         for name, df in zip(RATING_FILES, (train, val, test)):
             files[name] = _write_parquet(df, tmp / name)
         files[MOVIES_FILE] = _write_parquet(loaded.movies, tmp / MOVIES_FILE)
+        for side, name in ID_FILES.items() if loaded.ids is not None else ():
+            files[name] = _write_parquet(pd.DataFrame({"id": getattr(loaded.ids, side)}), tmp / name)
         manifest = _manifest(loaded, split, files, train, val, test)
         _write_manifest(tmp / MANIFEST, manifest)
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the folder is meant to be shared
@@ -205,8 +258,20 @@ def load_prepared(path: str | Path, verify: bool = True) -> Prepared:
                                     f"{expected.get('sha256')}, actual {actual}")
         dtypes = MOVIES_DTYPES if name == MOVIES_FILE else RATINGS_DTYPES
         frames[name] = _check_frame(pd.read_parquet(file), dtypes, file, expected.get("rows"))
+    ids = None
+    if "ids" in manifest:
+        ids = ExternalIds(*(_read_ids(path / ID_FILES[side], manifest, verify) for side in ("users", "items")))
     return Prepared(path, frames["train.parquet"], frames["val.parquet"],
-                    frames["test.parquet"], frames[MOVIES_FILE], manifest)
+                    frames["test.parquet"], frames[MOVIES_FILE], manifest, ids)
+
+
+def _read_ids(file: Path, manifest: dict, verify: bool) -> np.ndarray:
+    expected = manifest.get("files", {}).get(file.name, {})
+    if not file.is_file():
+        raise DataError(f"{file} is missing from the prepared folder")
+    if verify and file_digest(file) != expected.get("sha256"):
+        raise ChecksumError(f"{file} does not match {MANIFEST}: expected sha256 {expected.get('sha256')}")
+    return read_id_file(file)
 
 
 def _in_key_order(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
@@ -250,6 +315,8 @@ def _manifest(loaded: Loaded, split: SplitConfig, files: dict, train, val, test)
         "split": split.as_dict(),
         "rating_scale": [float(loaded.spec.rating_min), float(loaded.spec.rating_max)],
         "rating_step": float(loaded.spec.rating_step),
+        **({"ids": loaded.ids.kinds(), "columns": report.get("columns"), "feedback": report.get("feedback")}
+           if loaded.ids is not None else {}),
         "files": files,
         "counts": counts,
         "unseen": unseen_report(train, val, test),

@@ -2,7 +2,9 @@
 
 A bundle folder holds ``weights.pt`` (a ``weights_only`` state dict), ``items.parquet`` (one
 row per item index: movieId, title, genres, n_ratings, cluster), ``users.npz`` (user ids,
-each user's rated items, genre votes) and ``meta.json`` (settings and the files' sha256).
+each user's rated items, genre votes) and ``meta.json`` (settings and the files' sha256); a
+model of data with ids of its own (``dataset=custom``) also ``user_ids.parquet`` and
+``item_ids.parquet``: the id of each user and item code (:class:`~mfrec.data.ids.ExternalIds`).
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mfrec.data.ids import IdIndex, csr_from_pairs
+from mfrec.data.ids import ExternalIds, IdIndex, csr_from_pairs, read_id_file
 from mfrec.errors import ConfigError, DataError
 from mfrec.serving import genres
 from mfrec.training.model import MatrixFactorization
 
 FORMAT_VERSION = 5  # 5: frequency-scaled penalties (reg_exponent, user_mean_count) in the objective
 _FILES = ("weights.pt", "meta.json", "items.parquet", "users.npz")
+ID_FILES = {"users": "user_ids.parquet", "items": "item_ids.parquet"}
 OBJECTIVE_KEYS = ("reg", "bias_reg", "reg_exponent", "implicit_weight", "confidence")
 AUTO = "auto"  # a ranking weight chosen on validation by the train step (mfrec.training.search)
 RANKING_PRIOR = {"rating_weight": 0.25, "genre_weight": 0.1}  # where the search starts
@@ -83,6 +86,7 @@ class Bundle:
     genre_votes: np.ndarray  # per user: rating-weighted films per genre (mfrec.serving.genres)
     vote_total: np.ndarray
     meta: dict
+    ids: ExternalIds | None = None  # the data's own ids, where codes stand for them
 
     @property
     def rating_range(self) -> tuple:
@@ -140,6 +144,13 @@ class Bundle:
         indptr, indices = csr_from_pairs(u[known], i[known], len(self.user_index))
         return replace(self, seen_indptr=indptr, seen_indices=indices, meta={**self.meta, **meta})
 
+    def with_ids(self, ids: ExternalIds | None) -> "Bundle":
+        """A copy answering with the data's own ids (codes are their positions in ``ids``)."""
+        if ids is None:
+            return self
+        meta = {**self.meta, "ids": ids.kinds()}
+        return replace(self, ids=ids, meta=meta)
+
     def with_clusters(self, assignments: pd.DataFrame) -> "Bundle":
         """A copy whose items carry KMeans cluster ids (movieId, cluster); others keep -1."""
         mapping = dict(zip(assignments["movieId"].to_numpy(), assignments["cluster"].to_numpy()))
@@ -154,7 +165,11 @@ class Bundle:
         self.items.to_parquet(path / "items.parquet", index=False)
         np.savez(path / "users.npz", user_ids=self.user_index.ids, seen_indptr=self.seen_indptr,
                  seen_indices=self.seen_indices, genre_votes=self.genre_votes, vote_total=self.vote_total)
-        meta = {**self.meta, "checksums": {name: _sha256(path / name) for name in _FILES if name != "meta.json"}}
+        files = [name for name in _FILES if name != "meta.json"]
+        for side, name in ID_FILES.items() if self.ids is not None else ():
+            pd.DataFrame({"id": getattr(self.ids, side)}).to_parquet(path / name, index=False)
+            files.append(name)
+        meta = {**self.meta, "checksums": {name: _sha256(path / name) for name in files}}
         tmp = path / "meta.json.tmp"
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
         os.replace(tmp, path / "meta.json")
@@ -181,13 +196,16 @@ class Bundle:
             state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
             arrays = np.load(path / "users.npz", allow_pickle=False)
             items = pd.read_parquet(path / "items.parquet")
+            ids = ExternalIds(*(read_id_file(path / ID_FILES[side]) for side in ("users", "items"))) if "ids" in meta else None
         except Exception as exc:  # noqa: BLE001 - any parse failure means a bad artifact
             raise DataError(f"model folder {path} could not be read: {exc}") from exc
         n_users, k = state["user_factors"].shape
         model = MatrixFactorization(n_users, state["item_factors"].shape[0], k)
         model.load_state_dict(state)
         return cls(model.eval(), IdIndex(arrays["user_ids"]), IdIndex(items["movieId"].to_numpy()), items,
-                   arrays["seen_indptr"], arrays["seen_indices"], arrays["genre_votes"], arrays["vote_total"], meta)
+                   arrays["seen_indptr"], arrays["seen_indices"], arrays["genre_votes"], arrays["vote_total"], meta,
+                   ids)
+
 
 
 def _sha256(path: Path) -> str:

@@ -57,26 +57,93 @@ def answer(rec, frame, params=None) -> list[dict]:
     missing = [c for c in needed if c not in columns]
     if missing:
         raise RequestError(f"task {task!r} needs column(s) {', '.join(needed)}; missing: {', '.join(missing)}")
+    ids = _Ids(rec.codecs)
     if task == "predict":
-        return rec.predict(_ids(columns, "userId"), _ids(columns, "movieId")).records()
+        return ids.decode(rec.predict(ids.read(columns, "userId"), ids.read(columns, "movieId"))).records()
     n_items = len(rec.item_index)
     if task == "similar":
-        movies = _ids(columns, "movieId")
+        movies = ids.read(columns, "movieId")
         _check_size(len(np.unique(movies)), min(k, n_items - 1), "movies")
-        return rec.similar(movies, k).records()
+        return ids.decode(rec.similar(movies, k)).records()
     if task == "recommend":
-        users = _ids(columns, "userId")
+        users = ids.read(columns, "userId")
         _check_size(len(np.unique(users)), min(k, n_items), "users")
-        return rec.recommend(users, k, exclude_seen).records()
+        return ids.decode(rec.recommend(users, k, exclude_seen)).records()
     ratings = _ratings(columns, rec.rating_range)
     named = "userId" in columns and columns["userId"].notna().any()
-    users = _ids(columns, "userId") if named else np.zeros(n_rows, np.int64)
+    users = ids.read(columns, "userId") if named else ids.anonymous(n_rows)
     n_customers = len(np.unique(users))
     if n_customers > MAX_FOLD_IN_CUSTOMERS:
         raise RequestError(f"too many fold_in customers: {n_customers} distinct userId values "
                            f"(at most {MAX_FOLD_IN_CUSTOMERS} per request)")
     _check_size(n_customers, min(k, n_items), "customers")
-    return rec.fold_in(users, _ids(columns, "movieId"), ratings, k, exclude_seen).records()
+    return ids.decode(rec.fold_in(users, ids.read(columns, "movieId"), ratings, k, exclude_seen)).records()
+
+
+class _Ids:
+    """A request's ids as the model's codes, and the answer's codes as ids again.
+
+    A MovieLens model's ids are its codes. A model of data with ids of its own (``dataset=custom``:
+    text or 64-bit integers) has an :class:`~mfrec.data.ids.IdCodec` a side; ids it does not know
+    get codes past its end, which the model treats as unknown and the answer names again.
+    """
+
+    SIDES = {"userId": "users", "movieId": "items", "similar_movieId": "items"}
+
+    def __init__(self, codecs: dict | None):
+        self.codecs = codecs
+        self.extra: dict[str, np.ndarray] = {}
+
+    def read(self, columns: dict, column: str) -> np.ndarray:
+        if self.codecs is None:
+            return _ids(columns, column)
+        side = self.SIDES[column]
+        codec = self.codecs[side]
+        codes, self.extra[side] = codec.encode(_own_ids(columns[column], column, codec.kind))
+        return codes
+
+    def anonymous(self, n_rows: int) -> np.ndarray:
+        """One customer with no userId: answered as userId 0 ("" where ids are text)."""
+        if self.codecs is None:
+            return np.zeros(n_rows, np.int64)
+        codec = self.codecs["users"]
+        self.extra["users"] = np.array(["" if codec.kind == "string" else 0], dtype=codec.ids.dtype)
+        return np.full(n_rows, len(codec.ids), np.int64)
+
+    def decode(self, table):
+        if self.codecs is None:
+            return table
+        for name in table:
+            side = self.SIDES.get(name)
+            if side is not None:
+                codec = self.codecs[side]
+                table[name] = codec.decode(table[name], self.extra.get(side, codec.ids[:0]))
+        return table
+
+
+def _own_ids(series: pd.Series, column: str, kind: str) -> np.ndarray:
+    """A column of a custom model's ids: text (integers are read as their digits) or int64."""
+    dtype = series.dtype
+    if kind == "string":
+        if pd.api.types.is_string_dtype(dtype) and not isinstance(dtype, np.dtype) and not series.isna().any():
+            return series.to_numpy(dtype=object)
+        if isinstance(dtype, np.dtype) and dtype.kind in "iu":
+            return np.array([str(v) for v in series.tolist()], dtype=object)
+        values = series.tolist()
+        for row, v in enumerate(values):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (str, int, np.integer)):
+                raise RequestError(f"column {column!r} must hold ids (text); row {row} has {_show(v)}")
+        return np.array([v if isinstance(v, str) else str(int(v)) for v in values], dtype=object)
+    if isinstance(dtype, np.dtype) and dtype.kind in "iu" and (dtype.kind == "i" or not len(series)
+                                                              or series.max() < 2**63):
+        return series.to_numpy().astype(np.int64, copy=False)
+    values = series.tolist()
+    for row, v in enumerate(values):
+        integral = isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and np.isfinite(v)
+                                                         and float(v).is_integer() and abs(v) < MAX_ID)
+        if isinstance(v, (bool, np.bool_)) or not integral or not -(2**63) <= int(v) < 2**63:
+            raise RequestError(f"column {column!r} must hold integer ids; row {row} has {_show(v)}")
+    return np.array([int(v) for v in values], dtype=np.int64)
 
 
 def _check_size(owners: int, k: int, what: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mfrec.data.ids import csr_from_pairs
+from mfrec.data.ids import IdCodec, csr_from_pairs
 from mfrec.errors import RequestError
 from mfrec.serving.bundle import Bundle
 from mfrec.serving.ranker import Ranker
@@ -44,6 +44,9 @@ class Recommender:
         self.ranker = Ranker(bundle)
         # items' columns as numpy arrays, converted once (parquet strings are Arrow-backed)
         self._column = {name: bundle.items[name].to_numpy() for name in bundle.items.columns}
+        # The data's own ids (custom data): requests and answers use them, the model codes.
+        ids = bundle.ids
+        self.codecs = None if ids is None else {"users": IdCodec(ids.users), "items": IdCodec(ids.items)}
 
     @classmethod
     def load(cls, path) -> "Recommender":
@@ -51,6 +54,9 @@ class Recommender:
 
     def save(self, path) -> None:
         self.bundle.save(path)
+
+    def with_ids(self, ids) -> "Recommender":
+        return Recommender(self.bundle.with_ids(ids))
 
     def with_clusters(self, assignments: pd.DataFrame) -> "Recommender":
         return Recommender(self.bundle.with_clusters(assignments))

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
                                      search=SearchConfig(seed=args.seed))
         if rank == 0:
             out = Path(args.out)
-            outcome.recommender.save(out / "recommender")
+            outcome.recommender.with_ids(prepared.ids).save(out / "recommender")
             metrics = {**outcome.metrics, "world_size": world, "device": outcome.device}
             tmp = out / "metrics.json.tmp"
             tmp.write_text(json.dumps(metrics, indent=2))

@@ -1,0 +1,371 @@
+"""Your own interaction table in mfrec's schema: any CSV or parquet, a file or a folder of parts.
+
+``dataset=custom`` reads a ratings table whose columns :class:`Columns` names (user, item, rating
+and timestamp; the MovieLens names by default) and, optionally, an items table (the item column,
+a title and a category column whose values are split on ``separator``). Ids may be strings or
+64-bit integers: each side's distinct ids, sorted, become mfrec's codes (``userId`` / ``movieId``
+in the prepared files are row numbers into that list), and the lists travel with the prepared
+folder and the served model, which answers with the ids it was given.
+
+Every row is checked: a missing id, a rating that is not a finite number or a timestamp that is
+neither an integer nor a date rejects the whole table with the file, line (CSV; the header is
+line 1) or row (parquet, 1-based) and column of up to five examples. Rating scale: the lowest
+and highest rating in the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from mfrec.data.ids import ExternalIds
+from mfrec.data.table import MAX_EXAMPLES
+from mfrec.errors import ConfigError, DataError
+
+CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+NO_CATEGORY = "(no genres listed)"  # what MovieLens says of a film without genres
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which columns of your tables mean what. ``rating=""``: implicit feedback (every row is a
+    choice); ``timestamp=""``: none (a temporal split is then refused); ``category=""``: none."""
+
+    user: str = "userId"
+    item: str = "movieId"
+    rating: str = "rating"
+    timestamp: str = "timestamp"
+    items_path: str = ""  # an items table (CSV or parquet) keyed by the ``item`` column; "" for none
+    title: str = "title"
+    category: str = "genres"
+    separator: str = "|"
+
+    def __post_init__(self) -> None:
+        for name in ("user", "item"):
+            if not str(getattr(self, name)).strip():
+                raise ConfigError(f"{name}_column must name a column of the ratings table")
+        named = [c for c in (self.user, self.item, self.rating, self.timestamp) if c]
+        if len(set(named)) != len(named):
+            raise ConfigError(f"the column parameters name one column twice: {', '.join(named)}")
+        if not self.separator:
+            raise ConfigError("category_separator must not be empty")
+
+    @property
+    def implicit(self) -> bool:
+        return not self.rating
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Custom:
+    """A custom table read and coded: ratings and items in mfrec's schema plus the id lists."""
+
+    ratings: pd.DataFrame  # userId int32 code, movieId int32 code, rating float32, timestamp int64
+    items: pd.DataFrame  # movieId code, title, genres ("|"-separated)
+    ids: ExternalIds
+    report: dict
+    source_sha256: str
+    files: list
+
+
+def read_custom(path: str | Path, columns: Columns = Columns()) -> Custom:
+    """Read, check and code a ratings table (and the items table ``columns`` names).
+
+    Raises:
+        DataError: a file, column or row problem, named with its file, line or row and column.
+    """
+    files = table_files(path)
+    wanted = [c for c in (columns.user, columns.item, columns.rating, columns.timestamp) if c]
+    table, where = _read_parts(files, wanted, "ratings table")
+    users, user_kind = _ids(table.column(columns.user), columns.user, where)
+    items, item_kind = _ids(table.column(columns.item), columns.item, where)
+    if columns.implicit:
+        rating = np.ones(table.num_rows, dtype=np.float32)
+    else:
+        rating = _ratings(table.column(columns.rating), columns.rating, where)
+    stamps = (_timestamps(table.column(columns.timestamp), columns.timestamp, where) if columns.timestamp
+              else np.zeros(table.num_rows, dtype=np.int64))
+    del table
+    catalogue = _read_items(columns, item_kind) if columns.items_path else None
+    if catalogue is not None and catalogue[1] != item_kind:  # e.g. integer ids in parquet, text in a CSV
+        items, item_kind = _as_text(items), "string"
+        catalogue = (catalogue[0].assign(item=_as_text(catalogue[0]["item"].to_numpy())), "string")
+    user_ids, user_codes = _code(users)
+    item_list = items if catalogue is None else _concat(items, catalogue[0]["item"].to_numpy())
+    item_ids, _ = _code(item_list)
+    item_codes = _positions(item_ids, items)
+    ratings = pd.DataFrame({"userId": user_codes.astype(np.int32), "movieId": item_codes.astype(np.int32),
+                            "rating": rating, "timestamp": stamps})
+    titled = _items_frame(item_ids, catalogue[0] if catalogue is not None else None)
+    report = {"ids": {"users": user_kind, "items": item_kind}, "columns": columns.as_dict(),
+              "files": [str(f) for f in files],
+              "items_without_row": int(titled.attrs.pop("placeholders")),
+              "feedback": "implicit" if columns.implicit else "explicit"}
+    sources = files + (table_files(columns.items_path) if columns.items_path else [])
+    return Custom(ratings, titled, ExternalIds(user_ids, item_ids), report, files_sha256(sources),
+                  [str(f) for f in sources])
+
+
+def table_files(path: str | Path) -> list[Path]:
+    """The files of a table: ``path`` itself, or a folder's CSV or parquet parts (one kind,
+    sorted by name; hidden files and markers such as ``_SUCCESS`` skipped)."""
+    path = Path(path)
+    if path.is_file():
+        _kind(path)
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"data_path {path} does not exist: give a CSV or parquet file, or a folder of them")
+    parts = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
+    kinds = {_kind(p, strict=False) for p in parts} - {None}
+    if not kinds:
+        raise DataError(f"{path} holds no CSV ({', '.join(CSV_SUFFIXES)}) or parquet "
+                        f"({', '.join(PARQUET_SUFFIXES)}) files")
+    if len(kinds) > 1:
+        raise DataError(f"{path} mixes CSV and parquet files: a table's parts must be one kind")
+    return [p for p in parts if _kind(p, strict=False)]
+
+
+def files_sha256(files: list[Path]) -> str:
+    """SHA-256 over the files' names and bytes."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _kind(path: Path, strict: bool = True) -> str | None:
+    name = path.name.lower()
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if name.endswith(CSV_SUFFIXES):
+        return "csv"
+    if strict:
+        raise DataError(f"{path}: not a CSV ({', '.join(CSV_SUFFIXES)}) or parquet "
+                        f"({', '.join(PARQUET_SUFFIXES)}) file name")
+    return None
+
+
+class _Where:
+    """Where row ``i`` of a concatenated table came from, for messages."""
+
+    def __init__(self, files: list[Path], rows: list[int], csv: bool):
+        self.files, self.starts, self.csv = files, np.cumsum([0, *rows]), csv
+
+    def __call__(self, i: int) -> str:
+        part = int(np.searchsorted(self.starts, i, "right")) - 1
+        row = i - int(self.starts[part])
+        return f"{self.files[part]} line {row + 2}" if self.csv else f"{self.files[part]} row {row + 1}"
+
+
+def _read_parts(files: list[Path], wanted: list[str], what: str) -> tuple[pa.Table, _Where]:
+    tables = []
+    for f in files:
+        available = _columns_of(f)
+        missing = [c for c in wanted if c not in available]
+        if missing:
+            raise DataError(f"{f}: the {what} has no column {', '.join(map(repr, missing))}; its columns are "
+                            f"{', '.join(available) or '(none)'} (name yours with the *_column parameters; "
+                            "rating_column= for clicks without ratings, timestamp_column= for no time)")
+        tables.append(_read_file(f, wanted))
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+    return table, _Where(files, [t.num_rows for t in tables], _kind(files[0]) == "csv")
+
+
+def _columns_of(f: Path) -> list[str]:
+    if _kind(f) == "parquet":
+        try:
+            return list(pq.read_schema(f).names)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{f} is not a readable parquet file: {exc}") from exc
+    try:
+        with pacsv.open_csv(f, parse_options=_csv_options(f)) as reader:
+            return list(reader.schema.names)
+    except (pa.ArrowInvalid, OSError, StopIteration) as exc:
+        raise DataError(f"{f}: cannot read its header: {exc}") from exc
+
+
+def _csv_options(f: Path) -> pacsv.ParseOptions:
+    return pacsv.ParseOptions(delimiter="\t" if ".tsv" in f.name.lower() else ",")
+
+
+def _read_file(f: Path, wanted: list[str]) -> pa.Table:
+    try:
+        if _kind(f) == "parquet":
+            return pq.read_table(f, columns=wanted)
+        # Every column as text: ids keep their spelling ("007"), and a bad value is found
+        # by row below instead of failing the read without a line number.
+        return pacsv.read_csv(f, parse_options=_csv_options(f), convert_options=pacsv.ConvertOptions(
+            include_columns=wanted, column_types={c: pa.string() for c in wanted},
+            strings_can_be_null=True, quoted_strings_can_be_null=False))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{f} cannot be read: {exc}") from exc
+
+
+def _bad(mask: np.ndarray, values, column: str, problem: str, where: _Where) -> None:
+    """Reject the table if ``mask`` flags any row, quoting up to five."""
+    idx = np.flatnonzero(mask)
+    if not len(idx):
+        return
+    shown = "; ".join(f"{where(int(i))}: {values[int(i)]!r}" for i in idx[:MAX_EXAMPLES])
+    raise DataError(f"column {column!r}: {len(idx):,} row(s) with {problem}; nothing was loaded. Fix or remove "
+                    f"them, e.g. {shown}")
+
+
+def _no_nulls(column: pa.ChunkedArray, name: str, problem: str, where: _Where) -> None:
+    if column.null_count:
+        _bad(column.is_null().to_numpy(), column.to_pylist(), name, problem, where)
+
+
+def _ids(column: pa.ChunkedArray, name: str, where: _Where) -> tuple[np.ndarray, str]:
+    """A column of ids as int64 (kind ``int64``) or Python strings (kind ``string``)."""
+    kind = column.type
+    if pa.types.is_integer(kind):
+        _no_nulls(column, name, "no id", where)
+        if pa.types.is_uint64(kind) and column.num_chunks and pc.max(column).as_py() >= 2**63:
+            return _as_text(column.to_numpy()), "string"
+        return column.cast(pa.int64()).to_numpy(), "int64"
+    if pa.types.is_dictionary(kind):
+        column = column.cast(kind.value_type)
+        kind = column.type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise DataError(f"column {name!r} holds {kind} values: ids must be integers or text")
+    text = pc.utf8_trim_whitespace(column)
+    missing = pc.fill_null(pc.equal(text, ""), True).to_numpy()
+    _bad(missing, column.to_pylist() if missing.any() else [], name, "no id", where)
+    # Integers only where every id is one written plainly, so that "007" stays "007".
+    try:
+        numbers = text.cast(pa.int64())
+        if pc.all(pc.equal(numbers.cast(pa.string()), text)).as_py():
+            return numbers.to_numpy(), "int64"
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    return text.to_numpy(zero_copy_only=False).astype(object), "string"
+
+
+def _ratings(column: pa.ChunkedArray, name: str, where: _Where) -> np.ndarray:
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        text = column.to_numpy(zero_copy_only=False)
+        values = pd.to_numeric(pd.Series(text, dtype=object), errors="coerce").to_numpy(np.float64)
+    elif pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_decimal(column.type):
+        text = None
+        values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    else:
+        raise DataError(f"column {name!r} holds {column.type} values: ratings must be numbers")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        _bad(bad, text if text is not None else values, name, "no rating, or not a finite number", where)
+    low, high = float(values.min()) if len(values) else 0.0, float(values.max()) if len(values) else 0.0
+    if len(values) and low == high:
+        raise DataError(f"column {name!r}: every rating is {low:g}, so there is nothing to learn about how people "
+                        "rate: pass rating_column= (empty) to train on the rows as choices (implicit feedback)")
+    return values.astype(np.float32)
+
+
+def _timestamps(column: pa.ChunkedArray, name: str, where: _Where) -> np.ndarray:
+    """Seconds since the epoch, from integers, dates/times, or their text (ISO 8601)."""
+    kind = column.type
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+        _no_nulls(column, name, "no timestamp", where)
+        return column.cast(pa.timestamp("s")).cast(pa.int64()).to_numpy()
+    if pa.types.is_integer(kind):
+        _no_nulls(column, name, "no timestamp", where)
+        return column.cast(pa.int64()).to_numpy()
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise DataError(f"column {name!r} holds {kind} values: timestamps must be integers (seconds) or dates")
+    text = column.to_numpy(zero_copy_only=False)
+    series = pd.Series(text, dtype=object).str.strip()
+    plain = series.str.fullmatch(r"[+-]?\d+").fillna(False).to_numpy(bool)
+    if plain.all():
+        return series.astype(np.int64).to_numpy()
+    parsed = pd.to_datetime(series.where(~plain), utc=True, errors="coerce", format="ISO8601")
+    bad = ~plain & parsed.isna().to_numpy()
+    _bad(bad, text, name, "neither an integer (seconds) nor a date", where)
+    since = ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.float64, na_value=0)
+    return np.where(plain, pd.to_numeric(series.where(plain), errors="coerce").fillna(0).to_numpy(), since
+                    ).astype(np.int64)
+
+
+def _read_items(columns: Columns, ratings_kind: str) -> tuple[pd.DataFrame, str]:
+    """The items table as (item, title, genres), one row per id."""
+    files = table_files(columns.items_path)
+    wanted = [c for c in (columns.item, columns.title, columns.category) if c]
+    table, where = _read_parts(files, list(dict.fromkeys(wanted)), "items table")
+    ids, kind = _ids(table.column(columns.item), columns.item, where)
+    if kind != ratings_kind:
+        ids = _as_text(ids)
+        kind = "string"
+    frame = pd.DataFrame({"item": ids})
+    dup = frame["item"].duplicated(keep=False).to_numpy()
+    _bad(dup, ids, columns.item, "an id listed more than once in the items table (each item needs one row)", where)
+
+    def text(col: str) -> pd.Series:
+        values = table.column(col).cast(pa.string()).to_pandas() if col else pd.Series([""] * len(ids))
+        return values.fillna("").astype(str).str.strip()
+
+    frame["title"] = text(columns.title)
+    categories = text(columns.category)
+    if columns.separator != "|":
+        categories = categories.str.replace("|", "/", regex=False)
+    parts = categories.str.split(columns.separator, regex=False)
+    frame["genres"] = parts.map(lambda p: "|".join(x.strip() for x in p if x.strip()) or NO_CATEGORY)
+    return frame, kind
+
+
+def _as_text(values: np.ndarray) -> np.ndarray:
+    return np.asarray([str(v) for v in values], dtype=object)
+
+
+def _concat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.concatenate([a.astype(object) if a.dtype != b.dtype else a, b.astype(object) if a.dtype != b.dtype else b])
+
+
+def _code(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct ids, each value's position among them)."""
+    if values.dtype == object:
+        arr = pa.array(values, type=pa.string())
+        distinct = pc.unique(arr)
+        distinct = distinct.take(pc.sort_indices(distinct))
+        codes = pc.index_in(arr, value_set=distinct).to_numpy()
+        return distinct.to_numpy(zero_copy_only=False).astype(object), codes.astype(np.int64)
+    distinct, codes = np.unique(values, return_inverse=True)
+    return distinct, codes.astype(np.int64)
+
+
+def _positions(distinct: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Each value's position in the sorted ``distinct`` (which holds them all)."""
+    if distinct.dtype == object:
+        return pc.index_in(pa.array(values, type=pa.string()),
+                           value_set=pa.array(distinct, type=pa.string())).to_numpy().astype(np.int64)
+    return np.searchsorted(distinct, values)
+
+
+def _items_frame(item_ids: np.ndarray, catalogue: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per item code: the items table's title and categories, or the id as the title."""
+    frame = pd.DataFrame({"movieId": np.arange(len(item_ids), dtype=np.int32)})
+    if catalogue is None:
+        titles, genres, missing = _as_text(item_ids), np.full(len(item_ids), NO_CATEGORY, dtype=object), len(item_ids)
+    else:
+        at = pd.Index(catalogue["item"].to_numpy()).get_indexer(item_ids)
+        has = at >= 0
+        titles = np.where(has, catalogue["title"].to_numpy(dtype=object)[np.maximum(at, 0)], _as_text(item_ids))
+        titles = np.where(has & (titles == ""), _as_text(item_ids), titles)
+        genres = np.where(has, catalogue["genres"].to_numpy(dtype=object)[np.maximum(at, 0)], NO_CATEGORY)
+        missing = int((~has).sum())
+    frame["title"] = pd.Series(titles, dtype=object).astype(str)
+    frame["genres"] = pd.Series(genres, dtype=object).astype(str)
+    frame.attrs["placeholders"] = missing
+    return frame

@@ -1,0 +1,181 @@
+"""Your own interaction table (``dataset=custom``): reading, checking, coding ids, preparing,
+and a served model that answers with the ids it was given."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from helpers import REPO_ROOT
+
+from mfrec.data.custom import Columns, read_custom
+from mfrec.data.prepare import PrepareConfig, load_dataset, load_prepared, prepare
+from mfrec.data.split import SplitConfig
+from mfrec.errors import ConfigError, DataError, RequestError
+
+SHOP = REPO_ROOT / "tests" / "data" / "shop"
+SHOP_COLUMNS = Columns(user="customer", item="sku", rating="stars", timestamp="time",
+                       items_path=str(SHOP / "products.csv"), title="name", category="category", separator=";")
+
+
+def test_shop_table_reads_with_its_own_ids_titles_and_categories():
+    shop = read_custom(SHOP / "events.csv", SHOP_COLUMNS)
+    events = pd.read_csv(SHOP / "events.csv")
+    products = pd.read_csv(SHOP / "products.csv")
+    assert len(shop.ratings) == len(events)
+    assert list(shop.ids.users) == sorted(events["customer"].unique())
+    assert list(shop.ids.items) == sorted(set(events["sku"]) | set(products["sku"]))
+    # Row by row, codes point back at the ids, stars and times of the file.
+    r = shop.ratings
+    assert (shop.ids.users[r["userId"]] == events["customer"].to_numpy()).all()
+    assert (shop.ids.items[r["movieId"]] == events["sku"].to_numpy()).all()
+    assert (r["rating"].to_numpy() == events["stars"].to_numpy()).all()
+    first = pd.Timestamp(events["time"].iloc[0]).timestamp()
+    assert r["timestamp"].iloc[0] == first
+    # Titles and categories come from the items table, the separator mapped to "|".
+    items = shop.items.set_index(shop.ids.items[shop.items["movieId"]])
+    sku = products.loc[products["category"].str.contains(";"), "sku"].iloc[0]
+    row = products.set_index("sku").loc[sku]
+    assert items.loc[sku, "title"] == row["name"]
+    assert items.loc[sku, "genres"] == row["category"].replace(";", "|")
+    assert shop.report["ids"] == {"users": "string", "items": "string"}
+    assert shop.report["items_without_row"] == 0
+
+
+def test_prepared_folder_records_the_mapping_checksum_and_ids(tmp_path):
+    manifest = prepare(PrepareConfig("custom", str(SHOP / "events.csv"), SplitConfig(), SHOP_COLUMNS),
+                       tmp_path / "p", progress=False)
+    assert manifest["columns"]["user"] == "customer" and manifest["columns"]["separator"] == ";"
+    assert manifest["ids"] == {"users": "string", "items": "string"}
+    assert manifest["rating_scale"] == [1.0, 5.0]
+    assert manifest["source"]["verification"].startswith("sha256 ")
+    assert manifest["parse_report"]["source_sha256"] in manifest["source"]["verification"]
+    p = load_prepared(tmp_path / "p")
+    assert p.ids is not None and p.ids.users[0] == "cust-0000"
+    assert len(p.train) + len(p.val) + len(p.test) == manifest["counts"]["ratings"]
+    # The same file prepares to the same content; a changed rating to another.
+    again = load_dataset("custom", SHOP / "events.csv", columns=SHOP_COLUMNS)
+    assert again.data_sha256 == manifest["data_sha256"]
+    events = pd.read_csv(SHOP / "events.csv")
+    events.loc[0, "stars"] = 6 - events.loc[0, "stars"]
+    events.to_csv(tmp_path / "changed.csv", index=False)
+    changed = load_dataset("custom", tmp_path / "changed.csv", columns=SHOP_COLUMNS)
+    assert changed.data_sha256 != manifest["data_sha256"]
+
+
+def test_int64_ids_in_a_folder_of_parquet_parts_without_an_items_table(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 3000
+    users = rng.integers(0, 60, n).astype(np.int64) * 10**12 + 7  # past int32, past 2**40
+    items = -rng.integers(0, 80, n).astype(np.int64) - 2**40  # negative ids too
+    table = pa.table({"u": users, "i": items, "r": rng.integers(1, 11, n).astype(np.float64) / 2,
+                      "t": pa.array(pd.date_range("2025-01-01", periods=n, freq="h", tz="UTC"))})
+    (tmp_path / "parts").mkdir()
+    pq.write_table(table.slice(0, 1000), tmp_path / "parts" / "part-0.parquet")
+    pq.write_table(table.slice(1000), tmp_path / "parts" / "part-1.parquet")
+    (tmp_path / "parts" / "_SUCCESS").write_text("")
+    columns = Columns(user="u", item="i", rating="r", timestamp="t")
+    p_dir = tmp_path / "p"
+    manifest = prepare(PrepareConfig("custom", str(tmp_path / "parts"), SplitConfig("temporal"), columns), p_dir,
+                       progress=False)
+    assert manifest["ids"] == {"users": "int64", "items": "int64"}
+    assert manifest["rating_scale"] == [0.5, 5.0]
+    p = load_prepared(p_dir)
+    assert p.ids.users.dtype == np.int64 and set(p.ids.users) == set(users.tolist())
+    assert set(p.ids.items) == set(items.tolist())
+    # No items table: each item's title is its id.
+    assert set(p.movies["title"]) == {str(v) for v in items.tolist()}
+    # The temporal split holds each user's latest rows out.
+    all_rows = pd.concat([p.train, p.val, p.test])
+    last = all_rows.groupby("userId")["timestamp"].max()
+    assert (p.test.groupby("userId")["timestamp"].max() == last.loc[p.test["userId"].unique()]).all()
+
+
+def test_bad_rows_are_named_by_file_line_or_row_and_column(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("customer,sku,stars,time\nc1,s1,4,2024-01-01\n,s2,3,2024-01-02\nc2,s1,four,2024-01-03\n")
+    with pytest.raises(DataError) as err:
+        read_custom(bad, replace(SHOP_COLUMNS, items_path=""))
+    assert "'customer'" in str(err.value) and "line 3" in str(err.value)
+    bad.write_text("customer,sku,stars,time\nc1,s1,4,2024-01-01\nc2,s2,3,2024-01-02\nc2,s1,four,2024-01-03\n")
+    with pytest.raises(DataError) as err:
+        read_custom(bad, replace(SHOP_COLUMNS, items_path=""))
+    assert "'stars'" in str(err.value) and "line 4" in str(err.value) and "'four'" in str(err.value)
+    bad.write_text("customer,sku,stars,time\nc1,s1,4,2024-01-01\nc2,s2,3,yesterday\n")
+    with pytest.raises(DataError, match=r"'time'.*line 3.*'yesterday'"):
+        read_custom(bad, replace(SHOP_COLUMNS, items_path=""))
+    pq.write_table(pa.table({"customer": ["a", "b", "c"], "sku": ["x", "y", "z"], "stars": [1.0, None, 3.0],
+                             "time": [1, 2, 3]}), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"'stars'.*bad.parquet row 2"):
+        read_custom(tmp_path / "bad.parquet", replace(SHOP_COLUMNS, items_path=""))
+    with pytest.raises(DataError, match=r"no column 'user'.*customer, sku, stars, time"):
+        read_custom(SHOP / "events.csv", replace(SHOP_COLUMNS, user="user"))
+    (tmp_path / "dup.csv").write_text("sku,name,category\ns1,A,x\ns1,B,y\n")
+    with pytest.raises(DataError, match="more than once"):
+        read_custom(SHOP / "events.csv", replace(SHOP_COLUMNS, items_path=str(tmp_path / "dup.csv")))
+
+
+def test_parameters_are_checked_before_reading():
+    with pytest.raises(ConfigError, match="timestamp_column"):
+        PrepareConfig("custom", str(SHOP / "events.csv"), SplitConfig("temporal"), replace(SHOP_COLUMNS, timestamp=""))
+    with pytest.raises(ConfigError, match="data_path"):
+        PrepareConfig("custom", "", SplitConfig(), SHOP_COLUMNS)
+    with pytest.raises(ConfigError, match="dataset custom"):
+        PrepareConfig("ml-latest-small", "", SplitConfig(), SHOP_COLUMNS)
+    with pytest.raises(ConfigError, match="twice"):
+        Columns(user="a", item="a")
+
+
+@pytest.fixture(scope="module")
+def shop_model(tmp_path_factory):
+    """The shop table prepared, trained at the search's starting settings and served with its ids."""
+    from mfrec.serving.bundle import RankingConfig
+    from mfrec.training.config import TrainConfig
+    from mfrec.workflow import served_model, train_and_evaluate
+
+    out = tmp_path_factory.mktemp("shop") / "p"
+    prepare(PrepareConfig("custom", str(SHOP / "events.csv"), SplitConfig(), SHOP_COLUMNS), out, progress=False)
+    p = load_prepared(out)
+    config = TrainConfig(progress=False, rating_range=tuple(p.manifest["rating_scale"])).with_prior()
+    outcome = train_and_evaluate(p.train, p.val, p.test, p.movies, config, RankingConfig().with_prior())
+    rec, _ = served_model(outcome, p.train, p.val, p.test, p.movies)
+    return rec.with_ids(p.ids), outcome, p
+
+
+def test_a_model_of_the_shop_beats_its_baselines(shop_model):
+    _, outcome, _ = shop_model
+    m = outcome.metrics
+    assert m["test_rmse"] < m["baseline_bias_rmse"] - 0.02
+    assert m["test_ndcg_at_10"] > m["baseline_popularity_ndcg_at_10"] + 0.02
+
+
+def test_requests_and_answers_use_the_tables_own_ids(shop_model, tmp_path):
+    from mfrec.serving.contract import answer
+    from mfrec.serving.recommender import Recommender
+
+    rec, _, p = shop_model
+    rec.save(tmp_path / "bundle")
+    rec = Recommender.load(tmp_path / "bundle")  # the ids travel with the saved model
+    events = pd.read_csv(SHOP / "events.csv")
+    rated = set(events.loc[events["customer"] == "cust-0042", "sku"])
+    rows = answer(rec, pd.DataFrame({"userId": ["cust-0042", "new-customer"]}), {"task": "recommend", "k": 5})
+    assert [r["userId"] for r in rows] == ["cust-0042"] * 5 + ["new-customer"] * 5
+    assert all(r["movieId"].startswith("SKU-") for r in rows)
+    assert not rated & {r["movieId"] for r in rows[:5]}  # never what they bought
+    assert rows[0]["source"] == "personal" and rows[5]["source"] == "popular"
+    pred = answer(rec, pd.DataFrame({"userId": ["cust-0042", "cust-0042"], "movieId": ["SKU-10514", "nope"]}),
+                  {"task": "predict"})
+    assert [r["movieId"] for r in pred] == ["SKU-10514", "nope"] and [r["known"] for r in pred] == [True, False]
+    similar = answer(rec, pd.DataFrame({"movieId": ["SKU-10514"]}), {"task": "similar", "k": 3})
+    assert {r["movieId"] for r in similar} == {"SKU-10514"} and all(r["similar_movieId"] != "SKU-10514"
+                                                                   for r in similar)
+    folded = answer(rec, pd.DataFrame({"userId": ["me", "me"], "movieId": ["SKU-10514", "SKU-10294"],
+                                       "rating": [5, 4]}), {"task": "fold_in", "k": 3})
+    assert {r["userId"] for r in folded} == {"me"} and len(folded) == 3
+    with pytest.raises(RequestError, match="row 1"):
+        answer(rec, pd.DataFrame({"userId": ["cust-0042", 2.5]}), {"task": "recommend"})
