@@ -124,6 +124,17 @@ def _ranking_rows(add, ok: dict) -> None:
         add("ranking", "-e tune's search at its default budget: test NDCG@10", f"**{t['test_ndcg_at_10']:.4f}**",
             f"k={t['n_factors']}, test RMSE {t['test_rmse']:.4f}; {t['trials']} trials in {t['search_seconds']:.0f} s; "
             + ", ".join(f"{k}={v:g}" for k, v in t["chosen"].items()))
+    if "custom_pipeline" in ok:
+        c = ok["custom_pipeline"]
+        add("your own data", f"mlflow run: dataset=custom (parquet, text ids) / {c['dataset']} itself",
+            f"{c['custom_seconds']:.1f} s / {c['synthetic_seconds']:.1f} s",
+            f"**{c['custom_over_synthetic']:.2f}x**; {c['ratings']:,} ratings")
+    if "custom_memory" in ok:
+        c = ok["custom_memory"]
+        add("your own data", f"prepare step on {c['dataset']}'s ratings as parquet with text ids",
+            f"{c['prepare_seconds']:.1f} s; peak RSS {_gib(c['peak_rss'])}",
+            f"{c['peak_over_raw']:.2f}x the prepared arrays ({_gib(c['raw_bytes'])}; "
+            f"{c['peak_above_imports_over_raw']:.2f}x above the imports); {c['rows']:,} rows")
     for name, block in ok.items():
         if not name.startswith("sweeps_"):
             continue
@@ -172,7 +183,10 @@ def flat_metrics(results: dict) -> dict:
                       ("ease_test_ndcg_at_10", ("peers", "ease", "test_ndcg_at_10")),
                       ("implicit_als_test_ndcg_at_10", ("peers", "implicit_als", "test_ndcg_at_10")),
                       ("tune_test_ndcg_at_10", ("tune", "test_ndcg_at_10")),
-                      ("throughput_busy_over_quiet", ("throughput", "busy", "busy_over_quiet"))):
+                      ("throughput_busy_over_quiet", ("throughput", "busy", "busy_over_quiet")),
+                      ("custom_over_synthetic", ("custom_pipeline", "custom_over_synthetic")),
+                      ("custom_prepare_peak_over_raw", ("custom_memory", "peak_over_raw")),
+                      ("custom_prepare_seconds", ("custom_memory", "prepare_seconds"))):
         value = results
         for part in path:
             value = value.get(part) if isinstance(value, dict) else None

@@ -14,7 +14,10 @@ on the same split (``--peers false``); ``-e tune``'s search at its default budge
 the ``--scale`` dataset (``--scale none`` skips it), quiet and beside the CPU-bound
 processes; and REST latency/throughput of ``recommend`` (1 user, k=10) against ``mlflow
 models serve --env-manager local``, next to a trivial pyfunc that returns its input
-(``--serve-requests 0`` skips it). ``--notebook-epochs 128`` runs the whole notebook instead
+(``--serve-requests 0`` skips it); ``mlflow run`` on ``--custom-pipeline``'s ratings as a
+parquet table with text ids (``dataset=custom``) against the synthetic set itself, and the
+prepare step's peak RSS on ``--custom-memory``'s (:mod:`benchmarks.custom_data`; ``none``
+skips either). ``--notebook-epochs 128`` runs the whole notebook instead
 of extrapolating from a few epochs. Peers need ``pip install -e '.[bench]'``.
 
 Logs params, headline metrics and ``benchmark/results.md`` + ``benchmark/results.json``, and
@@ -36,7 +39,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from benchmarks import peers, ranking, report, scale as scaling, training
+from benchmarks import custom_data, peers, ranking, report, scale as scaling, training
 from benchmarks.contention import cpu_hogs
 from benchmarks.machine import load_average, machine_info
 from benchmarks.rest import rest_benchmark
@@ -50,6 +53,7 @@ DEFAULTS = {
     "seed": "0", "dataset": "ml-latest-small", "throughput_epochs": "2", "rating_only_variant": "true",
     "serve_workers": "1", "peers": "true", "tune": "true", "tune_trials": "60", "busy": "true",
     "sweep_scales": "synthetic-1m,synthetic-25m", "sweep_factors": "32,64,128", "sweep_factors_small": "256",
+    "custom_pipeline": "synthetic-1m", "custom_memory": "synthetic-25m",
 }
 NUMBERS = {"notebook_epochs": int, "serve_requests": int, "seed": int, "throughput_epochs": int, "tune_trials": int}
 
@@ -152,6 +156,11 @@ def run_benchmark(values: dict, workdir: Path, progress_json: Path | None = None
         section(f"sweeps_{name}", functools.partial(peers.sweep_comparison, name, ks, workdir))
         if index == 0 and parse_bool("busy", values["busy"]):
             section(f"sweeps_{name}_busy", functools.partial(peers.sweep_comparison, name, factors, workdir, True))
+    custom = {"pipeline": values["custom_pipeline"].strip(), "memory": values["custom_memory"].strip()}
+    if custom["pipeline"].lower() not in ("", "none"):
+        section("custom_pipeline", lambda: custom_data.pipeline_comparison(custom["pipeline"], workdir / "custom-run"))
+    if custom["memory"].lower() not in ("", "none"):
+        section("custom_memory", lambda: custom_data.prepare_memory(custom["memory"], workdir / "custom-memory"))
     failed = failed_sections(results)
     if "notebook" not in failed and "mfrec" not in failed:
         results["compare"] = training.compare(results["notebook"], results["mfrec"],

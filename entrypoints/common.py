@@ -37,6 +37,16 @@ def parser_for(prog: str, description: str, defaults: dict,
     return parser
 
 
+NO_RATING_METRICS = "skipped: implicit feedback (choices, no ratings) has no rating to predict"
+
+
+def held_out_text(m: dict) -> str:
+    """The held-out figures for a console line: test RMSE (or why there is none) and NDCG@10."""
+    rmse = m.get("test_rmse", float("nan"))
+    head = f"test_rmse={rmse:.4f}" if rmse == rmse else f"test_rmse {NO_RATING_METRICS};"
+    return f"{head} test_ndcg_at_10={m['test_ndcg_at_10']:.4f}"
+
+
 def finish(result: dict, output_json: str | None, summary: str) -> int:
     if output_json:
         Path(output_json).write_text(json.dumps(result, indent=2, default=str) + "\n")

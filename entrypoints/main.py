@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 
 from entrypoints.cluster import run_cluster
-from entrypoints.common import finish, parser_for
+from entrypoints.common import finish, held_out_text, parser_for
 from entrypoints.params import PIPELINE_DEFAULTS, PipelineConfig, run_name
 from entrypoints.prepare import log_inputs, run_prepare
 from entrypoints.train import describe_fit, model_name, run_train
@@ -78,7 +78,8 @@ def run_pipeline(config: PipelineConfig, progress=None) -> dict:
         folder = Path(tmp) / "served"
         trained["recommender"].with_clusters(clustered["assignments"]).save(folder)
         model = tracking.log_pyfunc(folder, model_name(chosen, trained["manifest"]))
-    held_out = {k: m[k] for k in ("test_rmse", "test_mae", "test_ndcg_at_10")}
+    held_out = {k: m[k] for k in tracking.CHAMPION_METRICS}
+    rmse = m["test_rmse"]
     c = clustered["metrics"]
     choice = trained["choice"]
     settings = (f"reg {chosen.reg:g}, implicit_weight {chosen.implicit_weight:g}, confidence {chosen.confidence:g}, "
@@ -86,15 +87,16 @@ def run_pipeline(config: PipelineConfig, progress=None) -> dict:
     description = (f"mfrec k={config.train.n_factors} ({config.train.solver}, {chosen.solve} solve; {settings}"
                    f"{', chosen on validation (search/trials.md)' if choice is not None else ''}) on "
                    f"{config.prepare.dataset}. Held-out evaluation ({split.method} split, seed {split.seed}, "
-                   f"{split.test_fraction:.0%} test): test RMSE {m['test_rmse']:.4f}, "
+                   f"{split.test_fraction:.0%} test): "
+                   f"{f'test RMSE {rmse:.4f}, ' if rmse == rmse else 'no test RMSE (implicit feedback), '}"
                    f"NDCG@10 {m['test_ndcg_at_10']:.4f} (popularity {m['baseline_popularity_ndcg_at_10']:.4f}). "
                    f"The served model is fit on {fit_on} with that recipe.")
     mlflow.set_tag("mlflow.note.content", description + (
         f" Clusters: genre purity {c['cluster_genre_purity']:.3f} against {c['cluster_genre_purity_shuffled']:.3f} "
         f"shuffled. Training took {m['train_seconds']:.2f} s."))
-    registration = {"model_uri": model.model_uri, "test_rmse": m["test_rmse"], "prepare_key": trained["prepare_key"],
+    registration = {"model_uri": model.model_uri, "held_out": held_out, "prepare_key": trained["prepare_key"],
                     "run_id": pid, "data_sha256": trained["data_sha256"], "description": description,
-                    "tags": {"fit_on": fit_on, **{k: f"{v:.4f}" for k, v in held_out.items() if k != "test_rmse"}}}
+                    "tags": {"fit_on": fit_on}, "metric": config.champion_metric}
     return {"run_id": pid, "model_uri": model.model_uri, "metrics": {**m, **c}, "registration": registration,
             "prepared_uri": prepared["prepared_uri"], "inputs": prepared["inputs"], "fit_on": fit_on,
             "settings": settings, "choice": choice.summary() if choice is not None else None}
@@ -104,8 +106,8 @@ def register(result: dict, model_name: str) -> dict:
     """Register a pipeline's model as a new version of ``model_name`` (the champion rule in
     :func:`mfrec.tracking.register`)."""
     r = result["registration"]
-    return tracking.register(r["model_uri"], model_name, r["test_rmse"], r["prepare_key"], r["run_id"],
-                             r["data_sha256"], description=r["description"], tags=r["tags"])
+    return tracking.register(r["model_uri"], model_name, r["held_out"], r["prepare_key"], r["run_id"],
+                             r["data_sha256"], description=r["description"], tags=r["tags"], metric=r["metric"])
 
 
 def main(argv=None) -> int:
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
     m = result["metrics"]
     return finish(result, args.output_json,
                   (f"{result['choice']}\n" if result["choice"] else "") +
-                  f"test_rmse={m['test_rmse']:.4f} test_ndcg_at_10={m['test_ndcg_at_10']:.4f} "
+                  f"{held_out_text(m)} "
                   f"cluster_genre_purity={m.get('cluster_genre_purity', float('nan')):.3f} (held-out evaluation)\n"
                   f"served model: fit on {result['fit_on']}; registered version "
                   f"{result['registered']['version']}, {result['registered']['decision']}")

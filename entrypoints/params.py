@@ -13,6 +13,7 @@ from mfrec.data.custom import Columns
 from mfrec.data.prepare import PrepareConfig
 from mfrec.data.split import SplitConfig
 from mfrec.errors import ConfigError
+from mfrec.tracking import DEFAULT_CHAMPION_METRIC, check_champion_metric
 from mfrec.serving.bundle import AUTO, RankingConfig
 from mfrec.training.config import TrainConfig
 from mfrec.training.search import SearchConfig
@@ -46,7 +47,7 @@ HEADLINE_METRICS = ("train_loss", "val_rmse", "val_ndcg_at_10", "test_rmse", "te
                     "baseline_popularity_ndcg_at_10", "train_seconds", "epochs_run", "cluster_silhouette",
                     "cluster_inertia", "cluster_genre_purity", "cluster_genre_purity_shuffled")
 PIPELINE_DEFAULTS = {**PREPARE_DEFAULTS, **TRAIN_DEFAULTS, "n_clusters": CLUSTER_DEFAULTS["n_clusters"],
-                     "model_name": "mfrec"}
+                     "model_name": "mfrec", "champion_metric": DEFAULT_CHAMPION_METRIC}
 
 
 def parse_number(name: str, value, kind):
@@ -95,6 +96,13 @@ def train_config(values: dict, progress=None) -> TrainConfig:
                        progress=progress)
 
 
+def for_prepared(config: TrainConfig, manifest: dict) -> TrainConfig:
+    """``config`` for the prepared data its manifest describes: its rating scale, and whether
+    its rows are ratings or choices (implicit feedback)."""
+    return replace(config, rating_range=tuple(manifest.get("rating_scale", config.rating_range)),
+                   feedback=manifest.get("feedback", "explicit"))
+
+
 def ranking_config(values: dict) -> RankingConfig:
     return RankingConfig(rating_weight=parse_number("rating_weight", values["rating_weight"], float),
                          genre_weight=parse_number("genre_weight", values["genre_weight"], float))
@@ -127,6 +135,7 @@ class PipelineConfig:
     model_name: str
     refit_all: bool = True  # serve a model fit on every prepared rating (false: the held-out one)
     search: SearchConfig = SearchConfig()
+    champion_metric: str = DEFAULT_CHAMPION_METRIC  # the held-out metric the champion rule compares
 
     @classmethod
     def from_params(cls, values: dict, progress=None) -> "PipelineConfig":
@@ -135,7 +144,8 @@ class PipelineConfig:
             raise ConfigError("parameter model_name must not be empty")
         return cls(prepare_config(values), train_config(values, progress), ranking_config(values),
                    cluster_config(values), values["model_name"], parse_bool("refit_all", values["refit_all"]),
-                   search_config(values))
+                   search_config(values),
+                   check_champion_metric(str(values.get("champion_metric", DEFAULT_CHAMPION_METRIC)).strip()))
 
     def run_name(self) -> str:
         split = self.prepare.split
@@ -154,7 +164,7 @@ class PipelineConfig:
                 "objective": self.search.objective, "search_trials": self.search.trials,
                 "search_seconds": self.search.seconds, "refit_all": str(self.refit_all).lower(),
                 "n_clusters": self.cluster.n_clusters,
-                "model_name": self.model_name}
+                "model_name": self.model_name, "champion_metric": self.champion_metric}
 
     def with_factors(self, n_factors: int) -> "PipelineConfig":
         return replace(self, train=replace(self.train, n_factors=n_factors))

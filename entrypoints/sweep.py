@@ -57,9 +57,10 @@ def run_sweep(config: PipelineConfig, factors: list[int], progress=None) -> dict
     by_rmse = config.search.objective == "rmse"
     best = min(rows, key=lambda row: (row["best_val_rmse"] if by_rmse else -row["val_ndcg_at_10"], row["n_factors"]))
     criterion = "validation RMSE" if by_rmse else "validation NDCG@10"
-    mlflow.log_metrics({"best_n_factors": best["n_factors"], "best_val_rmse": best["best_val_rmse"],
-                        "best_val_ndcg_at_10": best["val_ndcg_at_10"],
-                        "best_test_rmse": best["test_rmse"], "best_test_ndcg_at_10": best["test_ndcg_at_10"]})
+    mlflow.log_metrics(tracking.finite_metrics({
+        "best_n_factors": best["n_factors"], "best_val_rmse": best["best_val_rmse"],
+        "best_val_ndcg_at_10": best["val_ndcg_at_10"],
+        "best_test_rmse": best["test_rmse"], "best_test_ndcg_at_10": best["test_ndcg_at_10"]}))
     table = "\n".join(["| n_factors | validation RMSE | validation NDCG@10 | test RMSE | test NDCG@10 | train seconds | run |",
                        "|---:|---:|---:|---:|---:|---:|---|"]
                       + [f"| {r['n_factors']}{' (best)' if r is best else ''} | {r['best_val_rmse']:.4f} | "

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import mlflow
 
-from entrypoints.common import finish, parser_for
-from entrypoints.params import (HEADLINE_METRICS, TRAIN_DEFAULTS, parse_bool, ranking_config, search_config,
+from entrypoints.common import NO_RATING_METRICS, finish, held_out_text, parser_for
+from entrypoints.params import (HEADLINE_METRICS, TRAIN_DEFAULTS, for_prepared, parse_bool, ranking_config, search_config,
                                 train_config)
 from mfrec import tracking
 from mfrec.clustering.embeddings import write_embeddings
@@ -47,7 +47,7 @@ def run_train(prepared_uri: str, config: TrainConfig, ranking: RankingConfig, re
                                  "search_seconds": search.seconds, "refit_all": str(refit_all).lower()})
         prepared = load_prepared(tracking.resolve_local(prepared_uri, tmp))
         manifest = prepared.manifest
-        config = replace(config, rating_range=tuple(manifest.get("rating_scale", config.rating_range)))
+        config = for_prepared(config, manifest)
         log_epoch = tracking.EpochMetrics(metrics_run)
         try:
             outcome = train_and_evaluate(prepared.train, prepared.val, prepared.test, prepared.movies, config,
@@ -66,6 +66,8 @@ def run_train(prepared_uri: str, config: TrainConfig, ranking: RankingConfig, re
         fit_on = served.meta["fit_on"]
         metrics = {**outcome.metrics, "served_fit_seconds": served_seconds, "served_ratings": fit_on["ratings"]}
         tracking.log_metrics_split(metrics, HEADLINE_METRICS, metrics_run, own_run)
+        if config.implicit:
+            mlflow.set_tag("mfrec.rating_metrics", NO_RATING_METRICS)
         mlflow.set_tags({"mfrec.device": outcome.device, "mfrec.als_solve": config.solve,
                          "mfrec.dataset": manifest.get("dataset", ""),
                          "mfrec.data_sha256": manifest.get("data_sha256", ""),
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
         print(f"train failed: {exc}", file=sys.stderr)
         return 1
     m, choice = result["metrics"], result["choice"]
-    summary = (f"test_rmse={m['test_rmse']:.4f} test_ndcg_at_10={m['test_ndcg_at_10']:.4f} "
+    summary = (f"{held_out_text(m)} "
                f"train_seconds={m['train_seconds']:.2f} device={result['device']}\n"
                f"model fit on {describe_fit(result['fit_on'])}")
     if choice is not None:

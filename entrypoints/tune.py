@@ -28,7 +28,7 @@ import mlflow
 
 from entrypoints.common import finish, parser_for
 from entrypoints.main import register, run_pipeline
-from entrypoints.params import PIPELINE_DEFAULTS, PipelineConfig, parse_number
+from entrypoints.params import PIPELINE_DEFAULTS, PipelineConfig, for_prepared, parse_number
 from entrypoints.prepare import log_inputs, run_prepare
 from entrypoints.sweep import factor_list
 from mfrec import tracking
@@ -50,7 +50,7 @@ def run_tune(config: PipelineConfig, factors: list[int], progress=None) -> dict:
     log_inputs(prepared["inputs"])
     with tempfile.TemporaryDirectory(prefix="mfrec-tune-") as tmp:
         data = load_prepared(tracking.resolve_local(prepared["prepared_uri"], tmp))
-        train = replace(config.train, rating_range=tuple(data.manifest.get("rating_scale", config.train.rating_range)))
+        train = for_prepared(config.train, data.manifest)
         choice = choose(data.train, data.val, data.movies, train, config.ranking, config.search,
                         space={"n_factors": factors}, on_trial=lambda row, _: _log_trial(name, row), curve=True)
     tracking.log_choice(choice, [parent.info.run_id])
@@ -59,10 +59,10 @@ def run_tune(config: PipelineConfig, factors: list[int], progress=None) -> dict:
         result = run_pipeline(chosen, progress=progress)
     registered = register(result, config.model_name)
     m = result["metrics"]
-    mlflow.log_metrics({"best_n_factors": choice.config.n_factors, "best_val_ndcg_at_10": choice.best["val_ndcg_at_10"],
+    mlflow.log_metrics(tracking.finite_metrics({"best_n_factors": choice.config.n_factors, "best_val_ndcg_at_10": choice.best["val_ndcg_at_10"],
                         "best_val_rmse": choice.best["val_rmse"], "best_test_ndcg_at_10": m["test_ndcg_at_10"],
                         "best_test_rmse": m["test_rmse"], "tune_trials_run": len(choice.trials),
-                        "tune_seconds": choice.seconds})
+                        "tune_seconds": choice.seconds}))
     mlflow.set_tags({"mfrec.best_n_factors": str(choice.config.n_factors),
                      "mfrec.registered_version": str(registered["version"]),
                      "mlflow.note.content": (

@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
-from mfrec.errors import DataError
+from mfrec.errors import ConfigError, DataError
 from mfrec.imports import PACKAGE_DIR, closure, module_path
 
 PYFUNC = "mfrec.serving.pyfunc"
@@ -186,51 +186,75 @@ def finite_metrics(metrics: dict) -> dict:
             and math.isfinite(float(v))}
 
 
-def register(model_uri: str, name: str, test_rmse: float, prepare_key: str, run_id: str,
-             data_sha256: str = "", description: str = "", tags: dict | None = None) -> dict:
+# Held-out metrics the champion rule may compare (``champion_metric``), and which way is better.
+CHAMPION_METRICS = {"test_ndcg_at_10": "higher", "test_precision_at_10": "higher", "test_recall_at_10": "higher",
+                    "test_rmse": "lower", "test_mae": "lower"}
+DEFAULT_CHAMPION_METRIC = "test_ndcg_at_10"  # what recommend, the main task, is judged by
+
+
+def check_champion_metric(metric: str) -> str:
+    if metric not in CHAMPION_METRICS:
+        raise ConfigError(f"champion_metric must be one of {', '.join(CHAMPION_METRICS)}, got {metric!r}")
+    return metric
+
+
+def register(model_uri: str, name: str, held_out: dict, prepare_key: str, run_id: str,
+             data_sha256: str = "", description: str = "", tags: dict | None = None,
+             metric: str = DEFAULT_CHAMPION_METRIC) -> dict:
     """Register a version and move alias ``champion`` to it only if it beats the champion.
 
-    It must beat the current champion's ``test_rmse`` on the same prepared data: the same
-    ``prepare_key`` (the data's content *and* the split: method, fractions, seed; a test RMSE
-    on another split measures another test set). Without a champion, it becomes one. The
-    decision is tagged on the run and on the version; ``description`` and ``tags`` go on the
-    version.
+    It must beat the current champion's held-out ``metric`` (one of ``CHAMPION_METRICS``:
+    NDCG@10 by default, higher is better; RMSE and MAE lower) on the same prepared data: the
+    same ``prepare_key`` (the data's content *and* the split: method, fractions, seed; a test
+    figure on another split measures another test set). Without a champion, it becomes one.
+    ``held_out`` (metric -> value) is tagged on the version. The decision, naming the metric,
+    is tagged on the run and on the version; ``description`` and ``tags`` go on the version.
     """
+    check_champion_metric(metric)
     client = mlflow.MlflowClient()
-    version = mlflow.register_model(model_uri, name, tags={"test_rmse": repr(float(test_rmse)),
-                                                            "prepare_key": prepare_key,
+    measured = {k: float(v) for k, v in held_out.items() if k in CHAMPION_METRICS and math.isfinite(float(v))}
+    version = mlflow.register_model(model_uri, name, tags={**{k: repr(v) for k, v in measured.items()},
+                                                            "prepare_key": prepare_key, "champion_metric": metric,
                                                             "data_sha256": data_sha256, "run_id": run_id,
                                                             **(tags or {})})
     if description:
         client.update_model_version(name, version.version, description=description)
     if not client.get_registered_model(name).description:
         client.update_registered_model(name, description=(
-            "mfrec: a matrix-factorisation movie recommender (pyfunc; tasks predict, recommend, similar, fold_in). "
-            "Alias champion: the best version by held-out test RMSE on the same prepared data."))
+            "mfrec: a matrix-factorisation recommender (pyfunc; tasks predict, recommend, similar, fold_in). "
+            "Alias champion: the best version by a held-out metric (champion_metric; each version's tag "
+            "champion_decision says which) on the same prepared data."))
     try:
         champion = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
         champion = None
-    if champion is None:
-        promote, reason = True, "no champion yet"
+    value = measured.get(metric)
+    lower = CHAMPION_METRICS[metric] == "lower"
+    if value is None:
+        promote, reason = False, (f"{metric} was not measured for this model (implicit feedback has no ratings "
+                                  "to predict): choose another champion_metric")
+    elif champion is None:
+        promote, reason = True, f"no champion yet ({metric} {value:.4f})"
     elif "prepare_key" not in champion.tags:
         promote, reason = False, (f"champion v{champion.version} has no prepare_key tag (registered by an older "
                                   "mfrec, which compared models across splits): move the alias by hand")
     elif not prepare_key or champion.tags["prepare_key"] != prepare_key:
         promote, reason = False, (f"champion v{champion.version} was evaluated on other prepared data "
                                   "(another dataset or split)")
+    elif metric not in champion.tags:
+        promote, reason = False, f"champion v{champion.version} has no {metric} tag to compare with"
     else:
-        best = float(champion.tags.get("test_rmse", "inf"))
-        promote = test_rmse < best
-        reason = (f"test_rmse {test_rmse:.4f} {'<' if promote else '>='} champion v{champion.version}'s "
-                  f"{best:.4f}")
+        best = float(champion.tags[metric])
+        promote = value < best if lower else value > best
+        sign = ("<" if promote else ">=") if lower else (">" if promote else "<=")
+        reason = f"{metric} {value:.4f} {sign} champion v{champion.version}'s {best:.4f}"
     if promote:
         client.set_registered_model_alias(name, "champion", version.version)
     decision = f"{'promoted' if promote else 'kept champion'}: {reason}"
     client.set_model_version_tag(name, version.version, "champion_decision", decision)
     client.set_tag(run_id, "mfrec.champion_decision", decision)
     client.set_tag(run_id, "mfrec.registered_version", str(version.version))
-    return {"version": int(version.version), "promoted": promote, "decision": decision}
+    return {"version": int(version.version), "promoted": promote, "decision": decision, "metric": metric}
 
 
 def resolve_local(uri_or_path: str, dst: str | None = None) -> Path:

@@ -7,7 +7,7 @@ No MLflow here: ``entrypoints/train.py`` logs what these return.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import pandas as pd
@@ -54,7 +54,9 @@ def _train_and_evaluate(train, val, test, movies, config, ranking, refit, on_epo
     started = time.perf_counter()
     users, items = train_users, train_items = IdIndex(train["userId"]), IdIndex(train["movieId"])
     va = Interactions.from_frame(val, users, items) if len(val) else None
-    choice = None
+    if config.implicit:  # no ratings: no predicted rating to weigh into the ranking
+        ranking = replace(ranking, rating_weight=0.0)
+    choice, validation = None, None
     if config.auto_fields() or ranking.auto_fields():
         choice = choose(train, val, movies, config, ranking, search, on_trial=on_trial)
         config, ranking = choice.config, choice.ranking
@@ -64,7 +66,13 @@ def _train_and_evaluate(train, val, test, movies, config, ranking, refit, on_epo
         for record in first.history if on_epoch is not None else ():
             on_epoch(record)
     else:
-        first = fit(Interactions.from_frame(train, users, items), config, val=va, on_epoch=on_epoch)
+        monitor = {}
+        if config.implicit and va is not None:  # no ratings to stop on: validation NDCG instead
+            validation = Validation(train, val, movies, train_users, train_items, config,
+                                    max_users=search.validation_users, seed=search.seed)
+            monitor = {"score_epoch": lambda model: {"val_ndcg_at_10": validation.ndcg(model, ranking)},
+                       "stop_on": "val_ndcg_at_10"}
+        first = fit(Interactions.from_frame(train, users, items), config, val=va, on_epoch=on_epoch, **monitor)
     fit_frame, result = train, first
     selected = time.perf_counter()
     if refit and va is not None:
@@ -90,8 +98,8 @@ def _train_and_evaluate(train, val, test, movies, config, ranking, refit, on_epo
     if choice is not None:
         scores.update({"search_trials": len(choice.trials), "val_ndcg_at_10": choice.best["val_ndcg_at_10"]})
     elif va is not None:  # what a search would have scored these settings at, for comparisons (the sweep's)
-        validation = Validation(train, val, movies, train_users, train_items, config,
-                                max_users=search.validation_users, seed=search.seed)
+        validation = validation or Validation(train, val, movies, train_users, train_items, config,
+                                              max_users=search.validation_users, seed=search.seed)
         scores["val_ndcg_at_10"] = validation.ndcg(first.model, ranking)
     return TrainOutcome(rec, scores, first.history, first.best_epoch, first.device, config, ranking, choice)
 

@@ -174,7 +174,8 @@ def test_entry_point_logs_table_and_json(tmp_path, monkeypatch):
         rc = benchmark.main(["--dataset", "synthetic-3k", "--scale", "synthetic-2k", "--notebook-epochs", "1",
                              "--serve-requests", "0", "--throughput-epochs", "1", "--rating-only-variant", "false",
                              "--tune-trials", "3", "--sweep-scales", "synthetic-2k", "--sweep-factors", "4",
-                             "--sweep-factors-small", "", "--output-json", str(out_json)])
+                             "--sweep-factors-small", "", "--custom-pipeline", "synthetic-3k",
+                             "--custom-memory", "synthetic-3k", "--output-json", str(out_json)])
         assert rc == 0
         results = json.loads(out_json.read_text())
         run = mlflow.get_run(results["run_id"])
@@ -197,11 +198,14 @@ def test_entry_point_logs_table_and_json(tmp_path, monkeypatch):
                 "| sweep vs implicit | synthetic-2k, k=4 (exact) |",
                 "| sweep vs implicit | synthetic-2k beside 2 CPU-bound processes, k=4 (exact) |",
                 "| busy machine | default train step (search included), quiet / beside 2 CPU-bound processes |",
-                "| busy machine | one sweep over"):
+                "| busy machine | one sweep over",
+                "| your own data | mlflow run: dataset=custom (parquet, text ids) / synthetic-3k itself |",
+                "| your own data | prepare step on synthetic-3k's ratings as parquet with text ids |"):
         assert row in table, row
     assert results["tune"]["trials"] == 3 and results["busy_training"]["hogs"] == 2
     for key in ("ease_test_ndcg_at_10", "implicit_als_test_ndcg_at_10", "tune_test_ndcg_at_10",
-                "sweep_ratio_synthetic_2k_k4", "busy_training_over_quiet", "throughput_busy_over_quiet"):
+                "sweep_ratio_synthetic_2k_k4", "busy_training_over_quiet", "throughput_busy_over_quiet",
+                "custom_over_synthetic", "custom_prepare_peak_over_raw"):
         _positive(m[key])
 
 
@@ -230,7 +234,8 @@ def test_a_failing_section_is_reported_and_the_rest_still_logged(tmp_path, monke
     with mlflow_uris(f"sqlite:///{tmp_path / 'mlflow.db'}"):
         rc = benchmark.main(["--dataset", "synthetic-3k", "--scale", "synthetic-2k", "--notebook-epochs", "1",
                              "--serve-requests", "0", "--peers", "false", "--tune", "false", "--busy", "false",
-                             "--sweep-scales", "", "--output-json", str(out_json)])
+                             "--sweep-scales", "", "--custom-pipeline", "none", "--custom-memory", "none",
+                             "--output-json", str(out_json)])
         results = json.loads(out_json.read_text())
         table = mlflow.artifacts.load_text(f"runs:/{results['run_id']}/benchmark/results.md")
         metrics = mlflow.get_run(results["run_id"]).data.metrics

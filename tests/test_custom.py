@@ -179,3 +179,101 @@ def test_requests_and_answers_use_the_tables_own_ids(shop_model, tmp_path):
     assert {r["userId"] for r in folded} == {"me"} and len(folded) == 3
     with pytest.raises(RequestError, match="row 1"):
         answer(rec, pd.DataFrame({"userId": ["cust-0042", 2.5]}), {"task": "recommend"})
+
+
+@pytest.fixture(scope="module")
+def shop_clicks(tmp_path_factory):
+    """The shop's rows as clicks (no stars): implicit feedback, settings chosen on validation."""
+    from mfrec.training.config import TrainConfig
+    from mfrec.workflow import served_model, train_and_evaluate
+
+    out = tmp_path_factory.mktemp("clicks") / "p"
+    columns = replace(SHOP_COLUMNS, rating="")
+    manifest = prepare(PrepareConfig("custom", str(SHOP / "events.csv"), SplitConfig(), columns), out, progress=False)
+    p = load_prepared(out)
+    config = TrainConfig(progress=False, rating_range=tuple(manifest["rating_scale"]), feedback=manifest["feedback"])
+    outcome = train_and_evaluate(p.train, p.val, p.test, p.movies, config)
+    rec, _ = served_model(outcome, p.train, p.val, p.test, p.movies)
+    return rec.with_ids(p.ids), outcome, manifest
+
+
+def test_clicks_train_the_choice_part_alone_and_rank_better_than_popularity(shop_clicks):
+    _, outcome, manifest = shop_clicks
+    assert manifest["feedback"] == "implicit" and manifest["rating_scale"] == [0.0, 1.0]
+    m = outcome.metrics
+    assert np.isnan(m["test_rmse"]) and np.isnan(m["baseline_bias_rmse"])  # no ratings, no RMSE
+    assert m["test_ndcg_at_10"] > m["baseline_popularity_ndcg_at_10"] + 0.05
+    # The sweep count follows validation NDCG: it is recorded every sweep, the best one kept.
+    history = outcome.choice.fit.history if outcome.choice.fit else outcome.history
+    assert all("val_ndcg_at_10" in h and "val_rmse" not in h and "train_loss" not in h for h in outcome.history)
+    assert outcome.best_epoch == 1 + int(np.argmax([h["val_ndcg_at_10"] for h in history]))
+    assert outcome.ranking.rating_weight == 0.0  # no predicted rating to weigh in
+
+
+def test_a_clicks_model_predicts_choice_scores_and_folds_in_items_alone(shop_clicks):
+    from mfrec.serving.contract import answer
+
+    rec, _, _ = shop_clicks
+    pred = answer(rec, pd.DataFrame({"userId": ["cust-0042"] * 3, "movieId": ["SKU-10514", "SKU-10294", "nope"]}),
+                  {"task": "predict"})
+    scores = [r["prediction"] for r in pred]
+    assert scores[2] == 0.0 and not pred[2]["known"]
+    # The score is the ranking's choice part: the top recommendation outscores a film ranked lower.
+    top = answer(rec, pd.DataFrame({"userId": ["cust-0042"]}), {"task": "recommend", "k": 20})
+    first, last = top[0]["movieId"], top[-1]["movieId"]
+    pair = answer(rec, pd.DataFrame({"userId": ["cust-0042"] * 2, "movieId": [first, last]}), {"task": "predict"})
+    assert pair[0]["prediction"] > pair[1]["prediction"]
+    folded = answer(rec, pd.DataFrame({"movieId": ["SKU-10514", "SKU-10294"]}), {"task": "fold_in", "k": 4})
+    assert len(folded) == 4 and {"SKU-10514", "SKU-10294"}.isdisjoint(r["movieId"] for r in folded)
+
+
+@pytest.mark.slow
+def test_the_readme_example_runs_serves_and_recommends(tmp_path):
+    """The README's "Your own data" commands as printed: ``mlflow run`` on the shop table, then
+    ``mlflow models serve`` of its champion, then the ``recommend`` request."""
+    import re
+    import shlex
+    import subprocess
+    import urllib.request
+
+    from benchmarks.served import start_model_server, stop_model_server
+    from helpers import VENV_BIN, venv_env
+
+    section = (REPO_ROOT / "README.md").read_text().split("## Your own data", 1)[1].split("\n## ", 1)[0]
+    commands, request = re.findall(r"```bash\n(.*?)```", section, re.S)[:2]
+    lines = commands.replace("\\\n", " ").strip().splitlines()
+    run = shlex.split(lines[0])
+    serve = shlex.split(lines[1])
+    assert run[:3] == ["mlflow", "run", "."] and serve[:3] == ["mlflow", "models", "serve"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [str(VENV_BIN / "mlflow"), "run", str(REPO_ROOT), *run[3:], "--experiment-name", "shop"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env=venv_env(MLFLOW_TRACKING_URI=uri))
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "promoted: no champion yet (test_ndcg_at_10" in done.stderr
+    served = start_model_server(tmp_path, uri, model_uri=serve[serve.index("-m") + 1])
+
+    def post(block: str) -> list:
+        payload = re.search(r"-d '(.*?)'", block, re.S).group(1)
+        req = urllib.request.Request(f"{served.url}/invocations", data=payload.encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as response:
+            return json.loads(response.read())["predictions"]
+
+    try:
+        rows = post(request)
+        # docs/serving.md's example for a model of the shop: a known and a new customer.
+        serving_md = (REPO_ROOT / "docs" / "serving.md").read_text()
+        shop_blocks = [b for b in re.findall(r"```bash\n(.*?)```", serving_md, re.S) if "127.0.0.1:5002" in b]
+        assert shop_blocks
+        for block in shop_blocks:
+            answered = post(block)
+            assert [r["userId"] for r in answered] == ["cust-0042"] * 3 + ["someone-new"] * 3
+            assert [r["source"] for r in answered] == ["personal"] * 3 + ["popular"] * 3
+    finally:
+        stop_model_server(served)
+    events = pd.read_csv(SHOP / "events.csv")
+    bought = set(events.loc[events["customer"] == "cust-0042", "sku"])
+    assert [r["userId"] for r in rows] == ["cust-0042"] * 3 and [r["rank"] for r in rows] == [1, 2, 3]
+    assert all(r["movieId"].startswith("SKU-") and r["movieId"] not in bought for r in rows)
+    assert all(r["source"] == "personal" for r in rows)

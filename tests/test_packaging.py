@@ -34,10 +34,10 @@ def test_mlproject_entry_points_and_parameters():
     assert prepare["test_fraction"]["default"] == 0.2 and prepare["val_fraction"]["default"] == 0.1
     assert entry["train"]["parameters"]["n_factors"]["default"] == 8
     assert entry["cluster"]["parameters"]["n_clusters"]["default"] == 10
-    # main takes every step's parameters (except the artifact hand-offs) plus model_name
+    # main takes every step's parameters (except the artifact hand-offs) plus the registration's
     main = set(entry["main"]["parameters"])
     steps = set(prepare) | set(entry["train"]["parameters"]) | set(entry["cluster"]["parameters"])
-    assert steps - {"prepared", "embeddings"} | {"model_name"} == main
+    assert steps - {"prepared", "embeddings"} | {"model_name", "champion_metric"} == main
     for name, spec in entry.items():
         for param in spec["parameters"]:
             assert "{" + param + "}" in spec["command"], f"{name}: {param} not passed to the command"

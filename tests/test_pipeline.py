@@ -127,9 +127,11 @@ def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tr
                                   dst_path=str(tmp_path / run.info.run_id), tracking_uri=tracking_server)
         n_items[run.info.run_id] = len(pd.read_parquet(path))
     assert n_items[first.info.run_id] == 9724 > n_items[second.info.run_id]
+    # The champion is the better ranking (champion_metric's default), and the decision says so.
     champion = client.get_model_version_by_alias(model_name, "champion")
-    best = min((first, second), key=lambda r: r.data.metrics["test_rmse"])
+    best = max((first, second), key=lambda r: r.data.metrics["test_ndcg_at_10"])
     assert champion.tags["run_id"] == best.info.run_id
+    assert "test_ndcg_at_10" in best.data.tags["mfrec.champion_decision"]
 
     # A failing step fails the top-level run and registers nothing.
     failed = mlflow_run(tracking_server, experiment, tmp_path, f"data_path={tmp_path / 'nope.zip'}",

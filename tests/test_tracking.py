@@ -6,10 +6,12 @@ import subprocess
 import sys
 
 import mlflow
+import pytest
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from mfrec import tracking
+from mfrec.errors import ConfigError
 
 
 def test_epoch_metrics_arrive_in_batches_with_their_steps(tmp_path):
@@ -43,28 +45,39 @@ class _Constant(mlflow.pyfunc.PythonModel):
 
 
 def test_the_champion_is_challenged_only_on_the_same_prepared_data(tmp_path, monkeypatch):
-    """A test RMSE on another split (seed, method, fractions) or dataset measures another
-    test set: such a model is registered but does not take the alias, however low its RMSE."""
+    """A held-out figure on another split (seed, method, fractions) or dataset measures another
+    test set: such a model is registered but does not take the alias, however good its figure.
+    The metric compared is ``champion_metric``: NDCG@10 by default (higher wins), RMSE on request
+    (lower wins); the decision names it."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = MlflowClient()
     experiment = client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
         uri = mlflow.pyfunc.log_model(name="m", python_model=_Constant(), pip_requirements=["mlflow"]).model_uri
 
-    def challenge(rmse, key):
-        return tracking.register(uri, "mfrec", rmse, key, run.info.run_id, data_sha256="d")
+    def challenge(rmse, ndcg, key, **kw):
+        return tracking.register(uri, "mfrec", {"test_rmse": rmse, "test_ndcg_at_10": ndcg}, key, run.info.run_id,
+                                 data_sha256="d", **kw)
 
-    assert challenge(0.90, "split-A")["decision"] == "promoted: no champion yet"
-    assert challenge(0.95, "split-A")["decision"] == "kept champion: test_rmse 0.9500 >= champion v1's 0.9000"
-    other = challenge(0.50, "split-B")  # e.g. seed=2: lower RMSE on an easier test set
+    assert challenge(0.90, 0.25, "split-A")["decision"] == "promoted: no champion yet (test_ndcg_at_10 0.2500)"
+    assert challenge(0.85, 0.24, "split-A")["decision"] == \
+        "kept champion: test_ndcg_at_10 0.2400 <= champion v1's 0.2500"
+    assert challenge(0.95, 0.24, "split-A", metric="test_rmse")["decision"] == \
+        "kept champion: test_rmse 0.9500 >= champion v1's 0.9000"
+    other = challenge(0.50, 0.50, "split-B")  # e.g. seed=2: better figures on an easier test set
     assert not other["promoted"] and "other prepared data" in other["decision"]
-    assert challenge(0.85, "split-A")["promoted"]
+    assert challenge(0.95, 0.26, "split-A")["promoted"]
     champion = client.get_model_version_by_alias("mfrec", "champion")
-    assert str(champion.version) == "4" and champion.tags["prepare_key"] == "split-A"
-    assert client.get_model_version("mfrec", "3").tags["champion_decision"] == other["decision"]
-    client.delete_model_version_tag("mfrec", "4", "prepare_key")  # as an older mfrec registered it
-    legacy = challenge(0.10, "split-A")
+    assert str(champion.version) == "5" and champion.tags["prepare_key"] == "split-A"
+    assert champion.tags["champion_metric"] == "test_ndcg_at_10"
+    assert client.get_model_version("mfrec", "4").tags["champion_decision"] == other["decision"]
+    unmeasured = challenge(float("nan"), 0.9, "split-A", metric="test_rmse")  # implicit feedback: no RMSE
+    assert not unmeasured["promoted"] and "not measured" in unmeasured["decision"]
+    client.delete_model_version_tag("mfrec", "5", "prepare_key")  # as an older mfrec registered it
+    legacy = challenge(0.10, 0.9, "split-A")
     assert not legacy["promoted"] and "no prepare_key tag" in legacy["decision"]
+    with pytest.raises(ConfigError, match="champion_metric"):
+        challenge(0.1, 0.9, "split-A", metric="accuracy")
 
 
 def test_a_cpu_torch_index_goes_into_the_logged_requirements(tmp_path, monkeypatch, trained_small):

@@ -33,25 +33,32 @@ def _save_atomic(fig, path) -> Path:
 
 
 def learning_curve_png(history: list[dict], path, title: str = "") -> Path:
-    """Training loss (an MSE) and validation RMSE per epoch, each on its own scale, in two
-    panels sharing the epoch axis; ``title`` names the model and data.
+    """Training loss (an MSE) and the validation score early stopping followed -- RMSE, or
+    NDCG@10 for implicit feedback -- per epoch, each on its own scale, in two panels sharing
+    the epoch axis; ``title`` names the model and data.
 
-    ``history`` holds dicts with ``epoch``, ``train_loss`` and optionally ``val_rmse``.
+    ``history`` holds dicts with ``epoch`` and optionally ``train_loss``, ``val_rmse``,
+    ``val_ndcg_at_10``.
     """
     epochs = [h["epoch"] for h in history]
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(6, 5))
-    top.plot(epochs, [h["train_loss"] for h in history], marker=".", color="tab:blue")
+    if any("train_loss" in h for h in history):
+        top.plot(epochs, [h.get("train_loss", np.nan) for h in history], marker=".", color="tab:blue")
+    else:
+        top.text(0.5, 0.5, "no rating loss (implicit feedback)", ha="center", va="center", transform=top.transAxes)
     top.set_ylabel("train loss (rating MSE)")
-    val = [(h["epoch"], h["val_rmse"]) for h in history if h.get("val_rmse") is not None]
+    key, label = ("val_rmse", "validation RMSE") if any("val_rmse" in h for h in history) else \
+        ("val_ndcg_at_10", "validation NDCG@10")
+    val = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
     if val:
         x, y = zip(*val)
         bottom.plot(x, y, marker=".", color="tab:orange")
-        best = int(np.nanargmin(y))
+        best = int(np.nanargmin(y) if key == "val_rmse" else np.nanargmax(y))
         bottom.axvline(x[best], color="grey", linestyle=":", label=f"best epoch {x[best]}")
         bottom.legend(loc="upper right")
     else:
         bottom.text(0.5, 0.5, "no validation set", ha="center", va="center", transform=bottom.transAxes)
-    bottom.set_ylabel("validation RMSE")
+    bottom.set_ylabel(label)
     bottom.set_xlabel("epoch")
     fig.suptitle(f"Learning curve: {title}" if title else "Learning curve")
     return _save_atomic(fig, path)

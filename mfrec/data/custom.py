@@ -100,7 +100,7 @@ def read_custom(path: str | Path, columns: Columns = Columns()) -> Custom:
     catalogue = _read_items(columns, item_kind) if columns.items_path else None
     if catalogue is not None and catalogue[1] != item_kind:  # e.g. integer ids in parquet, text in a CSV
         items, item_kind = _as_text(items), "string"
-        catalogue = (catalogue[0].assign(item=_as_text(catalogue[0]["item"].to_numpy())), "string")
+        catalogue = (catalogue[0].assign(item=_as_numpy(_as_text(catalogue[0]["item"].to_numpy()))), "string")
     user_ids, user_codes = _code(users)
     item_list = items if catalogue is None else _concat(items, catalogue[0]["item"].to_numpy())
     item_ids, _ = _code(item_list)
@@ -230,20 +230,25 @@ def _no_nulls(column: pa.ChunkedArray, name: str, problem: str, where: _Where) -
         _bad(column.is_null().to_numpy(), column.to_pylist(), name, problem, where)
 
 
-def _ids(column: pa.ChunkedArray, name: str, where: _Where) -> tuple[np.ndarray, str]:
-    """A column of ids as int64 (kind ``int64``) or Python strings (kind ``string``)."""
+def _is_text(kind) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _ids(column: pa.ChunkedArray, name: str, where: _Where):
+    """A column of ids: an int64 numpy array (kind ``int64``) or an Arrow string array (kind
+    ``string``; kept in Arrow: 25M Python strings would cost gigabytes)."""
     kind = column.type
     if pa.types.is_integer(kind):
         _no_nulls(column, name, "no id", where)
         if pa.types.is_uint64(kind) and column.num_chunks and pc.max(column).as_py() >= 2**63:
-            return _as_text(column.to_numpy()), "string"
+            return column.cast(pa.string()), "string"
         return column.cast(pa.int64()).to_numpy(), "int64"
     if pa.types.is_dictionary(kind):
         column = column.cast(kind.value_type)
         kind = column.type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+    if not _is_text(kind):
         raise DataError(f"column {name!r} holds {kind} values: ids must be integers or text")
-    text = pc.utf8_trim_whitespace(column)
+    text = pc.utf8_trim_whitespace(column).cast(pa.string())
     missing = pc.fill_null(pc.equal(text, ""), True).to_numpy()
     _bad(missing, column.to_pylist() if missing.any() else [], name, "no id", where)
     # Integers only where every id is one written plainly, so that "007" stays "007".
@@ -253,21 +258,24 @@ def _ids(column: pa.ChunkedArray, name: str, where: _Where) -> tuple[np.ndarray,
             return numbers.to_numpy(), "int64"
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
-    return text.to_numpy(zero_copy_only=False).astype(object), "string"
+    return text, "string"
 
 
 def _ratings(column: pa.ChunkedArray, name: str, where: _Where) -> np.ndarray:
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        text = column.to_numpy(zero_copy_only=False)
-        values = pd.to_numeric(pd.Series(text, dtype=object), errors="coerce").to_numpy(np.float64)
-    elif pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_decimal(column.type):
-        text = None
-        values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    kind = column.type
+    if _is_text(kind):
+        try:
+            values = pc.utf8_trim_whitespace(column).cast(pa.float64()).to_numpy()
+        except pa.ArrowInvalid:  # some row is not a number: find which, by row
+            text = column.to_numpy(zero_copy_only=False)
+            values = pd.to_numeric(pd.Series(text, dtype=object), errors="coerce").to_numpy(np.float64)
+    elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        values = column.cast(pa.float64()).to_numpy()
     else:
-        raise DataError(f"column {name!r} holds {column.type} values: ratings must be numbers")
+        raise DataError(f"column {name!r} holds {kind} values: ratings must be numbers")
     bad = ~np.isfinite(values)
     if bad.any():
-        _bad(bad, text if text is not None else values, name, "no rating, or not a finite number", where)
+        _bad(bad, column.to_pylist(), name, "no rating, or not a finite number", where)
     low, high = float(values.min()) if len(values) else 0.0, float(values.max()) if len(values) else 0.0
     if len(values) and low == high:
         raise DataError(f"column {name!r}: every rating is {low:g}, so there is nothing to learn about how people "
@@ -276,7 +284,7 @@ def _ratings(column: pa.ChunkedArray, name: str, where: _Where) -> np.ndarray:
 
 
 def _timestamps(column: pa.ChunkedArray, name: str, where: _Where) -> np.ndarray:
-    """Seconds since the epoch, from integers, dates/times, or their text (ISO 8601)."""
+    """Seconds since the epoch, from integers, dates/times, or their text (integers or ISO 8601)."""
     kind = column.type
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
         _no_nulls(column, name, "no timestamp", where)
@@ -284,16 +292,20 @@ def _timestamps(column: pa.ChunkedArray, name: str, where: _Where) -> np.ndarray
     if pa.types.is_integer(kind):
         _no_nulls(column, name, "no timestamp", where)
         return column.cast(pa.int64()).to_numpy()
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+    if not _is_text(kind):
         raise DataError(f"column {name!r} holds {kind} values: timestamps must be integers (seconds) or dates")
-    text = column.to_numpy(zero_copy_only=False)
-    series = pd.Series(text, dtype=object).str.strip()
+    _no_nulls(column, name, "no timestamp", where)
+    text = pc.utf8_trim_whitespace(column)
+    for target in (pa.int64(), pa.timestamp("s", tz="UTC"), pa.timestamp("s")):  # Arrow's strict parsers first
+        try:
+            return text.cast(target).cast(pa.int64()).to_numpy()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+    series = pd.Series(text.to_numpy(zero_copy_only=False), dtype=object)
     plain = series.str.fullmatch(r"[+-]?\d+").fillna(False).to_numpy(bool)
-    if plain.all():
-        return series.astype(np.int64).to_numpy()
     parsed = pd.to_datetime(series.where(~plain), utc=True, errors="coerce", format="ISO8601")
     bad = ~plain & parsed.isna().to_numpy()
-    _bad(bad, text, name, "neither an integer (seconds) nor a date", where)
+    _bad(bad, column.to_pylist(), name, "neither an integer (seconds) nor a date", where)
     since = ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.float64, na_value=0)
     return np.where(plain, pd.to_numeric(series.where(plain), errors="coerce").fillna(0).to_numpy(), since
                     ).astype(np.int64)
@@ -306,8 +318,8 @@ def _read_items(columns: Columns, ratings_kind: str) -> tuple[pd.DataFrame, str]
     table, where = _read_parts(files, list(dict.fromkeys(wanted)), "items table")
     ids, kind = _ids(table.column(columns.item), columns.item, where)
     if kind != ratings_kind:
-        ids = _as_text(ids)
-        kind = "string"
+        ids, kind = _as_text(ids), "string"
+    ids = _as_numpy(ids)
     frame = pd.DataFrame({"item": ids})
     dup = frame["item"].duplicated(keep=False).to_numpy()
     _bad(dup, ids, columns.item, "an id listed more than once in the items table (each item needs one row)", where)
@@ -325,44 +337,57 @@ def _read_items(columns: Columns, ratings_kind: str) -> tuple[pd.DataFrame, str]
     return frame, kind
 
 
-def _as_text(values: np.ndarray) -> np.ndarray:
-    return np.asarray([str(v) for v in values], dtype=object)
+def _as_text(values):
+    """Ids as an Arrow string array (integers written out)."""
+    if isinstance(values, np.ndarray):
+        return pc.cast(pa.array(values), pa.string()) if values.dtype != object else pa.array(values, pa.string())
+    return values
 
 
-def _concat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.concatenate([a.astype(object) if a.dtype != b.dtype else a, b.astype(object) if a.dtype != b.dtype else b])
+def _as_numpy(values) -> np.ndarray:
+    """Ids as numpy: int64, or an object array of ``str`` (for the sorted distinct ids only)."""
+    if isinstance(values, np.ndarray):
+        return values
+    return np.asarray(values.to_pylist(), dtype=object)
 
 
-def _code(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _concat(a, b: np.ndarray):
+    """The ratings' item ids and the items table's, of one kind, as one array."""
+    if isinstance(a, np.ndarray):
+        return np.concatenate([a, b])
+    chunks = a.chunks if isinstance(a, pa.ChunkedArray) else [a]
+    return pa.chunked_array([*chunks, _as_text(b)], type=pa.string())
+
+
+def _code(values) -> tuple[np.ndarray, np.ndarray]:
     """(sorted distinct ids, each value's position among them)."""
-    if values.dtype == object:
-        arr = pa.array(values, type=pa.string())
-        distinct = pc.unique(arr)
-        distinct = distinct.take(pc.sort_indices(distinct))
-        codes = pc.index_in(arr, value_set=distinct).to_numpy()
-        return distinct.to_numpy(zero_copy_only=False).astype(object), codes.astype(np.int64)
-    distinct, codes = np.unique(values, return_inverse=True)
-    return distinct, codes.astype(np.int64)
+    if isinstance(values, np.ndarray):
+        distinct, codes = np.unique(values, return_inverse=True)
+        return distinct, codes.astype(np.int64)
+    distinct = pc.unique(values)
+    distinct = distinct.take(pc.sort_indices(distinct))
+    return _as_numpy(distinct), pc.index_in(values, value_set=distinct).to_numpy().astype(np.int64)
 
 
-def _positions(distinct: np.ndarray, values: np.ndarray) -> np.ndarray:
+def _positions(distinct: np.ndarray, values) -> np.ndarray:
     """Each value's position in the sorted ``distinct`` (which holds them all)."""
-    if distinct.dtype == object:
-        return pc.index_in(pa.array(values, type=pa.string()),
-                           value_set=pa.array(distinct, type=pa.string())).to_numpy().astype(np.int64)
-    return np.searchsorted(distinct, values)
+    if isinstance(values, np.ndarray):
+        return np.searchsorted(distinct, values)
+    return pc.index_in(values, value_set=pa.array(distinct, pa.string())).to_numpy().astype(np.int64)
 
 
 def _items_frame(item_ids: np.ndarray, catalogue: pd.DataFrame | None) -> pd.DataFrame:
     """One row per item code: the items table's title and categories, or the id as the title."""
     frame = pd.DataFrame({"movieId": np.arange(len(item_ids), dtype=np.int32)})
     if catalogue is None:
-        titles, genres, missing = _as_text(item_ids), np.full(len(item_ids), NO_CATEGORY, dtype=object), len(item_ids)
+        names = _as_numpy(_as_text(item_ids))
+        titles, genres, missing = names, np.full(len(item_ids), NO_CATEGORY, dtype=object), len(item_ids)
     else:
         at = pd.Index(catalogue["item"].to_numpy()).get_indexer(item_ids)
         has = at >= 0
-        titles = np.where(has, catalogue["title"].to_numpy(dtype=object)[np.maximum(at, 0)], _as_text(item_ids))
-        titles = np.where(has & (titles == ""), _as_text(item_ids), titles)
+        names = _as_numpy(_as_text(item_ids))
+        titles = np.where(has, catalogue["title"].to_numpy(dtype=object)[np.maximum(at, 0)], names)
+        titles = np.where(has & (titles == ""), names, titles)
         genres = np.where(has, catalogue["genres"].to_numpy(dtype=object)[np.maximum(at, 0)], NO_CATEGORY)
         missing = int((~has).sum())
     frame["title"] = pd.Series(titles, dtype=object).astype(str)

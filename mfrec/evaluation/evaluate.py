@@ -14,20 +14,29 @@ def evaluate(rec: Recommender, train: pd.DataFrame, test: pd.DataFrame, k: int =
     """Rating and ranking metrics on ``test`` (``train`` = the ratings ``rec`` was fitted on).
 
     Returns the metric names the README's "What a run logs" lists: ``test_rmse``, ``test_mae``,
-    ``test_precision_at_10``, ``test_recall_at_10``, ``test_ndcg_at_10`` and baselines.
+    ``test_precision_at_10``, ``test_recall_at_10``, ``test_ndcg_at_10`` and baselines. A
+    model of implicit feedback has no ratings to predict: its rating metrics are NaN.
     """
-    pred = rec.predict(test["userId"].to_numpy(), test["movieId"].to_numpy())["prediction"]
+    implicit = rec.bundle.implicit  # choices without ratings: no rating metrics (NaN, not logged)
     actual = test["rating"].to_numpy()
-    out = {"test_rmse": metrics.rmse(pred, actual), "test_mae": metrics.mae(pred, actual)}
+    if implicit:
+        out = {"test_rmse": float("nan"), "test_mae": float("nan")}
+    else:
+        pred = rec.predict(test["userId"].to_numpy(), test["movieId"].to_numpy())["prediction"]
+        out = {"test_rmse": metrics.rmse(pred, actual), "test_mae": metrics.mae(pred, actual)}
 
     user_rows = rec.user_index.index(test["userId"].to_numpy())
     item_rows = rec.item_index.index(test["movieId"].to_numpy())
-    users, relevant = metrics.relevant_sets(test, user_rows, item_rows)
+    users, relevant = metrics.relevant_sets(test, user_rows, item_rows, rec.rating_range)
     ranking = metrics.ranking_metrics(lambda rows, kk: rec.ranker.top_items(rows, kk)[0], users, relevant, k)
     out.update({f"test_{name}": value for name, value in ranking.items()})
 
-    out["baseline_global_mean_rmse"] = metrics.rmse(baselines.global_mean_predictions(train, test), actual)
-    out["baseline_bias_rmse"] = metrics.rmse(baselines.bias_predictions(train, test, rating_range=rec.rating_range), actual)
+    if implicit:
+        out["baseline_global_mean_rmse"] = out["baseline_bias_rmse"] = float("nan")
+    else:
+        out["baseline_global_mean_rmse"] = metrics.rmse(baselines.global_mean_predictions(train, test), actual)
+        out["baseline_bias_rmse"] = metrics.rmse(baselines.bias_predictions(train, test, rating_range=rec.rating_range),
+                                                 actual)
     popularity = baselines.PopularityRanker(train, rec.user_index, rec.item_index)
     pop = metrics.ranking_metrics(popularity.top_items, users, relevant, k)
     out[f"baseline_popularity_ndcg_at_{k}"] = pop[f"ndcg_at_{k}"]
@@ -47,7 +56,7 @@ def fold_in_ndcg(rec: Recommender, told_from: pd.DataFrame, heldout: pd.DataFram
     the two calls :meth:`Recommender.fold_in` makes.
     """
     users, relevant = metrics.relevant_sets(heldout, rec.user_index.index(heldout["userId"].to_numpy()),
-                                            rec.item_index.index(heldout["movieId"].to_numpy()))
+                                            rec.item_index.index(heldout["movieId"].to_numpy()), rec.rating_range)
     rng = np.random.default_rng(seed)
     groups = dict(tuple(told_from.groupby("userId")))
     customers, movie_ids, ratings, seen_rows, seen_cols = [], [], [], [], []

@@ -12,7 +12,14 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-RELEVANT_RATING = 4.0
+# A held-out rating is relevant (a film the ranking should find) in the top 30 % of the scale:
+# 4 and up on MovieLens' 0.5-5 and 1-5 scales, 8 and up on 1-10, every row of implicit feedback (0-1).
+RELEVANT_SHARE = 0.7
+
+
+def relevance_threshold(rating_range=(0.5, 5.0)) -> float:
+    low, high = rating_range
+    return low + RELEVANT_SHARE * (high - low)
 
 
 def rmse(predicted, actual) -> float:
@@ -25,9 +32,10 @@ def mae(predicted, actual) -> float:
 
 
 def relevant_sets(test: pd.DataFrame, user_rows: np.ndarray, item_rows: np.ndarray,
-                  threshold: float = RELEVANT_RATING) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Users (row numbers) with at least one relevant candidate item, and those items' rows."""
-    keep = (test["rating"].to_numpy() >= threshold) & (user_rows >= 0) & (item_rows >= 0)
+                  rating_range=(0.5, 5.0)) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Users (row numbers) with at least one relevant candidate item (:func:`relevance_threshold`
+    of the ratings' scale), and those items' rows."""
+    keep = (test["rating"].to_numpy() >= relevance_threshold(rating_range) - 1e-9) & (user_rows >= 0) & (item_rows >= 0)
     frame = pd.DataFrame({"u": user_rows[keep], "i": item_rows[keep]})
     groups = frame.groupby("u", sort=True)["i"]
     users = np.array(list(groups.groups.keys()), dtype=np.int64)

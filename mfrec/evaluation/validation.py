@@ -40,7 +40,7 @@ class Validation:
         self.base = Bundle.build(placeholder, users, items, train, movies, train_config.with_prior(),
                                  RankingConfig().with_prior())
         ranked, relevant = metrics.relevant_sets(val, users.index(val["userId"].to_numpy()),
-                                                 items.index(val["movieId"].to_numpy()))
+                                                 items.index(val["movieId"].to_numpy()), train_config.rating_range)
         if len(ranked) > max_users:
             keep = np.sort(np.random.default_rng(seed).choice(len(ranked), max_users, replace=False))
             ranked, relevant = ranked[keep], [relevant[j] for j in keep]

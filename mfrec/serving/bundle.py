@@ -97,6 +97,11 @@ class Bundle:
         return RankingConfig(**self.meta["ranking"])
 
     @property
+    def implicit(self) -> bool:
+        """Fit on implicit feedback (choices, no ratings): ``predict`` answers a choice score."""
+        return self.meta.get("train_config", {}).get("feedback") == "implicit"
+
+    @property
     def objective(self) -> dict:
         """The training objective's weights (what fold-in's user step needs)."""
         return self.meta["objective"]

@@ -53,7 +53,8 @@ def answer(rec, frame, params=None) -> list[dict]:
     n_rows = len(next(iter(columns.values()))) if columns else len(frame)
     if n_rows > MAX_ROWS:
         raise RequestError(f"too many input rows: {n_rows} (at most {MAX_ROWS:,} per request)")
-    needed = TASK_COLUMNS[task]
+    implicit = rec.bundle.implicit  # choices, not ratings: fold_in takes the films alone
+    needed = ("movieId",) if implicit and task == "fold_in" else TASK_COLUMNS[task]
     missing = [c for c in needed if c not in columns]
     if missing:
         raise RequestError(f"task {task!r} needs column(s) {', '.join(needed)}; missing: {', '.join(missing)}")
@@ -69,7 +70,7 @@ def answer(rec, frame, params=None) -> list[dict]:
         users = ids.read(columns, "userId")
         _check_size(len(np.unique(users)), min(k, n_items), "users")
         return ids.decode(rec.recommend(users, k, exclude_seen)).records()
-    ratings = _ratings(columns, rec.rating_range)
+    ratings = np.ones(n_rows, np.float32) if implicit else _ratings(columns, rec.rating_range)
     named = "userId" in columns and columns["userId"].notna().any()
     users = ids.read(columns, "userId") if named else ids.anonymous(n_rows)
     n_customers = len(np.unique(users))

@@ -91,7 +91,21 @@ class Ranker:
 
     # ------------------------------------------------------------------ ranking
     def predict(self, user_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
+        """Predicted ratings; for implicit feedback the choice score ``c_u . q_i + d_i`` instead
+        (an unknown user has ``c = 0``; an unknown item scores 0)."""
+        if self.bundle.implicit:
+            return self._choice_scores(np.asarray(user_rows), np.asarray(item_rows))
         return predict_ratings(self.rating_tables, user_rows, item_rows, self.bundle.rating_range)
+
+    def _choice_scores(self, user_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
+        model = self.bundle.model
+        with torch.no_grad():
+            c, q, d = (t.numpy() for t in (model.user_choice_factors, model.item_factors, model.item_logit_bias))
+        known_item = item_rows >= 0
+        i = np.where(known_item, item_rows, 0)
+        u = np.where(user_rows >= 0, user_rows, 0)
+        score = np.einsum("ij,ij->i", c[u], q[i]) * (user_rows >= 0) + d[i]
+        return np.where(known_item, score, 0.0).astype(np.float32)
 
     def top_items(self, user_rows: np.ndarray, k: int, exclude_seen: bool = True,
                   folded: scoring.FoldedUsers | None = None, extra_seen: tuple | None = None) -> tuple:

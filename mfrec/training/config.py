@@ -9,6 +9,9 @@ from typing import Optional
 from mfrec.errors import ConfigError
 
 SOLVERS = ("als", "adam")
+# "explicit": ratings on a scale; "implicit": every row is a choice (clicks, purchases, plays), with
+# no rating to predict: the choice part alone is fitted and the sweep count follows validation NDCG.
+FEEDBACK = ("explicit", "implicit")
 ALS_SOLVES = ("auto", "exact", "cg")
 # From this many factors on, als_solve=auto runs conjugate-gradient steps instead of exact
 # solves (measured: docs/benchmarks.md, "exact or CG").
@@ -69,6 +72,7 @@ class TrainConfig:
     deterministic: bool = True
     device: str = "auto"
     rating_range: tuple = (0.5, 5.0)
+    feedback: str = "explicit"
     progress: Optional[bool] = field(default=None, compare=False)  # None: only when stderr is a terminal
 
     def __post_init__(self) -> None:
@@ -79,6 +83,11 @@ class TrainConfig:
 
         object.__setattr__(self, "rating_range", tuple(float(v) for v in self.rating_range))
         object.__setattr__(self, "device", str(resolve_device(self.device, needs_sparse=self.solver == "als")))
+
+    @property
+    def implicit(self) -> bool:
+        """Whether the data is implicit feedback (no ratings: the choice part alone)."""
+        return self.feedback == "implicit"
 
     @property
     def solve(self) -> str:
@@ -106,6 +115,9 @@ class TrainConfig:
 
         low_high = tuple(self.rating_range)
         yield self.solver in SOLVERS, f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}"
+        yield self.feedback in FEEDBACK, f"feedback must be one of {', '.join(FEEDBACK)}, got {self.feedback!r}"
+        yield (self.feedback == "explicit" or self.implicit_weight == AUTO or self.implicit_weight > 0,
+               "implicit feedback is learnt by the choice part alone: implicit_weight must be > 0")
         yield self.n_factors >= 1, f"n_factors must be >= 1, got {self.n_factors}"
         yield (len(low_high) == 2 and all(finite(v) for v in low_high) and low_high[0] < low_high[1],
                f"rating_range must be (low, high) with low < high, got {self.rating_range}")

@@ -60,7 +60,8 @@ def main(argv=None) -> int:
                              seed=args.seed, lr=args.lr, reg=args.reg, reg_exponent=args.reg_exponent,
                              implicit_weight=args.implicit_weight, confidence=args.confidence, solver=args.solver,
                              device=device, progress=False,
-                             rating_range=tuple(prepared.manifest.get("rating_scale", (0.5, 5.0))))
+                             rating_range=tuple(prepared.manifest.get("rating_scale", (0.5, 5.0))),
+                             feedback=prepared.manifest.get("feedback", "explicit"))
         # Every rank runs the same settings search (same seed, all-reduced sweeps) and so
         # makes the same choice; rank 0 decides when its time limit is reached.
         outcome = train_and_evaluate(prepared.train, prepared.val, prepared.test, prepared.movies, config,

@@ -33,6 +33,7 @@ class FitResult:
     history: list = field(default_factory=list)  # dicts: epoch, train_loss, val_rmse
     best_epoch: int = 0
     best_val_rmse: float = float("nan")
+    best_score: float = float("nan")  # the score stopped on, when not validation RMSE
     seconds: float = 0.0
     device: str = "cpu"
 
@@ -53,8 +54,10 @@ def fit(
     epochs: Optional[int] = None,
     on_epoch: Optional[EpochCallback] = None,
     score_epoch: Optional[Callable[[MatrixFactorization], dict]] = None,
+    stop_on: str = "val_rmse",
 ) -> FitResult:
-    """Fit a model on ``train``; with ``val``, stop early on validation RMSE and keep the best epoch.
+    """Fit a model on ``train``; with ``val``, stop early on validation RMSE (or ``stop_on``)
+    and keep the best epoch.
 
     Parameters
     ----------
@@ -72,7 +75,13 @@ def fit(
     score_epoch:
         Called with the model after every epoch; returns more metrics for the record (e.g.
         validation NDCG, which ``-e tune`` prunes its trials on).
+    stop_on:
+        The record's key early stopping follows: ``val_rmse`` (lower is better), or a key
+        ``score_epoch`` returns (higher is better), e.g. ``val_ndcg_at_10`` for implicit
+        feedback, which has no ratings to predict (``val_rmse`` is then not computed).
     """
+    if stop_on != "val_rmse" and (score_epoch is None or val is None):
+        raise ConfigError(f"stopping on {stop_on} needs validation data and a score_epoch that computes it")
     if config.auto_fields():
         raise ConfigError(f"fit() takes chosen settings, but {', '.join(config.auto_fields())} "
                           f"{'is' if len(config.auto_fields()) == 1 else 'are'} 'auto': train with "
@@ -97,13 +106,13 @@ def fit(
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         with workers_for(device, len(train), distributed=_distributed_rank()[1] > 1) as workers:
-            return _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers)
+            return _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, stop_on)
     finally:
         if switch:
             torch.use_deterministic_algorithms(was_deterministic)
 
 
-def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers) -> FitResult:
+def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, stop_on) -> FitResult:
     seed_everything(config.seed)
     start = time.perf_counter()
 
@@ -142,8 +151,9 @@ def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers) -
         train_loss = solver.epoch()
         if not math.isfinite(train_loss):
             raise TrainingError(f"training loss became {train_loss} at epoch {epoch}; {solver.divergence_advice()}")
-        record = {"epoch": epoch, "train_loss": train_loss}
-        if val is not None:
+        # Implicit feedback has no rating loss (the solver's rating part fits a constant).
+        record = {"epoch": epoch} if config.implicit else {"epoch": epoch, "train_loss": train_loss}
+        if val is not None and not config.implicit:
             model.eval()
             with torch.no_grad():
                 pred = predict_ratings(rating_tables(model), val_users, val_items, config.rating_range)
@@ -157,10 +167,12 @@ def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers) -
         if on_epoch is not None:
             on_epoch(record)
         if val is not None:
-            if record["val_rmse"] < best_rmse:
-                best_rmse, best_state, result.best_epoch = record["val_rmse"], _state(model), epoch
-            if record["val_rmse"] < progress_rmse - config.min_delta:
-                progress_rmse, since_progress = record["val_rmse"], 0
+            # Lower is better: RMSE as it is, a score (NDCG) negated.
+            watched = record[stop_on] if stop_on == "val_rmse" else -record[stop_on]
+            if watched < best_rmse:
+                best_rmse, best_state, result.best_epoch = watched, _state(model), epoch
+            if watched < progress_rmse - config.min_delta:
+                progress_rmse, since_progress = watched, 0
             else:
                 since_progress += 1
                 if since_progress > config.patience:
@@ -168,7 +180,10 @@ def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers) -
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
-        result.best_val_rmse = best_rmse
+        best = result.history[result.best_epoch - 1]
+        result.best_val_rmse = best.get("val_rmse", float("nan"))
+        if stop_on != "val_rmse":
+            result.best_score = best[stop_on]
     else:
         result.best_epoch = len(result.history)
     model.eval()

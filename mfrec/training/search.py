@@ -99,8 +99,10 @@ class Choice:
                    f"validation NDCG@10 {best['val_ndcg_at_10']:.4f} against trial 0's "
                    f"{first.get('val_ndcg_at_10', float('nan')):.4f}; no trial at that size ranked clearly better")
         else:
+            rmse = best.get("val_rmse", float("nan"))
             why = (f"trial {best['trial']}: validation NDCG@10 {best['val_ndcg_at_10']:.4f} against the starting "
-                   f"point's {first.get('val_ndcg_at_10', float('nan')):.4f}, RMSE {best['val_rmse']:.4f}")
+                   f"point's {first.get('val_ndcg_at_10', float('nan')):.4f}"
+                   + (f", RMSE {rmse:.4f}" if rmse == rmse else ""))
         return (f"settings chosen on validation{where}: {values} -- {why}; {len(self.trials)} trials in "
                 f"{self.seconds:.1f} s, stopped by {self.stopped}")
 
@@ -139,6 +141,8 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
     """
     import optuna
 
+    if config.implicit and search.objective == "rmse":
+        raise ConfigError("objective rmse needs ratings; implicit feedback has none: use objective ndcg")
     started = time.perf_counter()
     space = {**{name: RANGES[name] for name in config.auto_fields()}, **(space or {})}
     fixed = PRIOR[config.solver]
@@ -176,7 +180,7 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
         cfg = replace(config, **{**{n: fixed[n] for n in config.auto_fields()}, **params})
         state, result, history = "complete", None, []
         try:
-            result = fit(tr, cfg, val=va, **_hooks(trial, validation, ranking, curve, history))
+            result = fit(tr, cfg, val=va, **_hooks(trial, validation, ranking, curve, history, config.implicit))
         except optuna.TrialPruned:
             state = "pruned"
         row["_history"] = history
@@ -191,7 +195,7 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
         if state == "pruned":
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
-            value = _value(row, trials, search.objective)
+            value = _value(row, trials, search.objective, config.implicit)
             study.tell(trial, value)
             if number == 0 or value > leader:  # memory for two models, not one per trial
                 fits = {n: f for n, f in fits.items() if n == 0}
@@ -201,7 +205,7 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
         if _agree(time.perf_counter() - started > search.seconds) and number + 1 < budget:
             stopped = f"the time limit ({search.seconds:g} s) after {number + 1} of {budget} trials"
             break
-    best = _best(trials, search.objective)
+    best = _best(trials, search.objective, config.implicit)
     chosen = {k: v for k, v in best["params"].items() if k in TrainConfig.__dataclass_fields__}
     resolved = replace(config, **{**{n: fixed[n] for n in config.auto_fields()}, **chosen})
     resolved_ranking = replace(ranking, **{k: v for k, v in best["params"].items() if k in RANKING_PRIOR})
@@ -261,14 +265,16 @@ def _ranking_weights(validation: Validation, model, ranking: RankingConfig) -> t
     return {name: getattr(current, name) for name in ranking.auto_fields()}, scores
 
 
-def _hooks(trial, validation: Validation, ranking: RankingConfig, curve: bool, history: list) -> dict:
+def _hooks(trial, validation: Validation, ranking: RankingConfig, curve: bool, history: list,
+           implicit: bool = False) -> dict:
     """``fit`` keywords for a trial: each sweep's validation score -- RMSE, or with ``curve``
     NDCG@10 at the starting ranking weights -- goes to Optuna, whose pruner may stop the fit,
     and its record to ``history``. (Early stopping, which chooses the sweep count, follows
-    validation RMSE either way.)"""
+    validation RMSE; NDCG for implicit feedback, which has no ratings.)"""
     import optuna
 
     prior = ranking.with_prior()
+    curve = curve or implicit
     key = "val_ndcg_at_10" if curve else "val_rmse"
 
     def on_epoch(record):
@@ -278,12 +284,14 @@ def _hooks(trial, validation: Validation, ranking: RankingConfig, curve: bool, h
             raise optuna.TrialPruned()
 
     score = (lambda model: {key: validation.ndcg(model, prior)}) if curve else None
-    return {"on_epoch": on_epoch, "score_epoch": score}
+    return {"on_epoch": on_epoch, "score_epoch": score, **({"stop_on": key} if implicit else {})}
 
 
-def _value(row: dict, trials: list, objective: str) -> float:
+def _value(row: dict, trials: list, objective: str, implicit: bool = False) -> float:
     """What the sampler maximises for a finished trial: NDCG, less a penalty for rating error
     beyond the tolerance (of the best so far at its n_factors), or minus the RMSE."""
+    if implicit:
+        return row["val_ndcg_at_10"]
     if objective == "rmse":
         return -row["val_rmse"]
     size = row["params"].get("n_factors")
@@ -291,12 +299,13 @@ def _value(row: dict, trials: list, objective: str) -> float:
     return row["val_ndcg_at_10"] - 10.0 * max(0.0, row["val_rmse"] - best_rmse - RMSE_TOLERANCE)
 
 
-def _best(trials: list, objective: str) -> dict:
+def _best(trials: list, objective: str, implicit: bool = False) -> dict:
     """The chosen trial. For NDCG, per ``n_factors`` (one group when the search does not vary
     it): the best trial among those whose validation RMSE is within the tolerance of the
-    group's best, unless it is not :func:`clearly_better` than the group's first trial (its
-    starting point): noise should not move a choice. Then the group whose pick ranks best."""
-    complete = [t for t in trials if t["state"] == "complete" and math.isfinite(t["val_rmse"])]
+    group's best (implicit feedback: all), unless it is not :func:`clearly_better` than the
+    group's first trial (its starting point): noise should not move a choice. Then the group
+    whose pick ranks best."""
+    complete = [t for t in trials if t["state"] == "complete" and (implicit or math.isfinite(t["val_rmse"]))]
     if not complete:
         raise ConfigError("no trial of the settings search finished; raise search_trials or search_seconds")
     if objective == "rmse":
@@ -307,7 +316,7 @@ def _best(trials: list, objective: str) -> dict:
     picks = []
     for group in groups.values():
         best_rmse = min(t["val_rmse"] for t in group)
-        near = [t for t in group if t["val_rmse"] <= best_rmse + RMSE_TOLERANCE]
+        near = group if implicit else [t for t in group if t["val_rmse"] <= best_rmse + RMSE_TOLERANCE]
         best, start = max(near, key=lambda t: (t["val_ndcg_at_10"], -t["trial"])), group[0]
         if start in near and best is not start and not clearly_better(best["_per_user"], start["_per_user"]):
             best = start
