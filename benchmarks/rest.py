@@ -23,7 +23,7 @@ import numpy as np
 
 from benchmarks import served as fixture
 from benchmarks.machine import load_average
-from mfrec import tracking
+from mfrec import registry
 
 CONCURRENCY = (1, 4)
 
@@ -200,6 +200,6 @@ def _log_identity(root: Path) -> tuple[str, str]:
         with mlflow.start_run(experiment_id=experiment_id, run_name="identity"), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "add type hints", "no input example"
             info = mlflow.pyfunc.log_model(name="model", python_model=str(code),
-                                           signature=tracking.signature(),
-                                           pip_requirements=tracking.pip_requirements()[:1])
+                                           signature=registry.signature(),
+                                           pip_requirements=registry.pip_requirements()[:1])
     return uri, info.model_uri

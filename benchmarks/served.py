@@ -135,7 +135,7 @@ def register_recommender(rec, root: Path, name: str = MODEL_NAME, clusters: bool
     """
     import mlflow
 
-    from mfrec import tracking
+    from mfrec import registry
     root = Path(root)
     folder = root / "recommender"
     rec.save(folder)
@@ -152,8 +152,8 @@ def register_recommender(rec, root: Path, name: str = MODEL_NAME, clusters: bool
         client = mlflow.MlflowClient()
         experiment_id = client.create_experiment("mfrec-serving", artifact_location=(root / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=experiment_id, run_name="serving-fixture") as run:
-            info = tracking.log_pyfunc(folder)
-            tracking.register(info.model_uri, name, {"test_rmse": test_rmse}, prepare_key, run.info.run_id,
+            info = registry.log_pyfunc(folder)
+            registry.register(info.model_uri, name, {"test_rmse": test_rmse}, prepare_key, run.info.run_id,
                               metric="test_rmse")
     return uri
 

@@ -18,7 +18,7 @@ from entrypoints.common import finish, held_out_text, parser_for
 from entrypoints.params import PIPELINE_DEFAULTS, PipelineConfig, run_name
 from entrypoints.prepare import log_inputs, run_prepare
 from entrypoints.train import describe_fit, model_name, run_train
-from mfrec import tracking
+from mfrec import registry, tracking
 from mfrec.errors import MfrecError
 
 def git_commit() -> str | None:
@@ -77,8 +77,8 @@ def run_pipeline(config: PipelineConfig, progress=None) -> dict:
             mlflow.log_artifact(str(artifact), "clusters")
         folder = Path(tmp) / "served"
         trained["recommender"].with_clusters(clustered["assignments"]).save(folder)
-        model = tracking.log_pyfunc(folder, model_name(chosen, trained["manifest"]))
-    held_out = {k: m[k] for k in tracking.CHAMPION_METRICS}
+        model = registry.log_pyfunc(folder, model_name(chosen, trained["manifest"]))
+    held_out = {k: m[k] for k in registry.CHAMPION_METRICS}
     rmse = m["test_rmse"]
     c = clustered["metrics"]
     choice = trained["choice"]
@@ -104,9 +104,9 @@ def run_pipeline(config: PipelineConfig, progress=None) -> dict:
 
 def register(result: dict, model_name: str) -> dict:
     """Register a pipeline's model as a new version of ``model_name`` (the champion rule in
-    :func:`mfrec.tracking.register`)."""
+    :func:`mfrec.registry.register`)."""
     r = result["registration"]
-    return tracking.register(r["model_uri"], model_name, r["held_out"], r["prepare_key"], r["run_id"],
+    return registry.register(r["model_uri"], model_name, r["held_out"], r["prepare_key"], r["run_id"],
                              r["data_sha256"], description=r["description"], tags=r["tags"], metric=r["metric"])
 
 

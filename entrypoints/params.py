@@ -13,7 +13,7 @@ from mfrec.data.custom import Columns
 from mfrec.data.prepare import PrepareConfig
 from mfrec.data.split import SplitConfig
 from mfrec.errors import ConfigError
-from mfrec.tracking import DEFAULT_CHAMPION_METRIC, check_champion_metric
+from mfrec.registry import DEFAULT_CHAMPION_METRIC, check_champion_metric
 from mfrec.serving.bundle import AUTO, RankingConfig
 from mfrec.training.config import TrainConfig
 from mfrec.training.search import SearchConfig

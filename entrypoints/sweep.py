@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import mlflow
@@ -22,7 +21,7 @@ import mlflow
 from entrypoints.common import finish, parser_for
 from entrypoints.main import register, run_pipeline
 from entrypoints.prepare import log_inputs
-from entrypoints.params import PIPELINE_DEFAULTS, PipelineConfig
+from entrypoints.params import PIPELINE_DEFAULTS, PipelineConfig, run_name
 from mfrec import tracking
 from mfrec.clustering.plots import sweep_png
 from mfrec.errors import ConfigError, MfrecError
@@ -94,7 +93,9 @@ def main(argv=None) -> int:
     args = parser_for("python -m entrypoints.sweep", __doc__.split("\n\n")[0], DEFAULTS).parse_args(argv)
     values = {k: getattr(args, k) for k in DEFAULTS}
     try:
-        name = f"sweep-k{str(values['n_factors_list']).replace(',', '-')}-{values['dataset']}-{time.strftime('%m%d-%H%M%S')}"
+        # Like a pipeline's name (k, settings, time, then dataset and split when not the defaults).
+        name = "sweep-" + run_name(str(values["n_factors_list"]).replace(",", "-").replace(" ", ""), values["dataset"],
+                                   values["split"], values["seed"], values["reg"])
         with tracking.top_level_run(run_name=name, log_system_metrics=tracking.system_metrics_available()):
             tracking.log_new_params(values)
             factors = factor_list(values["n_factors_list"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
@@ -18,7 +18,7 @@ import mlflow
 from entrypoints.common import NO_RATING_METRICS, finish, held_out_text, parser_for
 from entrypoints.params import (HEADLINE_METRICS, TRAIN_DEFAULTS, for_prepared, parse_bool, ranking_config, search_config,
                                 train_config)
-from mfrec import tracking
+from mfrec import registry, tracking
 from mfrec.clustering.embeddings import write_embeddings
 from mfrec.clustering.plots import learning_curve_png
 from mfrec.data.prepare import load_prepared
@@ -82,7 +82,7 @@ def run_train(prepared_uri: str, config: TrainConfig, ranking: RankingConfig, re
                  f"({split.get('method', '?')} split, seed {split.get('seed', '?')})")
         learning_curve_png(outcome.history, out / "learning_curve.png", title)
         mlflow.log_artifact(str(out / "learning_curve.png"), "plots")
-        model_uri = tracking.log_pyfunc(out / "recommender", model_name(config, manifest)).model_uri if log_model else None
+        model_uri = registry.log_pyfunc(out / "recommender", model_name(config, manifest)).model_uri if log_model else None
         run_id = run.info.run_id
     return {
         "run_id": run_id,

@@ -1,7 +1,7 @@
 """Choose fold-in's settings on the validation split: how much a new customer's unrated films
 count, and how much (and how shrunk) their genre taste is.
 
-    python scripts/tune_fold_in.py --data-path ../shared/data/ml-latest-small.zip
+    python scripts/tune_fold_in.py --data-path path/to/ml-latest-small.zip
 
 Fits the default model on the 72% train split, then treats every validation user with a
 relevant validation rating as a new customer who told us ``n`` of their training ratings

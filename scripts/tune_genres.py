@@ -1,6 +1,6 @@
 """Choose the weight and prior of known users' genre taste on the validation split.
 
-    python scripts/tune_genres.py --data-path ../shared/data/ml-latest-small.zip
+    python scripts/tune_genres.py --data-path path/to/ml-latest-small.zip
 
 Fits the default model on the 72% train split and scores its ``recommend`` ranking (every
 training film excluded) on the validation ratings with the pipeline's NDCG@10, over the

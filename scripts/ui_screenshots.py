@@ -1,6 +1,6 @@
 """Pictures of the MLflow UI on real runs: the runs list, two pipelines compared, the registered model.
 
-    python scripts/ui_screenshots.py --data-path ../shared/data/ml-latest-small.zip [--out docs/screenshots]
+    python scripts/ui_screenshots.py --data-path path/to/ml-latest-small.zip [--out docs/screenshots]
 
 Runs two pipelines (k=8; k=32) with `mlflow run . --env-manager local` into a fresh
 sqlite store, starts `mlflow server` on it (loopback), and saves PNGs taken by headless

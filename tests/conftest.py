@@ -25,12 +25,33 @@ if str(REPO_ROOT) not in sys.path:
 SHARED_ZIP = Path(__file__).resolve().parents[2] / "shared/data/ml-latest-small.zip"
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Find the data before the first test when any collected test needs it: without it the
+    session stops there, before any "passed" line could read like success."""
+    if any("shared_zip" in getattr(item, "fixturenames", ()) for item in items):
+        _data_zip()
+
+
 @pytest.fixture(scope="session")
 def shared_zip() -> Path:
+    """The real ml-latest-small zip (:func:`_data_zip`)."""
+    return _data_zip()
+
+
+_FOUND: list[Path] = []
+
+
+def _data_zip() -> Path:
     """The real ml-latest-small zip: ``$MFREC_TEST_ZIP``, else a copy beside the repository
     (``../shared/data``), else the project's own verified download (GroupLens, or
     ``$MFREC_BASE_URL``, cached in ``$MFREC_CACHE_DIR``). Without any of them the session
     stops with one message instead of failing every test that needs the data."""
+    if not _FOUND:
+        _FOUND.append(_find_data_zip())
+    return _FOUND[0]
+
+
+def _find_data_zip() -> Path:
     if os.environ.get("MFREC_TEST_ZIP"):
         path = Path(os.environ["MFREC_TEST_ZIP"])
         if not path.is_file():

@@ -14,7 +14,7 @@ from mfrec.imports import PACKAGE_DIR, own_imports
 
 MODULES = sorted(".".join(("mfrec", *p.relative_to(PACKAGE_DIR).with_suffix("").parts)).removesuffix(".__init__")
                  for p in PACKAGE_DIR.rglob("*.py"))
-MLFLOW_EDGE = {"mfrec.tracking", "mfrec.serving.pyfunc"}
+MLFLOW_EDGE = {"mfrec.tracking", "mfrec.registry", "mfrec.serving.pyfunc"}
 
 
 def _source(module: str) -> Path:
@@ -84,7 +84,7 @@ print(len(rec.recommend([int(rec.user_index.ids[0])], k=3).to_frame()), len(clus
 def test_the_logged_code_is_what_serving_imports(trained_small, tmp_path):
     """The copy of mfrec a logged model carries holds the serving modules and what they import,
     not training loops, evaluation, clustering or data download; and it answers on its own."""
-    from mfrec.tracking import served_code
+    from mfrec.registry import served_code
 
     copy = served_code(tmp_path / "code")
     files = {str(p.relative_to(copy)) for p in copy.rglob("*.py")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import subprocess
 import sys
@@ -48,6 +49,7 @@ def test_terminated_training_fails_the_run_and_registers_nothing(shared_zip, tmp
     assert runs["train"].info.status == "FAILED"
     top = [r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags]
     assert [r.info.status for r in top] == ["FAILED"]
+    assert top[0].data.tags["mfrec.failure"] == "terminated (SIGTERM) before the run finished"
     assert client.search_registered_models() == []
 
     # The next run succeeds, reusing the prepared data of the interrupted one.
@@ -71,6 +73,7 @@ def test_sweep_runs_one_child_pipeline_per_factor_count(shared_zip, tmp_path):
     runs = client.search_runs(["0"])
     (sweep,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert sweep.info.status == "FINISHED" and sweep.data.params["n_factors_list"] == "2,3"
+    assert re.fullmatch(r"sweep-k2-3-auto-\d{6}", sweep.info.run_name), sweep.info.run_name  # like a pipeline's
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]
     assert sorted(r.data.params["n_factors"] for r in children) == ["2", "3"]
     assert all("test_ndcg_at_10" in r.data.metrics and "cluster_genre_purity" in r.data.metrics for r in children)

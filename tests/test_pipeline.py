@@ -140,6 +140,10 @@ def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tr
     assert "nope.zip" in failed.stderr
     third = top_level(client, exp.experiment_id)[-1]
     assert third.info.status == "FAILED"
+    # The reason, where people look: the run's description and a tag (the console's line).
+    reason = third.data.tags["mfrec.failure"]
+    assert "nope.zip" in reason and f"pipeline failed: {reason}" in failed.stderr
+    assert third.data.tags["mlflow.note.content"].startswith(f"Failed: {reason}")
     assert len(client.search_model_versions(f"name = '{model_name}'")) == 2
 
 
@@ -172,3 +176,83 @@ def test_tune_logs_every_trial_and_registers_only_the_chosen_pipeline(tracking_s
     assert version.tags["run_id"] == best.info.run_id
     assert "settings chosen on validation" in proc.stderr and "(chosen)" in proc.stderr
     assert f"registered its model as version {version.version}" in proc.stderr
+
+
+def test_the_readme_shared_server_section_runs_as_printed(shared_zip, tmp_path):
+    """README's "A shared tracking server": its server command (paths and port moved to this
+    test's), then its client commands -- pipeline, sweep, tune, serving from the registry --
+    with the budgets cut (fewer trials and sweeps), and a ``recommend`` over HTTP."""
+    import json
+    import shlex
+    import urllib.request
+
+    from benchmarks.served import start_model_server, stop_model_server
+    from helpers import free_port, stop_process, wait_http
+
+    section = (REPO_ROOT / "README.md").read_text().split("## A shared tracking server", 1)[1].split("\n## ", 1)[0]
+    server, client = (b.replace("\\\n", " ") for b in re.findall(r"```bash\n(.*?)```", section, re.S)[:2])
+    port = free_port()
+    words = shlex.split(server.replace("/srv/mlflow", str(tmp_path / "srv")).replace("--port 5000", f"--port {port}"))
+    env = dict(kv.split("=", 1) for kv in words if re.fullmatch(r"[A-Z_]+=.*", kv))
+    cmd = [w for w in words if not re.fullmatch(r"[A-Z_]+=.*", w)]
+    assert cmd[:2] == ["mlflow", "server"] and "--serve-artifacts" in cmd
+    (tmp_path / "srv").mkdir()
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen([str(VENV_BIN / "mlflow"), *cmd[1:]], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                            env=venv_env(**env))
+    uri = f"http://127.0.0.1:{port}"
+    cut = {"main": ["search_trials=3", "epochs=5"], "sweep": ["search_trials=2", "epochs=5"],
+           "tune": ["tune_trials=3", "n_factors_list=4,8", "epochs=5"]}
+    try:
+        wait_http(f"{uri}/health", timeout=60, proc=proc)
+        lines = [line.strip() for line in client.strip().splitlines()]
+        assert lines[0] == "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000"
+        for line in lines[1:-1]:
+            words = shlex.split(line.replace("n_factors_list=8,32", "n_factors_list=4"))
+            entry = words[words.index("-e") + 1] if "-e" in words else "main"
+            params = [words[i + 1] for i, w in enumerate(words) if w == "-P"]
+            mlflow_run(uri, "team", tmp_path, *params, f"data_path={shared_zip}", *cut[entry], entry=entry)
+        serve = shlex.split(lines[-1])
+        served = start_model_server(tmp_path, uri, model_uri=serve[serve.index("-m") + 1])
+        try:
+            body = json.dumps({"dataframe_records": [{"userId": 1}], "params": {"task": "recommend", "k": 5}}).encode()
+            req = urllib.request.Request(f"{served.url}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60) as response:
+                rows = json.loads(response.read())["predictions"]
+        finally:
+            stop_model_server(served)
+        assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5] and {r["userId"] for r in rows} == {1}
+        client_api = MlflowClient(uri)
+        versions = client_api.search_model_versions("name = 'mfrec'")
+        assert len(versions) == 3  # the pipeline, the sweep's best child, tune's chosen pipeline
+    finally:
+        stop_process(proc, timeout=15)
+        log.close()
+
+
+def test_pipelines_side_by_side_into_one_sqlite_file(tmp_path):
+    """Three pipelines at once into one sqlite file whose tables were created first (README:
+    ``mlflow db upgrade``); a relative sqlite URI from another folder is refused up front."""
+    db = tmp_path / "mlflow.db"
+    subprocess.run([str(VENV_BIN / "mlflow"), "db", "upgrade", f"sqlite:///{db}"], check=True, capture_output=True,
+                   env=venv_env())
+    cmd = [str(VENV_BIN / "mlflow"), "run", str(REPO_ROOT), "--env-manager", "local", "--experiment-name", "side",
+           "-P", "dataset=synthetic-3k", "-P", "search_trials=1", "-P", "epochs=3", "-P", "n_clusters=3"]
+    procs = [subprocess.Popen(cmd + ["-P", f"seed={seed}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=venv_env(MLFLOW_TRACKING_URI=f"sqlite:///{db}"))
+             for seed in range(3)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("side")
+    tops = top_level(client, exp.experiment_id)
+    assert len(tops) == 3 and {r.info.status for r in tops} == {"FINISHED"}
+    assert len(client.search_model_versions("name = 'mfrec'")) == 3
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    refused = subprocess.run(cmd, cwd=elsewhere, capture_output=True, text=True, timeout=300,
+                             env=venv_env(MLFLOW_TRACKING_URI="sqlite:///mlflow.db"))
+    assert refused.returncode != 0
+    assert "is a relative path" in refused.stderr and "sqlite:////abs/path/mlflow.db" in refused.stderr

@@ -10,7 +10,7 @@ import pytest
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from mfrec import tracking
+from mfrec import registry, tracking
 from mfrec.errors import ConfigError
 
 
@@ -56,7 +56,7 @@ def test_the_champion_is_challenged_only_on_the_same_prepared_data(tmp_path, mon
         uri = mlflow.pyfunc.log_model(name="m", python_model=_Constant(), pip_requirements=["mlflow"]).model_uri
 
     def challenge(rmse, ndcg, key, **kw):
-        return tracking.register(uri, "mfrec", {"test_rmse": rmse, "test_ndcg_at_10": ndcg}, key, run.info.run_id,
+        return registry.register(uri, "mfrec", {"test_rmse": rmse, "test_ndcg_at_10": ndcg}, key, run.info.run_id,
                                  data_sha256="d", **kw)
 
     assert challenge(0.90, 0.25, "split-A")["decision"] == "promoted: no champion yet (test_ndcg_at_10 0.2500)"
@@ -83,7 +83,7 @@ def test_the_champion_is_challenged_only_on_the_same_prepared_data(tmp_path, mon
 def test_a_cpu_torch_index_goes_into_the_logged_requirements(tmp_path, monkeypatch, trained_small):
     """MFREC_TORCH_INDEX_URL makes the logged model ask for that index's torch build (what
     `mlflow models build-docker` and virtualenv/uv environments then install)."""
-    from mfrec.tracking import log_pyfunc
+    from mfrec.registry import log_pyfunc
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     trained_small.recommender.save(tmp_path / "bundle")

@@ -15,7 +15,6 @@ and highest rating in the table.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,15 +22,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from mfrec.data.ids import ExternalIds
-from mfrec.data.table import MAX_EXAMPLES
+from mfrec.data.parts import Where, bad, files_sha256, no_nulls, read_parts, table_files
 from mfrec.errors import ConfigError, DataError
 
-CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz")
-PARQUET_SUFFIXES = (".parquet", ".pq")
 NO_CATEGORY = "(no genres listed)"  # what MovieLens says of a film without genres
 
 
@@ -87,26 +82,32 @@ def read_custom(path: str | Path, columns: Columns = Columns()) -> Custom:
     """
     files = table_files(path)
     wanted = [c for c in (columns.user, columns.item, columns.rating, columns.timestamp) if c]
-    table, where = _read_parts(files, wanted, "ratings table")
-    users, user_kind = _ids(table.column(columns.user), columns.user, where)
-    items, item_kind = _ids(table.column(columns.item), columns.item, where)
-    if columns.implicit:
-        rating = np.ones(table.num_rows, dtype=np.float32)
-    else:
-        rating = _ratings(table.column(columns.rating), columns.rating, where)
-    stamps = (_timestamps(table.column(columns.timestamp), columns.timestamp, where) if columns.timestamp
-              else np.zeros(table.num_rows, dtype=np.int64))
+    table, where = read_parts(files, wanted, "ratings table")
+    # Column by column, each Arrow column dropped once converted: at 25M rows the text ids
+    # are the largest thing in memory, so no two forms of one are kept longer than needed.
+    pending, n_rows = {name: table.column(name) for name in wanted}, table.num_rows
     del table
+    items, item_kind = _ids(pending.pop(columns.item), columns.item, where)
     catalogue = _read_items(columns, item_kind) if columns.items_path else None
     if catalogue is not None and catalogue[1] != item_kind:  # e.g. integer ids in parquet, text in a CSV
         items, item_kind = _as_text(items), "string"
         catalogue = (catalogue[0].assign(item=_as_numpy(_as_text(catalogue[0]["item"].to_numpy()))), "string")
-    user_ids, user_codes = _code(users)
     item_list = items if catalogue is None else _concat(items, catalogue[0]["item"].to_numpy())
-    item_ids, _ = _code(item_list)
+    item_ids, _ = _code(item_list, codes=False)
+    del item_list
     item_codes = _positions(item_ids, items)
-    ratings = pd.DataFrame({"userId": user_codes.astype(np.int32), "movieId": item_codes.astype(np.int32),
-                            "rating": rating, "timestamp": stamps})
+    del items
+    users, user_kind = _ids(pending.pop(columns.user), columns.user, where)
+    user_ids, user_codes = _code(users)
+    del users
+    if columns.implicit:
+        rating = np.ones(n_rows, dtype=np.float32)
+    else:
+        rating = _ratings(pending.pop(columns.rating), columns.rating, where)
+    stamps = (_timestamps(pending.pop(columns.timestamp), columns.timestamp, where) if columns.timestamp
+              else np.zeros(n_rows, dtype=np.int64))
+    ratings = pd.DataFrame({"userId": user_codes, "movieId": item_codes, "rating": rating, "timestamp": stamps},
+                           copy=False)
     titled = _items_frame(item_ids, catalogue[0] if catalogue is not None else None)
     report = {"ids": {"users": user_kind, "items": item_kind}, "columns": columns.as_dict(),
               "files": [str(f) for f in files],
@@ -117,129 +118,16 @@ def read_custom(path: str | Path, columns: Columns = Columns()) -> Custom:
                   [str(f) for f in sources])
 
 
-def table_files(path: str | Path) -> list[Path]:
-    """The files of a table: ``path`` itself, or a folder's CSV or parquet parts (one kind,
-    sorted by name; hidden files and markers such as ``_SUCCESS`` skipped)."""
-    path = Path(path)
-    if path.is_file():
-        _kind(path)
-        return [path]
-    if not path.is_dir():
-        raise DataError(f"data_path {path} does not exist: give a CSV or parquet file, or a folder of them")
-    parts = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
-    kinds = {_kind(p, strict=False) for p in parts} - {None}
-    if not kinds:
-        raise DataError(f"{path} holds no CSV ({', '.join(CSV_SUFFIXES)}) or parquet "
-                        f"({', '.join(PARQUET_SUFFIXES)}) files")
-    if len(kinds) > 1:
-        raise DataError(f"{path} mixes CSV and parquet files: a table's parts must be one kind")
-    return [p for p in parts if _kind(p, strict=False)]
-
-
-def files_sha256(files: list[Path]) -> str:
-    """SHA-256 over the files' names and bytes."""
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def _kind(path: Path, strict: bool = True) -> str | None:
-    name = path.name.lower()
-    if name.endswith(PARQUET_SUFFIXES):
-        return "parquet"
-    if name.endswith(CSV_SUFFIXES):
-        return "csv"
-    if strict:
-        raise DataError(f"{path}: not a CSV ({', '.join(CSV_SUFFIXES)}) or parquet "
-                        f"({', '.join(PARQUET_SUFFIXES)}) file name")
-    return None
-
-
-class _Where:
-    """Where row ``i`` of a concatenated table came from, for messages."""
-
-    def __init__(self, files: list[Path], rows: list[int], csv: bool):
-        self.files, self.starts, self.csv = files, np.cumsum([0, *rows]), csv
-
-    def __call__(self, i: int) -> str:
-        part = int(np.searchsorted(self.starts, i, "right")) - 1
-        row = i - int(self.starts[part])
-        return f"{self.files[part]} line {row + 2}" if self.csv else f"{self.files[part]} row {row + 1}"
-
-
-def _read_parts(files: list[Path], wanted: list[str], what: str) -> tuple[pa.Table, _Where]:
-    tables = []
-    for f in files:
-        available = _columns_of(f)
-        missing = [c for c in wanted if c not in available]
-        if missing:
-            raise DataError(f"{f}: the {what} has no column {', '.join(map(repr, missing))}; its columns are "
-                            f"{', '.join(available) or '(none)'} (name yours with the *_column parameters; "
-                            "rating_column= for clicks without ratings, timestamp_column= for no time)")
-        tables.append(_read_file(f, wanted))
-    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
-    return table, _Where(files, [t.num_rows for t in tables], _kind(files[0]) == "csv")
-
-
-def _columns_of(f: Path) -> list[str]:
-    if _kind(f) == "parquet":
-        try:
-            return list(pq.read_schema(f).names)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise DataError(f"{f} is not a readable parquet file: {exc}") from exc
-    try:
-        with pacsv.open_csv(f, parse_options=_csv_options(f)) as reader:
-            return list(reader.schema.names)
-    except (pa.ArrowInvalid, OSError, StopIteration) as exc:
-        raise DataError(f"{f}: cannot read its header: {exc}") from exc
-
-
-def _csv_options(f: Path) -> pacsv.ParseOptions:
-    return pacsv.ParseOptions(delimiter="\t" if ".tsv" in f.name.lower() else ",")
-
-
-def _read_file(f: Path, wanted: list[str]) -> pa.Table:
-    try:
-        if _kind(f) == "parquet":
-            return pq.read_table(f, columns=wanted)
-        # Every column as text: ids keep their spelling ("007"), and a bad value is found
-        # by row below instead of failing the read without a line number.
-        return pacsv.read_csv(f, parse_options=_csv_options(f), convert_options=pacsv.ConvertOptions(
-            include_columns=wanted, column_types={c: pa.string() for c in wanted},
-            strings_can_be_null=True, quoted_strings_can_be_null=False))
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{f} cannot be read: {exc}") from exc
-
-
-def _bad(mask: np.ndarray, values, column: str, problem: str, where: _Where) -> None:
-    """Reject the table if ``mask`` flags any row, quoting up to five."""
-    idx = np.flatnonzero(mask)
-    if not len(idx):
-        return
-    shown = "; ".join(f"{where(int(i))}: {values[int(i)]!r}" for i in idx[:MAX_EXAMPLES])
-    raise DataError(f"column {column!r}: {len(idx):,} row(s) with {problem}; nothing was loaded. Fix or remove "
-                    f"them, e.g. {shown}")
-
-
-def _no_nulls(column: pa.ChunkedArray, name: str, problem: str, where: _Where) -> None:
-    if column.null_count:
-        _bad(column.is_null().to_numpy(), column.to_pylist(), name, problem, where)
-
-
 def _is_text(kind) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
-def _ids(column: pa.ChunkedArray, name: str, where: _Where):
+def _ids(column: pa.ChunkedArray, name: str, where: Where):
     """A column of ids: an int64 numpy array (kind ``int64``) or an Arrow string array (kind
     ``string``; kept in Arrow: 25M Python strings would cost gigabytes)."""
     kind = column.type
     if pa.types.is_integer(kind):
-        _no_nulls(column, name, "no id", where)
+        no_nulls(column, name, "no id", where)
         if pa.types.is_uint64(kind) and column.num_chunks and pc.max(column).as_py() >= 2**63:
             return column.cast(pa.string()), "string"
         return column.cast(pa.int64()).to_numpy(), "int64"
@@ -248,9 +136,10 @@ def _ids(column: pa.ChunkedArray, name: str, where: _Where):
         kind = column.type
     if not _is_text(kind):
         raise DataError(f"column {name!r} holds {kind} values: ids must be integers or text")
-    text = pc.utf8_trim_whitespace(column).cast(pa.string())
+    # CSV fields are trimmed (a space after a comma is no part of an id); parquet text is as written.
+    text = (pc.utf8_trim_whitespace(column) if where.csv else column).cast(pa.string())
     missing = pc.fill_null(pc.equal(text, ""), True).to_numpy()
-    _bad(missing, column.to_pylist() if missing.any() else [], name, "no id", where)
+    bad(missing, column.to_pylist() if missing.any() else [], name, "no id", where)
     # Integers only where every id is one written plainly, so that "007" stays "007".
     try:
         numbers = text.cast(pa.int64())
@@ -261,7 +150,7 @@ def _ids(column: pa.ChunkedArray, name: str, where: _Where):
     return text, "string"
 
 
-def _ratings(column: pa.ChunkedArray, name: str, where: _Where) -> np.ndarray:
+def _ratings(column: pa.ChunkedArray, name: str, where: Where) -> np.ndarray:
     kind = column.type
     if _is_text(kind):
         try:
@@ -273,9 +162,9 @@ def _ratings(column: pa.ChunkedArray, name: str, where: _Where) -> np.ndarray:
         values = column.cast(pa.float64()).to_numpy()
     else:
         raise DataError(f"column {name!r} holds {kind} values: ratings must be numbers")
-    bad = ~np.isfinite(values)
-    if bad.any():
-        _bad(bad, column.to_pylist(), name, "no rating, or not a finite number", where)
+    broken = ~np.isfinite(values)
+    if broken.any():
+        bad(broken, column.to_pylist(), name, "no rating, or not a finite number", where)
     low, high = float(values.min()) if len(values) else 0.0, float(values.max()) if len(values) else 0.0
     if len(values) and low == high:
         raise DataError(f"column {name!r}: every rating is {low:g}, so there is nothing to learn about how people "
@@ -283,18 +172,18 @@ def _ratings(column: pa.ChunkedArray, name: str, where: _Where) -> np.ndarray:
     return values.astype(np.float32)
 
 
-def _timestamps(column: pa.ChunkedArray, name: str, where: _Where) -> np.ndarray:
+def _timestamps(column: pa.ChunkedArray, name: str, where: Where) -> np.ndarray:
     """Seconds since the epoch, from integers, dates/times, or their text (integers or ISO 8601)."""
     kind = column.type
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
-        _no_nulls(column, name, "no timestamp", where)
+        no_nulls(column, name, "no timestamp", where)
         return column.cast(pa.timestamp("s")).cast(pa.int64()).to_numpy()
     if pa.types.is_integer(kind):
-        _no_nulls(column, name, "no timestamp", where)
+        no_nulls(column, name, "no timestamp", where)
         return column.cast(pa.int64()).to_numpy()
     if not _is_text(kind):
         raise DataError(f"column {name!r} holds {kind} values: timestamps must be integers (seconds) or dates")
-    _no_nulls(column, name, "no timestamp", where)
+    no_nulls(column, name, "no timestamp", where)
     text = pc.utf8_trim_whitespace(column)
     for target in (pa.int64(), pa.timestamp("s", tz="UTC"), pa.timestamp("s")):  # Arrow's strict parsers first
         try:
@@ -304,8 +193,8 @@ def _timestamps(column: pa.ChunkedArray, name: str, where: _Where) -> np.ndarray
     series = pd.Series(text.to_numpy(zero_copy_only=False), dtype=object)
     plain = series.str.fullmatch(r"[+-]?\d+").fillna(False).to_numpy(bool)
     parsed = pd.to_datetime(series.where(~plain), utc=True, errors="coerce", format="ISO8601")
-    bad = ~plain & parsed.isna().to_numpy()
-    _bad(bad, column.to_pylist(), name, "neither an integer (seconds) nor a date", where)
+    broken = ~plain & parsed.isna().to_numpy()
+    bad(broken, column.to_pylist(), name, "neither an integer (seconds) nor a date", where)
     since = ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.float64, na_value=0)
     return np.where(plain, pd.to_numeric(series.where(plain), errors="coerce").fillna(0).to_numpy(), since
                     ).astype(np.int64)
@@ -315,14 +204,14 @@ def _read_items(columns: Columns, ratings_kind: str) -> tuple[pd.DataFrame, str]
     """The items table as (item, title, genres), one row per id."""
     files = table_files(columns.items_path)
     wanted = [c for c in (columns.item, columns.title, columns.category) if c]
-    table, where = _read_parts(files, list(dict.fromkeys(wanted)), "items table")
+    table, where = read_parts(files, list(dict.fromkeys(wanted)), "items table")
     ids, kind = _ids(table.column(columns.item), columns.item, where)
     if kind != ratings_kind:
         ids, kind = _as_text(ids), "string"
     ids = _as_numpy(ids)
     frame = pd.DataFrame({"item": ids})
     dup = frame["item"].duplicated(keep=False).to_numpy()
-    _bad(dup, ids, columns.item, "an id listed more than once in the items table (each item needs one row)", where)
+    bad(dup, ids, columns.item, "an id listed more than once in the items table (each item needs one row)", where)
 
     def text(col: str) -> pd.Series:
         values = table.column(col).cast(pa.string()).to_pandas() if col else pd.Series([""] * len(ids))
@@ -359,21 +248,28 @@ def _concat(a, b: np.ndarray):
     return pa.chunked_array([*chunks, _as_text(b)], type=pa.string())
 
 
-def _code(values) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted distinct ids, each value's position among them)."""
+def _code(values, codes: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """(sorted distinct ids, each value's position among them as int32, unless ``codes`` is
+    false)."""
     if isinstance(values, np.ndarray):
-        distinct, codes = np.unique(values, return_inverse=True)
-        return distinct, codes.astype(np.int64)
+        if not codes:
+            return np.unique(values), None
+        distinct, inverse = np.unique(values, return_inverse=True)
+        return distinct, inverse.astype(np.int32)
     distinct = pc.unique(values)
     distinct = distinct.take(pc.sort_indices(distinct))
-    return _as_numpy(distinct), pc.index_in(values, value_set=distinct).to_numpy().astype(np.int64)
+    return _as_numpy(distinct), _int32(pc.index_in(values, value_set=distinct)) if codes else None
 
 
 def _positions(distinct: np.ndarray, values) -> np.ndarray:
-    """Each value's position in the sorted ``distinct`` (which holds them all)."""
+    """Each value's position (int32) in the sorted ``distinct`` (which holds them all)."""
     if isinstance(values, np.ndarray):
-        return np.searchsorted(distinct, values)
-    return pc.index_in(values, value_set=pa.array(distinct, pa.string())).to_numpy().astype(np.int64)
+        return np.searchsorted(distinct, values).astype(np.int32)
+    return _int32(pc.index_in(values, value_set=pa.array(distinct, pa.string())))
+
+
+def _int32(codes) -> np.ndarray:
+    return codes.to_numpy().astype(np.int32, copy=False)
 
 
 def _items_frame(item_ids: np.ndarray, catalogue: pd.DataFrame | None) -> pd.DataFrame:
