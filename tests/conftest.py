@@ -25,6 +25,16 @@ if str(REPO_ROOT) not in sys.path:
 SHARED_ZIP = Path(__file__).resolve().parents[2] / "shared/data/ml-latest-small.zip"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session):
+    """With workers (``-n 2``), the controller finds the data before it starts them (workers
+    collect on their own, so it cannot tell which tests need it): a missing copy then stops
+    the session with one message, and the workers are handed the path."""
+    config = session.config
+    if not hasattr(config, "workerinput") and (getattr(config.option, "numprocesses", None) or 0):
+        os.environ["MFREC_TEST_ZIP"] = str(_data_zip())
+
+
 def pytest_collection_modifyitems(session, config, items):
     """Find the data before the first test when any collected test needs it: without it the
     session stops there, before any "passed" line could read like success."""
@@ -251,10 +261,20 @@ def served_model(served_recommender, trained_small, tmp_path_factory):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """Print the lines tests left in ``config.mfrec_summary`` (e.g. how many fuzz cases ran);
-    output written during tests and fixtures is captured, this is not."""
-    lines = getattr(config, "mfrec_summary", [])
-    if lines:
+    """How many fuzz requests ran, by HTTP status (tests/test_fuzz_serving.py records each
+    test's in its report; output written during tests is captured, this is not)."""
+    tried, examples = {}, None
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) != "teardown":
+                continue
+            for key, value in getattr(report, "user_properties", ()):
+                if key == "fuzz_requests":
+                    for status, count in value.items():
+                        tried[int(status)] = tried.get(int(status), 0) + count
+                elif key == "fuzz_examples":
+                    examples = value
+    if tried:
         terminalreporter.section("mfrec summary")
-        for line in lines:
-            terminalreporter.write_line(line)
+        terminalreporter.write_line(f"fuzz_serving: {sum(tried.values())} HTTP requests tried "
+                                    f"({dict(sorted(tried.items()))}), MFREC_FUZZ_EXAMPLES={examples} per property")

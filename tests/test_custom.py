@@ -277,3 +277,37 @@ def test_the_readme_example_runs_serves_and_recommends(tmp_path):
     assert [r["userId"] for r in rows] == ["cust-0042"] * 3 and [r["rank"] for r in rows] == [1, 2, 3]
     assert all(r["movieId"].startswith("SKU-") and r["movieId"] not in bought for r in rows)
     assert all(r["source"] == "personal" for r in rows)
+
+
+@pytest.mark.slow
+def test_the_prepare_step_reuses_an_unchanged_table_and_redoes_a_changed_one(tmp_path):
+    """``-e prepare`` on the shop table twice: the second run reuses the first's prepared data;
+    after a rating changes in the file, it prepares again."""
+    import shutil
+    import subprocess
+    import sys
+
+    from helpers import venv_env
+
+    data = tmp_path / "events.csv"
+    shutil.copy(SHOP / "events.csv", data)
+    args = ["--dataset", "custom", "--data-path", str(data), "--user-column", "customer", "--item-column", "sku",
+            "--rating-column", "stars", "--timestamp-column", "time", "--items-path", str(SHOP / "products.csv"),
+            "--title-column", "name", "--category-column", "category", "--category-separator", ";", "--no-progress"]
+
+    def prepare_run(n: int) -> dict:
+        out = tmp_path / f"result-{n}.json"
+        done = subprocess.run([sys.executable, "-m", "entrypoints.prepare", *args, "--output-json", str(out)],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                              env=venv_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(out.read_text())
+
+    first, second = prepare_run(1), prepare_run(2)
+    assert first["reused_from"] is None and second["reused_from"] == first["run_id"]
+    assert first["manifest"]["columns"]["user"] == "customer"
+    events = pd.read_csv(data)
+    events.loc[5, "stars"] = 6 - events.loc[5, "stars"]
+    events.to_csv(data, index=False)
+    third = prepare_run(3)
+    assert third["reused_from"] is None and third["manifest"]["data_sha256"] != first["manifest"]["data_sha256"]

@@ -220,15 +220,15 @@ def check_answer(served, body, data=None):
     return resp
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(autouse=True)
 def report_count(request):
+    """Each test's requests by HTTP status, in its report: conftest.py's terminal summary adds
+    them up (also across ``-n 2`` workers, whose reports reach the controller)."""
+    before = dict(TRIED)
     yield
-    total = sum(TRIED.values())
-    line = (f"fuzz_serving: {total} HTTP requests tried ({dict(sorted(TRIED.items()))}), "
-            f"MFREC_FUZZ_EXAMPLES={EXAMPLES} per property")
-    # Shown in the terminal summary by conftest.py's pytest_terminal_summary (even without -s).
-    request.config.mfrec_summary = [*getattr(request.config, "mfrec_summary", []), line]
-    print(line)
+    tried = {status: count - before.get(status, 0) for status, count in TRIED.items() if count != before.get(status, 0)}
+    request.node.user_properties.append(("fuzz_requests", tried))
+    request.node.user_properties.append(("fuzz_examples", EXAMPLES))
 
 
 @SETTINGS
