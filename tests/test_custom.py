@@ -96,6 +96,37 @@ def test_int64_ids_in_a_folder_of_parquet_parts_without_an_items_table(tmp_path)
     assert (p.test.groupby("userId")["timestamp"].max() == last.loc[p.test["userId"].unique()]).all()
 
 
+def test_a_model_of_64_bit_ids_answers_with_them(tmp_path):
+    """Ids past 2**53 (where a float would round them) and negative ones, in and out."""
+    from mfrec.serving.bundle import RankingConfig
+    from mfrec.serving.contract import answer
+    from mfrec.training.config import TrainConfig
+    from mfrec.workflow import served_model, train_and_evaluate
+
+    rng = np.random.default_rng(1)
+    n = 4000
+    base = 2**60
+    users = base + rng.integers(0, 80, n) * 3
+    items = -(base + rng.integers(0, 120, n))
+    pd.DataFrame({"user": users, "item": items, "stars": rng.integers(1, 6, n)}).to_parquet(tmp_path / "r.parquet")
+    columns = Columns(user="user", item="item", rating="stars", timestamp="")
+    prepare(PrepareConfig("custom", str(tmp_path / "r.parquet"), SplitConfig(), columns), tmp_path / "p",
+            progress=False)
+    p = load_prepared(tmp_path / "p")
+    config = TrainConfig(progress=False, rating_range=tuple(p.manifest["rating_scale"]), epochs=3).with_prior()
+    outcome = train_and_evaluate(p.train, p.val, p.test, p.movies, config, RankingConfig().with_prior())
+    rec, _ = served_model(outcome, p.train, p.val, p.test, p.movies)
+    rec = rec.with_ids(p.ids)
+    user = int(users[0])
+    rows = answer(rec, pd.DataFrame({"userId": [user]}), {"task": "recommend", "k": 3})
+    assert [r["userId"] for r in rows] == [user] * 3 and all(r["movieId"] in set(items.tolist()) for r in rows)
+    assert user > 2**53 and all(r["movieId"] < -(2**53) for r in rows)
+    pred = answer(rec, pd.DataFrame({"userId": [user], "movieId": [int(items[0])]}), {"task": "predict"})
+    assert pred[0]["movieId"] == int(items[0]) and pred[0]["known"]
+    with pytest.raises(RequestError, match="integer ids"):
+        answer(rec, pd.DataFrame({"userId": ["u1"]}), {"task": "recommend"})
+
+
 def test_bad_rows_are_named_by_file_line_or_row_and_column(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("customer,sku,stars,time\nc1,s1,4,2024-01-01\n,s2,3,2024-01-02\nc2,s1,four,2024-01-03\n")
