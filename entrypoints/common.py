@@ -19,7 +19,7 @@ logging.getLogger("mlflow").setLevel(os.environ.get("MFREC_MLFLOW_LOG_LEVEL", "W
 
 # Parameters whose value may be empty: ``--data-path`` with nothing after it means "none".
 OPTIONAL_VALUES = ("data_path", "sweep_scales", "sweep_factors_small", "rating_column", "timestamp_column",
-                   "items_path", "category_column")
+                   "items_path", "category_column", "users")
 
 
 def parser_for(prog: str, description: str, defaults: dict,

@@ -342,3 +342,17 @@ def test_the_prepare_step_reuses_an_unchanged_table_and_redoes_a_changed_one(tmp
     events.to_csv(data, index=False)
     third = prepare_run(3)
     assert third["reused_from"] is None and third["manifest"]["data_sha256"] != first["manifest"]["data_sha256"]
+
+
+def test_batch_recommendations_use_the_tables_own_ids(shop_model, tmp_path):
+    from mfrec.serving.batch import write_recommendations
+
+    rec, _, _ = shop_model
+    counts = write_recommendations(rec, tmp_path / "all.parquet", k=5, progress=False)
+    table = pd.read_parquet(tmp_path / "all.parquet")
+    assert counts["rows"] == 500 * 5 and table["userId"].str.startswith("cust-").all()
+    assert table["movieId"].str.startswith("SKU-").all()
+    write_recommendations(rec, tmp_path / "some.parquet", users=["cust-0042", "someone-new"], k=2, progress=False)
+    some = pd.read_parquet(tmp_path / "some.parquet")
+    assert some["userId"].tolist() == ["cust-0042"] * 2 + ["someone-new"] * 2
+    assert some["source"].tolist() == ["personal"] * 2 + ["popular"] * 2
