@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 
 from entrypoints.cluster import run_cluster
-from entrypoints.common import finish, held_out_text, parser_for
+from entrypoints.common import NO_RATING_METRICS, finish, held_out_text, parser_for
 from entrypoints.params import PIPELINE_DEFAULTS, PipelineConfig, run_name
 from entrypoints.prepare import log_inputs, run_prepare
 from entrypoints.train import describe_fit, model_name, run_train
@@ -64,6 +64,8 @@ def run_pipeline(config: PipelineConfig, progress=None) -> dict:
     chosen = trained["config"]  # every "auto" setting chosen on validation
     fit_on = describe_fit(trained["fit_on"])
     mlflow.set_tags({"mfrec.device": trained["device"], "mfrec.served_fit_on": fit_on})
+    if chosen.implicit:  # where people compare runs, why this one has no RMSE
+        mlflow.set_tag("mfrec.rating_metrics", NO_RATING_METRICS)
     m = trained["metrics"]
     title = (f"k={config.train.n_factors} {config.train.solver}, {config.prepare.dataset} "
              f"({split.method} split, seed {split.seed}), served model")

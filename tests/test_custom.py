@@ -356,3 +356,31 @@ def test_batch_recommendations_use_the_tables_own_ids(shop_model, tmp_path):
     some = pd.read_parquet(tmp_path / "some.parquet")
     assert some["userId"].tolist() == ["cust-0042"] * 2 + ["someone-new"] * 2
     assert some["source"].tolist() == ["personal"] * 2 + ["popular"] * 2
+
+
+@pytest.mark.slow
+def test_a_clicks_pipeline_reports_ranking_metrics_and_says_why_there_is_no_rmse(tmp_path):
+    import subprocess
+
+    from helpers import VENV_BIN, venv_env
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = ["dataset=custom", f"data_path={SHOP / 'events.csv'}", "user_column=customer", "item_column=sku",
+              "rating_column=", "timestamp_column=time", "search_trials=4", "n_clusters=4", "model_name=clicks"]
+    cmd = [str(VENV_BIN / "mlflow"), "run", str(REPO_ROOT), "--env-manager", "local", "--experiment-name", "clicks"]
+    for p in params:
+        cmd += ["-P", p]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env=venv_env(MLFLOW_TRACKING_URI=uri))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "test_rmse skipped: implicit feedback" in done.stderr
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("clicks")
+    (top,) = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+    assert top.data.tags["mfrec.rating_metrics"].startswith("skipped: implicit feedback")
+    assert "test_rmse" not in top.data.metrics and "val_rmse" not in top.data.metrics
+    assert top.data.metrics["test_ndcg_at_10"] > top.data.metrics["baseline_popularity_ndcg_at_10"]
+    assert "no test RMSE (implicit feedback)" in top.data.tags["mlflow.note.content"]
+    (version,) = client.search_model_versions("name = 'clicks'")
+    assert version.tags["champion_decision"].startswith("promoted: no champion yet (test_ndcg_at_10")
