@@ -170,6 +170,8 @@ def test_bad_parameters_of_any_step_fail_before_the_first_step(shared_zip, tmp_p
     runs = MlflowClient(uri).search_runs(["0"])
     assert sorted(r.info.run_name.split("-")[0] for r in runs) == ["k0", "k8"]
     assert {r.info.status for r in runs} == {"FAILED"}  # and no prepare/train/cluster child runs
+    assert {r.data.tags["mfrec.failure"] for r in runs} == {"n_clusters must be >= 2, got 0",
+                                                           "n_factors must be >= 1, got 0"}
     proc = pipeline(tmp_path, uri, "--data-path", str(shared_zip), "--n_factor", "16")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "unrecognized arguments: --n_factor 16" in err
