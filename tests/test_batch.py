@@ -63,3 +63,20 @@ def test_the_entry_point_writes_a_registered_models_recommendations(served_recom
     bad = subprocess.run([sys.executable, "-m", "entrypoints.batch", "--model-uri", "models:/nope@champion"],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=venv_env(MLFLOW_TRACKING_URI=uri))
     assert bad.returncode == 1 and "batch failed: model 'models:/nope@champion' could not be loaded" in bad.stderr
+
+
+def test_a_users_file_is_read_as_written_and_bad_ids_are_refused(served_recommender, tmp_path):
+    from mfrec.errors import DataError
+    from mfrec.serving.batch import read_users
+
+    (tmp_path / "u.csv").write_text("userId\n007\n42\n")
+    assert read_users(tmp_path / "u.csv") == ["007", "42"]  # a text-id model would need "007" as written
+    counts = write_recommendations(served_recommender, tmp_path / "r.parquet", users=read_users(tmp_path / "u.csv"),
+                                   k=2, progress=False)
+    assert counts["unknown_users"] == 0 and pd.read_parquet(tmp_path / "r.parquet")["userId"].tolist() == [7, 7, 42, 42]
+    for bad in ("42.9", "abc"):
+        (tmp_path / "bad.csv").write_text(f"userId\n{bad}\n")
+        with pytest.raises(DataError, match=f"user '{bad}' \\(row 1 of the users\\) is not an integer id"):
+            write_recommendations(served_recommender, tmp_path / "x.parquet", users=read_users(tmp_path / "bad.csv"))
+    with pytest.raises(DataError, match="cannot be read: no such file"):
+        read_users(tmp_path / "nope.csv")

@@ -384,3 +384,45 @@ def test_a_clicks_pipeline_reports_ranking_metrics_and_says_why_there_is_no_rmse
     assert "no test RMSE (implicit feedback)" in top.data.tags["mlflow.note.content"]
     (version,) = client.search_model_versions("name = 'clicks'")
     assert version.tags["champion_decision"].startswith("promoted: no champion yet (test_ndcg_at_10")
+
+
+def test_awkward_tables_are_read_right_or_refused_clearly(tmp_path):
+    """What a review of real tables turned up: ids spelled "NA", blank lines, separators with
+    "|", sub-second and out-of-range times, checkpoint folders, clashing parts, empty tables,
+    list-typed categories, ratings that are all equal once duplicates go."""
+    plain = Columns(user="u", item="i", rating="r", timestamp="t")
+    (tmp_path / "na.csv").write_text("u,i,r,t\nNA,null,4,1\nEU,N/A,2,2\n")
+    assert set(read_custom(tmp_path / "na.csv", plain).ids.users) == {"NA", "EU"}
+    (tmp_path / "blank.csv").write_text("u,i,r,t\n1,1,1,1\n\n2,2,x,2\n")
+    with pytest.raises(DataError, match=r"blank.csv line 4: 'x'"):
+        read_custom(tmp_path / "blank.csv", plain)
+    (tmp_path / "big.csv").write_text("u,i,r,t\n1,1,1,99999999999999999999\n2,2,3,2024-01-01\n")
+    with pytest.raises(DataError, match=r"'t'.*big.csv line 2"):
+        read_custom(tmp_path / "big.csv", plain)
+    stamps = pa.array([1704067200500000, 1704067201000000], type=pa.timestamp("us", tz="UTC"))
+    pq.write_table(pa.table({"u": ["a", "b"], "i": ["x", "y"], "r": [1.0, 2.0], "t": stamps}), tmp_path / "us.parquet")
+    assert read_custom(tmp_path / "us.parquet", plain).ratings["timestamp"].tolist() == [1704067200, 1704067201]
+    items = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"i": ["x", "y"], "title": ["X", "Y"], "genres": [["a", "b|c"], []]}), items)
+    listed = read_custom(tmp_path / "us.parquet", replace(plain, items_path=str(items)))
+    assert listed.items["genres"].tolist() == ["a|b/c", "(no genres listed)"]
+    (tmp_path / "sep.csv").write_text("i,title,genres\nx,X,a || b\ny,Y,c\n")
+    split = read_custom(tmp_path / "us.parquet", replace(plain, items_path=str(tmp_path / "sep.csv"), separator="||"))
+    assert split.items["genres"].tolist() == ["a|b", "c"]
+    parts = tmp_path / "parts"
+    (parts / ".ipynb_checkpoints").mkdir(parents=True)
+    (parts / "_temporary").mkdir()
+    for folder in (parts, parts / ".ipynb_checkpoints", parts / "_temporary"):
+        (folder / "a.csv").write_text("u,i,r,t\n1,1,1,1\n2,2,5,2\n")
+    assert len(read_custom(parts, plain).ratings) == 2
+    (tmp_path / "clash").mkdir()
+    pq.write_table(pa.table({"u": [1], "i": ["x"], "r": [1.0], "t": [1]}), tmp_path / "clash" / "a.parquet")
+    pq.write_table(pa.table({"u": ["b"], "i": ["y"], "r": [2.0], "t": [2]}), tmp_path / "clash" / "b.parquet")
+    with pytest.raises(DataError, match="disagree on a column's type"):
+        read_custom(tmp_path / "clash", plain)
+    (tmp_path / "empty.csv").write_text("u,i,r,t\n")
+    with pytest.raises(DataError, match="has no rows"):
+        read_custom(tmp_path / "empty.csv", plain)
+    (tmp_path / "same.csv").write_text("u,i,r,t\na,x,1,1\na,x,5,2\nb,y,5,3\n")
+    with pytest.raises(DataError, match="every rating is 5 once duplicates are removed"):
+        load_dataset("custom", tmp_path / "same.csv", columns=plain)

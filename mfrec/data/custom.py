@@ -177,7 +177,7 @@ def _timestamps(column: pa.ChunkedArray, name: str, where: Where) -> np.ndarray:
     kind = column.type
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
         no_nulls(column, name, "no timestamp", where)
-        return column.cast(pa.timestamp("s")).cast(pa.int64()).to_numpy()
+        return column.cast(pa.timestamp("s"), safe=False).cast(pa.int64()).to_numpy()  # fractions dropped
     if pa.types.is_integer(kind):
         no_nulls(column, name, "no timestamp", where)
         return column.cast(pa.int64()).to_numpy()
@@ -193,11 +193,11 @@ def _timestamps(column: pa.ChunkedArray, name: str, where: Where) -> np.ndarray:
     series = pd.Series(text.to_numpy(zero_copy_only=False), dtype=object)
     plain = series.str.fullmatch(r"[+-]?\d+").fillna(False).to_numpy(bool)
     parsed = pd.to_datetime(series.where(~plain), utc=True, errors="coerce", format="ISO8601")
-    broken = ~plain & parsed.isna().to_numpy()
-    bad(broken, column.to_pylist(), name, "neither an integer (seconds) nor a date", where)
+    numbers = pd.to_numeric(series.where(plain), errors="coerce").fillna(0).to_numpy(np.float64)
+    broken = (~plain & parsed.isna().to_numpy()) | (plain & (np.abs(numbers) >= 2.0**63))
+    bad(broken, column.to_pylist(), name, "neither an integer (seconds, within 64 bits) nor a date", where)
     since = ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.float64, na_value=0)
-    return np.where(plain, pd.to_numeric(series.where(plain), errors="coerce").fillna(0).to_numpy(), since
-                    ).astype(np.int64)
+    return np.where(plain, numbers, since).astype(np.int64)
 
 
 def _read_items(columns: Columns, ratings_kind: str) -> tuple[pd.DataFrame, str]:
@@ -214,15 +214,24 @@ def _read_items(columns: Columns, ratings_kind: str) -> tuple[pd.DataFrame, str]
     bad(dup, ids, columns.item, "an id listed more than once in the items table (each item needs one row)", where)
 
     def text(col: str) -> pd.Series:
-        values = table.column(col).cast(pa.string()).to_pandas() if col else pd.Series([""] * len(ids))
-        return values.fillna("").astype(str).str.strip()
+        if not col:
+            return pd.Series([""] * len(ids))
+        values = table.column(col)
+        try:
+            values = values.cast(pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise DataError(f"column {col!r} of the items table holds {values.type} values: text expected") from None
+        return values.to_pandas().fillna("").astype(str).str.strip()
 
     frame["title"] = text(columns.title)
-    categories = text(columns.category)
-    if columns.separator != "|":
-        categories = categories.str.replace("|", "/", regex=False)
-    parts = categories.str.split(columns.separator, regex=False)
-    frame["genres"] = parts.map(lambda p: "|".join(x.strip() for x in p if x.strip()) or NO_CATEGORY)
+    # Split on the separator first; a "|" inside a category would split it in mfrec's genres.
+    column = table.column(columns.category) if columns.category else None
+    if column is not None and (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+        parts = pd.Series([[str(x) for x in (v or []) if x is not None] for v in column.to_pylist()])  # listed
+    else:
+        parts = text(columns.category).str.split(columns.separator, regex=False)
+    frame["genres"] = parts.map(lambda p: "|".join(x.strip().replace("|", "/") for x in p if x.strip())
+                                or NO_CATEGORY)
     return frame, kind
 
 

@@ -27,7 +27,9 @@ def table_files(path: str | Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise DataError(f"data_path {path} does not exist: give a CSV or parquet file, or a folder of them")
-    parts = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
+    # Hidden and "_" files and folders are no parts (.ipynb_checkpoints, Spark's _temporary, _SUCCESS).
+    parts = sorted(p for p in path.rglob("*") if p.is_file()
+                   and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts))
     kinds = {_kind(p, strict=False) for p in parts} - {None}
     if not kinds:
         raise DataError(f"{path} holds no CSV ({', '.join(CSV_SUFFIXES)}) or parquet "
@@ -65,11 +67,28 @@ class Where:
 
     def __init__(self, files: list[Path], rows: list[int], csv: bool):
         self.files, self.starts, self.csv = files, np.cumsum([0, *rows]), csv
+        self._lines: dict[int, np.ndarray] = {}
 
     def __call__(self, i: int) -> str:
         part = int(np.searchsorted(self.starts, i, "right")) - 1
         row = i - int(self.starts[part])
-        return f"{self.files[part]} line {row + 2}" if self.csv else f"{self.files[part]} row {row + 1}"
+        if not self.csv:
+            return f"{self.files[part]} row {row + 1}"
+        if part not in self._lines:  # only when a message needs it: one pass over the file
+            self._lines[part] = _record_lines(self.files[part])
+        lines = self._lines[part]
+        return f"{self.files[part]} line {int(lines[row]) if row < len(lines) else row + 2}"
+
+
+def _record_lines(f: Path) -> np.ndarray:
+    """The line number of each record of a CSV file: Arrow skips empty lines, so row i is not
+    always line i + 2 (the header is line 1; line breaks inside quotes are not followed)."""
+    numbers = []
+    with pa.input_stream(str(f), compression="detect") as stream:
+        for number, line in enumerate(stream.read().splitlines(), start=1):
+            if number > 1 and line:
+                numbers.append(number)
+    return np.asarray(numbers, dtype=np.int64)
 
 
 def read_parts(files: list[Path], wanted: list[str], what: str) -> tuple[pa.Table, Where]:
@@ -82,7 +101,13 @@ def read_parts(files: list[Path], wanted: list[str], what: str) -> tuple[pa.Tabl
                             f"{', '.join(available) or '(none)'} (name yours with the *_column parameters; "
                             "rating_column= for clicks without ratings, timestamp_column= for no time)")
         tables.append(_read_file(f, wanted))
-    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+    try:
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+        raise DataError(f"the {what}'s parts disagree on a column's type ({exc}); parts: "
+                        f"{', '.join(map(str, files[:5]))}") from None
+    if table.num_rows == 0:
+        raise DataError(f"the {what} has no rows: {', '.join(map(str, files[:5]))}")
     return table, Where(files, [t.num_rows for t in tables], _kind(files[0]) == "csv")
 
 
@@ -111,7 +136,7 @@ def _read_file(f: Path, wanted: list[str]) -> pa.Table:
         # by row below instead of failing the read without a line number.
         return pacsv.read_csv(f, parse_options=_csv_options(f), convert_options=pacsv.ConvertOptions(
             include_columns=wanted, column_types={c: pa.string() for c in wanted},
-            strings_can_be_null=True, quoted_strings_can_be_null=False))
+            strings_can_be_null=True, quoted_strings_can_be_null=False, null_values=[""]))
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{f} cannot be read: {exc}") from exc
 
@@ -121,9 +146,13 @@ def bad(mask: np.ndarray, values, column: str, problem: str, where: Where) -> No
     idx = np.flatnonzero(mask)
     if not len(idx):
         return
-    shown = "; ".join(f"{where(int(i))}: {values[int(i)]!r}" for i in idx[:MAX_EXAMPLES])
+    shown = "; ".join(f"{where(int(i))}: {_plain(values[int(i)])!r}" for i in idx[:MAX_EXAMPLES])
     raise DataError(f"column {column!r}: {len(idx):,} row(s) with {problem}; nothing was loaded. Fix or remove "
                     f"them, e.g. {shown}")
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def no_nulls(column: pa.ChunkedArray, name: str, problem: str, where: Where) -> None:

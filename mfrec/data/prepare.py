@@ -114,6 +114,9 @@ def _load_custom(spec: DatasetSpec, data_path, columns: Columns) -> Loaded:
     ids = custom.ids
     values = ratings["rating"].to_numpy()
     scale = (0.0, 1.0) if columns.implicit else (float(values.min()), float(values.max()))
+    if scale[0] == scale[1]:  # after duplicates went: nothing left to learn about how people rate
+        raise DataError(f"column {columns.rating!r}: every rating is {scale[0]:g} once duplicates are removed: pass "
+                        "rating_column= (empty) to train on the rows as choices (implicit feedback)")
     spec = DatasetSpec(spec.name, spec.format, rating_min=scale[0], rating_max=scale[1], rating_step=0.0)
     path = Path(data_path)
     source = Source(CUSTOM, "dir" if path.is_dir() else "file", path, verified=None,

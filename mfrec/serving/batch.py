@@ -10,6 +10,7 @@ scores and rows whatever the number of users.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -39,10 +40,7 @@ def write_recommendations(rec, path, users=None, k: int = 100, exclude_seen: boo
         rows = np.arange(len(rec.user_index))
         given = (codec.ids[rec.user_index.ids] if codec is not None else rec.user_index.ids)
     else:
-        if codec is not None and codec.kind == "string":  # integers read from a file are those ids' digits
-            given = np.asarray([u if isinstance(u, str) else str(u) for u in users], dtype=object)
-        else:
-            given = np.asarray(users, dtype=np.int64)
+        given = _user_ids(users, text=codec is not None and codec.kind == "string")
         codes = codec.encode(given)[0] if codec is not None else given
         rows = rec.user_index.index(codes)
     schema = pa.schema([("userId", pa.string() if given.dtype == object else pa.int64()), ("rank", pa.int16()),
@@ -95,19 +93,47 @@ def _block(rec, rows: np.ndarray, ids: np.ndarray, items_out: np.ndarray, k: int
     return pa.Table.from_arrays(arrays, schema=schema), len(rows) - n_known
 
 
-def read_users(path) -> np.ndarray:
-    """The ``userId`` column of a CSV or parquet file: whom to recommend for."""
+def _user_ids(users, text: bool) -> np.ndarray:
+    """``users`` as the model's ids: text, or integers (written plainly; a float only when whole),
+    else a :class:`DataError` naming the first bad one, as a REST request would be refused."""
+    out = []
+    for row, user in enumerate(users):
+        if isinstance(user, (bool, np.bool_)) or user is None:
+            value = None
+        elif text:
+            value = user if isinstance(user, str) else str(user) if isinstance(user, (int, np.integer)) else None
+        elif isinstance(user, (int, np.integer)):
+            value = int(user)
+        elif isinstance(user, str) and re.fullmatch(r"\s*[+-]?\d+\s*", user):
+            value = int(user)
+        elif isinstance(user, (float, np.floating)) and float(user).is_integer() and abs(user) < 2**53:
+            value = int(user)
+        else:
+            value = None
+        if value is None or (not text and not -(2**63) <= value < 2**63):
+            raise DataError(f"user {user!r} (row {row + 1} of the users) is not {'a text' if text else 'an integer'} id")
+        out.append(value)
+    return np.asarray(out, dtype=object if text else np.int64)
+
+
+def read_users(path) -> list:
+    """The ``userId`` column of a CSV or parquet file (a CSV's as written: ``007`` stays ``007``)."""
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"users file {path} cannot be read: no such file")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
-            column = pq.read_table(path, columns=["userId"]).column("userId")
+            table = pq.read_table(path)
         else:
             import pyarrow.csv as pacsv
 
-            column = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(include_columns=["userId"])
-                                    ).column("userId")
-    except (pa.ArrowInvalid, OSError, KeyError) as exc:
-        raise DataError(f"users file {path}: needs a userId column ({exc})") from exc
+            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+                column_types={"userId": pa.string()}, null_values=[""], strings_can_be_null=True))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"users file {path} cannot be read: {exc}") from exc
+    if "userId" not in table.column_names:
+        raise DataError(f"users file {path} needs a userId column; it has {', '.join(table.column_names) or 'none'}")
+    column = table.column("userId")
     if column.null_count:
         raise DataError(f"users file {path}: {column.null_count} row(s) without a userId")
-    return column.to_numpy(zero_copy_only=False)
+    return column.to_pylist()
