@@ -88,11 +88,10 @@ def read_custom(path: str | Path, columns: Columns = Columns()) -> Custom:
     pending, n_rows = {name: table.column(name) for name in wanted}, table.num_rows
     del table
     items, item_kind = _ids(pending.pop(columns.item), columns.item, where)
-    catalogue = _read_items(columns, item_kind) if columns.items_path else None
-    if catalogue is not None and catalogue[1] != item_kind:  # e.g. integer ids in parquet, text in a CSV
-        items, item_kind = _as_text(items), "string"
-        catalogue = (catalogue[0].assign(item=_as_numpy(_as_text(catalogue[0]["item"].to_numpy()))), "string")
-    item_list = items if catalogue is None else _concat(items, catalogue[0]["item"].to_numpy())
+    catalogue, item_files = _read_items(columns, item_kind) if columns.items_path else (None, [])
+    if catalogue is not None and catalogue["item"].dtype == object and item_kind != "string":
+        items, item_kind = _as_text(items), "string"  # e.g. integer ids in parquet, text in a CSV
+    item_list = items if catalogue is None else _concat(items, catalogue["item"].to_numpy())
     item_ids, _ = _code(item_list, codes=False)
     del item_list
     item_codes = _positions(item_ids, items)
@@ -108,12 +107,12 @@ def read_custom(path: str | Path, columns: Columns = Columns()) -> Custom:
               else np.zeros(n_rows, dtype=np.int64))
     ratings = pd.DataFrame({"userId": user_codes, "movieId": item_codes, "rating": rating, "timestamp": stamps},
                            copy=False)
-    titled = _items_frame(item_ids, catalogue[0] if catalogue is not None else None)
+    titled = _items_frame(item_ids, catalogue)
     report = {"ids": {"users": user_kind, "items": item_kind}, "columns": columns.as_dict(),
               "files": [str(f) for f in files],
               "items_without_row": int(titled.attrs.pop("placeholders")),
               "feedback": "implicit" if columns.implicit else "explicit"}
-    sources = files + (table_files(columns.items_path) if columns.items_path else [])
+    sources = files + item_files
     return Custom(ratings, titled, ExternalIds(user_ids, item_ids), report, files_sha256(sources),
                   [str(f) for f in sources])
 
@@ -200,15 +199,14 @@ def _timestamps(column: pa.ChunkedArray, name: str, where: Where) -> np.ndarray:
     return np.where(plain, numbers, since).astype(np.int64)
 
 
-def _read_items(columns: Columns, ratings_kind: str) -> tuple[pd.DataFrame, str]:
-    """The items table as (item, title, genres), one row per id."""
+def _read_items(columns: Columns, ratings_kind: str) -> tuple[pd.DataFrame, list[Path]]:
+    """The items table as (item, title, genres), one row per id (text ids when either table's
+    are), and its files."""
     files = table_files(columns.items_path)
     wanted = [c for c in (columns.item, columns.title, columns.category) if c]
     table, where = read_parts(files, list(dict.fromkeys(wanted)), "items table")
     ids, kind = _ids(table.column(columns.item), columns.item, where)
-    if kind != ratings_kind:
-        ids, kind = _as_text(ids), "string"
-    ids = _as_numpy(ids)
+    ids = _as_numpy(_as_text(ids) if kind != ratings_kind else ids)
     frame = pd.DataFrame({"item": ids})
     dup = frame["item"].duplicated(keep=False).to_numpy()
     bad(dup, ids, columns.item, "an id listed more than once in the items table (each item needs one row)", where)
@@ -232,7 +230,7 @@ def _read_items(columns: Columns, ratings_kind: str) -> tuple[pd.DataFrame, str]
         parts = text(columns.category).str.split(columns.separator, regex=False)
     frame["genres"] = parts.map(lambda p: "|".join(x.strip().replace("|", "/") for x in p if x.strip())
                                 or NO_CATEGORY)
-    return frame, kind
+    return frame, files
 
 
 def _as_text(values):

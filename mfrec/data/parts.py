@@ -146,12 +146,13 @@ def bad(mask: np.ndarray, values, column: str, problem: str, where: Where) -> No
     idx = np.flatnonzero(mask)
     if not len(idx):
         return
-    shown = "; ".join(f"{where(int(i))}: {_plain(values[int(i)])!r}" for i in idx[:MAX_EXAMPLES])
+    shown = "; ".join(f"{where(int(i))}: {plain(values[int(i)])!r}" for i in idx[:MAX_EXAMPLES])
     raise DataError(f"column {column!r}: {len(idx):,} row(s) with {problem}; nothing was loaded. Fix or remove "
                     f"them, e.g. {shown}")
 
 
-def _plain(value):
+def plain(value):
+    """A numpy scalar as the Python value it holds (for messages and JSON)."""
     return value.item() if isinstance(value, np.generic) else value
 
 

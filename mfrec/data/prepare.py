@@ -106,6 +106,7 @@ def load_dataset(dataset: str = DEFAULT_DATASET, data_path: str | Path | None = 
 def _load_custom(spec: DatasetSpec, data_path, columns: Columns) -> Loaded:
     from mfrec.data.custom import read_custom
     from mfrec.data.parse import dedupe_ratings
+    from mfrec.data.parts import plain
 
     if not data_path:
         raise ConfigError("dataset custom reads your table: set data_path to its CSV or parquet file or folder")
@@ -122,14 +123,10 @@ def _load_custom(spec: DatasetSpec, data_path, columns: Columns) -> Loaded:
     source = Source(CUSTOM, "dir" if path.is_dir() else "file", path, verified=None,
                     verification=f"sha256 {custom.source_sha256} of {len(custom.files)} file(s)")
     report = {"format": "custom", "ratings_rows_read": int(len(custom.ratings)), "duplicates_removed": int(removed),
-              "duplicate_examples": [[_plain(ids.users[u]), _plain(ids.items[m])] for u, m in examples],
+              "duplicate_examples": [[plain(ids.users[u]), plain(ids.items[m])] for u, m in examples],
               "source_sha256": custom.source_sha256, **custom.report,
               **summarize(ratings, custom.items, scale, 0.0)}
     return Loaded(CUSTOM, spec, source, ratings, custom.items, report, data_sha256(ratings, custom.items, ids), ids)
-
-
-def _plain(value):
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def data_sha256(ratings: pd.DataFrame, movies: pd.DataFrame, ids: ExternalIds | None = None) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from mfrec.errors import DataError
 
@@ -53,11 +54,8 @@ def write_recommendations(rec, path, users=None, k: int = 100, exclude_seen: boo
     written = unknown = 0
     try:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            blocks = range(0, len(rows), BLOCK_USERS)
-            if show:
-                from tqdm.auto import tqdm
-
-                blocks = tqdm(blocks, desc="recommend", unit="block", leave=False)
+            blocks = tqdm(range(0, len(rows), BLOCK_USERS), desc="recommend", unit="block", leave=False,
+                          disable=not show)
             for start in blocks:
                 part, ids = rows[start:start + BLOCK_USERS], given[start:start + BLOCK_USERS]
                 table, n_unknown = _block(rec, part, ids, items_out, k, exclude_seen, schema)

@@ -33,7 +33,6 @@ class FitResult:
     history: list = field(default_factory=list)  # dicts: epoch, train_loss, val_rmse
     best_epoch: int = 0
     best_val_rmse: float = float("nan")
-    best_score: float = float("nan")  # the score stopped on, when not validation RMSE
     seconds: float = 0.0
     device: str = "cpu"
 
@@ -145,8 +144,8 @@ def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, s
     show = (config.progress if config.progress is not None else sys.stderr.isatty()) and rank == 0
     bar = tqdm(range(1, n_epochs + 1), desc="train", unit="epoch", disable=not show, leave=False)
     result = FitResult(model=model, device=str(device))
-    best_state, best_rmse = None, float("inf")
-    progress_rmse, since_progress = float("inf"), 0
+    best_state, best_watched = None, float("inf")
+    progress_watched, since_progress = float("inf"), 0
     for epoch in bar:
         train_loss = solver.epoch()
         if not math.isfinite(train_loss):
@@ -169,10 +168,10 @@ def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, s
         if val is not None:
             # Lower is better: RMSE as it is, a score (NDCG) negated.
             watched = record[stop_on] if stop_on == "val_rmse" else -record[stop_on]
-            if watched < best_rmse:
-                best_rmse, best_state, result.best_epoch = watched, _state(model), epoch
-            if watched < progress_rmse - config.min_delta:
-                progress_rmse, since_progress = watched, 0
+            if watched < best_watched:
+                best_watched, best_state, result.best_epoch = watched, _state(model), epoch
+            if watched < progress_watched - config.min_delta:
+                progress_watched, since_progress = watched, 0
             else:
                 since_progress += 1
                 if since_progress > config.patience:
@@ -180,10 +179,7 @@ def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, s
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
-        best = result.history[result.best_epoch - 1]
-        result.best_val_rmse = best.get("val_rmse", float("nan"))
-        if stop_on != "val_rmse":
-            result.best_score = best[stop_on]
+        result.best_val_rmse = result.history[result.best_epoch - 1].get("val_rmse", float("nan"))
     else:
         result.best_epoch = len(result.history)
     model.eval()
