@@ -270,3 +270,24 @@ def test_a_fold_in_fit_that_is_not_finite_names_the_customer(trained_small):
     with pytest.raises(RequestError, match="fold_in for customer 42 gives no finite fit"):
         rec.fold_in([42, 42], [1, 296], [5.0, 4.0], k=3)
     assert len(rec.fold_in([7], [10**9], [5.0], k=3).to_frame()) == 3  # no known film: the popular list
+
+
+def test_popularity_baseline_ranks_each_users_unseen_films_by_count(small_split):
+    """The popularity baseline (no loop over users) against the plain rule, user by user: the
+    most-rated films the user has not rated, ties by movieId, -1 past the last unseen one."""
+    from mfrec.data.ids import IdIndex
+    from mfrec.evaluation.baselines import PopularityRanker
+
+    train = small_split[0]
+    users, items = IdIndex(train["userId"]), IdIndex(train["movieId"])
+    ranker = PopularityRanker(train, users, items)
+    counts = train["movieId"].value_counts()
+    order = sorted(items.ids, key=lambda m: (-counts[m], m))
+    rows = np.array([0, 5, 17, len(users) - 1, 5])
+    top = ranker.top_items(rows, 12)
+    for row, got in zip(rows, top):
+        seen = set(train.loc[train["userId"] == users.ids[row], "movieId"])
+        assert [items.ids[i] for i in got] == [m for m in order if m not in seen][:12]
+    tiny = pd.DataFrame({"userId": [1, 1, 2], "movieId": [10, 20, 10], "rating": [4.0, 3.0, 5.0]})
+    tiny_ranker = PopularityRanker(tiny, IdIndex(tiny["userId"]), IdIndex(tiny["movieId"]))
+    assert tiny_ranker.top_items(np.array([0, 1]), 2).tolist() == [[-1, -1], [1, -1]]

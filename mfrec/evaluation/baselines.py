@@ -33,20 +33,41 @@ def bias_predictions(train: pd.DataFrame, test: pd.DataFrame, reg: float = 5.0, 
 
 
 class PopularityRanker:
-    """Ranks unseen items by training rating count (ties by movieId), per user."""
+    """Ranks unseen items by training rating count (ties by movieId), per user.
 
-    def __init__(self, train: pd.DataFrame, user_index: IdIndex, item_index: IdIndex):
-        u = user_index.index(train["userId"].to_numpy())
+    ``seen``: the users' rated items as CSR ``(indptr, indices)`` by user row, when the
+    caller has them (a bundle's seen lists); else built from ``train``.
+    """
+
+    def __init__(self, train: pd.DataFrame, user_index: IdIndex, item_index: IdIndex, seen: tuple | None = None):
         i = item_index.index(train["movieId"].to_numpy())
         counts = np.bincount(i, minlength=len(item_index))
         self.order = np.lexsort((item_index.ids, -counts))
-        self.indptr, self.indices = csr_from_pairs(u, i, len(user_index))
+        self.position = np.empty(len(self.order), np.int64)  # each item's place in that order
+        self.position[self.order] = np.arange(len(self.order))
+        if seen is None:
+            seen = csr_from_pairs(user_index.index(train["userId"].to_numpy()), i, len(user_index))
+        self.indptr, self.indices = seen
 
     def top_items(self, user_rows: np.ndarray, k: int) -> np.ndarray:
-        out = np.empty((len(user_rows), k), dtype=np.int64)
-        for n, row in enumerate(user_rows):
-            seen = self.indices[self.indptr[row]:self.indptr[row + 1]]
-            # k + len(seen) candidates always contain k unseen ones.
-            head = self.order[: k + len(seen)]
-            out[n] = head[~np.isin(head, seen)][:k]
-        return out
+        """The ``k`` most popular unseen items of each user (-1 past a user's last unseen one).
+
+        Without a loop over users: if a user's seen items, sorted by place, are at places
+        ``s_0 < s_1 < ...``, then ``s_m - m`` unseen items come before the m-th, and the j-th
+        unseen item sits at place ``j + #{m : s_m - m <= j}``.
+        """
+        rows = np.asarray(user_rows, np.int64)
+        n_items = len(self.order)
+        starts = self.indptr[rows]
+        lengths = self.indptr[rows + 1] - starts
+        first = np.cumsum(lengths) - lengths
+        owner = np.repeat(np.arange(len(rows)), lengths)
+        offsets = np.arange(lengths.sum()) - np.repeat(first, lengths)
+        # Each user's places sorted (one sort of user and place as one number), then s_m - m:
+        # sorted overall, as it never decreases within a user.
+        keys = np.sort(owner * (n_items + 1) + self.position[self.indices[np.repeat(starts, lengths) + offsets]])
+        keys -= offsets
+        wanted = np.arange(k)
+        before = np.searchsorted(keys, np.arange(len(rows))[:, None] * (n_items + 1) + wanted, side="right")
+        place = wanted + before - first[:, None]
+        return np.where(place < n_items, self.order[np.minimum(place, n_items - 1)], -1)

@@ -37,7 +37,9 @@ def evaluate(rec: Recommender, train: pd.DataFrame, test: pd.DataFrame, k: int =
         out["baseline_global_mean_rmse"] = metrics.rmse(baselines.global_mean_predictions(train, test), actual)
         out["baseline_bias_rmse"] = metrics.rmse(baselines.bias_predictions(train, test, rating_range=rec.rating_range),
                                                  actual)
-    popularity = baselines.PopularityRanker(train, rec.user_index, rec.item_index)
+    # The bundle's seen lists are ``train``'s ratings by user: no second copy to build.
+    popularity = baselines.PopularityRanker(train, rec.user_index, rec.item_index,
+                                            (rec.bundle.seen_indptr, rec.bundle.seen_indices))
     pop = metrics.ranking_metrics(popularity.top_items, users, relevant, k)
     out[f"baseline_popularity_ndcg_at_{k}"] = pop[f"ndcg_at_{k}"]
     out["test_ranked_users"] = int(len(users))

@@ -36,10 +36,10 @@ def relevant_sets(test: pd.DataFrame, user_rows: np.ndarray, item_rows: np.ndarr
     """Users (row numbers) with at least one relevant candidate item (:func:`relevance_threshold`
     of the ratings' scale), and those items' rows."""
     keep = (test["rating"].to_numpy() >= relevance_threshold(rating_range) - 1e-9) & (user_rows >= 0) & (item_rows >= 0)
-    frame = pd.DataFrame({"u": user_rows[keep], "i": item_rows[keep]})
-    groups = frame.groupby("u", sort=True)["i"]
-    users = np.array(list(groups.groups.keys()), dtype=np.int64)
-    return users, [np.asarray(v) for _, v in groups]
+    order = np.argsort(user_rows[keep], kind="stable")  # by user; a user's items in table order
+    users, items = user_rows[keep][order], item_rows[keep][order]
+    users, starts = np.unique(users, return_index=True)
+    return users.astype(np.int64), np.split(items, starts[1:]) if len(users) else []
 
 
 def ranking_metrics(top_items: Callable[[np.ndarray, int], np.ndarray], users: np.ndarray,

@@ -24,7 +24,6 @@ from mfrec.serving.bundle import Bundle, RankingConfig
 from mfrec.training.model import MatrixFactorization
 
 K = 10
-CHUNK = 128  # validation users scored at a time
 
 
 class Validation:
@@ -65,10 +64,11 @@ class Validation:
         taste = self._taste * genre_weight if with_genres else None
         rows = scoring.ranking_rows(model, self._users, weight, None, taste)
         table = scoring.ranking_table(model, weight, self._genres if with_genres else None)
-        top = []
-        for start in range(0, len(rows), CHUNK):  # a block of scores that stays in the cache
-            scores = rows[start:start + CHUNK] @ table
-            scoring.mask_seen(scores, self.base.seen_indptr, self.base.seen_indices, self.ranked[start:start + CHUNK])
+        top, blocks = [], scoring.ScoreBlocks(len(rows), table.shape[1])
+        block = blocks.block
+        for start in blocks.starts():  # a block of scores that stays in the cache
+            scores = blocks.product(rows[start:start + block], table)
+            scoring.mask_seen(scores, self.base.seen_indptr, self.base.seen_indices, self.ranked[start:start + block])
             top.append(scoring.top_k(scores, K)[1])
         return metrics.per_user(torch.cat(top).numpy(), self.relevant, K)[2]
 

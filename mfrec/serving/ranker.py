@@ -18,8 +18,6 @@ from mfrec.serving.fold_in import fold_in, objective_for
 from mfrec.training import als
 from mfrec.training.model import predict_ratings, rating_tables
 
-# Rows ranked per matrix product: bounds memory at CHUNK x n_items scores.
-CHUNK = 1024
 # Known users' top-LIST_LENGTH films and every film's LIST_LENGTH most similar ones are ranked
 # once, all rows at a time, when that is at most LIST_SCORES scores and LIST_ENTRIES list
 # entries (ml-latest-small and ml-1m qualify, ml-25m does not); a request then slices them.
@@ -162,8 +160,9 @@ class Ranker:
     @torch.no_grad()
     def _similar(self, item_rows: np.ndarray, k: int) -> tuple:
         k = min(k, self.n_items - 1)
-        parts = [scoring.similar_items(self.unit_factors, torch.as_tensor(item_rows[start:start + CHUNK]), k)
-                 for start in range(0, len(item_rows), CHUNK)]
+        blocks = scoring.ScoreBlocks(len(item_rows), self.n_items)
+        parts = [scoring.similar_items(self.unit_factors, torch.as_tensor(item_rows[start:start + blocks.block]), k,
+                                       blocks) for start in blocks.starts()]
         if not parts:
             return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
         return (np.concatenate([indices.numpy() for _, indices in parts]),
@@ -173,16 +172,18 @@ class Ranker:
     def _rank(self, user_rows: np.ndarray, k: int, exclude_seen: bool, folded=None, extra_seen=None) -> tuple:
         """Score every item for each row, mask the seen ones, take the top k."""
         b, out_idx, out_val = self.bundle, [], []
-        for start in range(0, len(user_rows), CHUNK):
-            rows = user_rows[start:start + CHUNK]
+        blocks = scoring.ScoreBlocks(len(user_rows), self.n_items)
+        block = blocks.block
+        for start in blocks.starts():
+            rows = user_rows[start:start + block]
             if folded is None:
                 vectors = torch.from_numpy(self.known_rows[rows])
                 with_genres = self.ranking.genre_weight > 0
             else:
-                part = folded[slice(start, start + CHUNK)]
+                part = folded[slice(start, start + block)]
                 vectors = scoring.ranking_rows(b.model, None, self.ranking.rating_weight, part, part.genre_taste)
                 with_genres = part.genre_taste is not None
-            scores = vectors @ self.table(with_genres)
+            scores = blocks.product(vectors, self.table(with_genres))
             if exclude_seen and folded is None:
                 scores = scoring.mask_seen(scores, b.seen_indptr, b.seen_indices, rows)
             if exclude_seen and extra_seen is not None:

@@ -11,6 +11,41 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+# Scores computed per matrix product when ranking: about a million (4 MB) stays in the CPU's
+# cache for the top-k that reads them back; a block of 1024 users x 62k films (256 MB) made
+# ranking at 25M ratings 3x slower (memory traffic, not arithmetic).
+BLOCK_SCORES = 1 << 20
+
+
+def rows_per_block(n_items: int) -> int:
+    """Users ranked per matrix product for a catalogue of ``n_items``: ``BLOCK_SCORES``
+    scores, within 8 to 1024 rows."""
+    return int(min(1024, max(8, BLOCK_SCORES // max(n_items, 1))))
+
+
+class ScoreBlocks:
+    """One reused buffer for the blocks of scores a ranking loop computes.
+
+    A fresh few-megabyte tensor per block makes the process's memory grow by about a block
+    each time (freed blocks of that size go back to a fragmented heap, not to the system:
+    2.9 GB after 1,000 blocks of 16 x 62k scores); writing each product into one buffer
+    keeps it flat.
+    """
+
+    def __init__(self, n_rows: int, n_items: int):
+        self.block = rows_per_block(n_items)
+        self.n_rows, self.n_items = n_rows, n_items
+        self._buffer = None
+
+    def starts(self) -> range:
+        return range(0, self.n_rows, self.block)
+
+    def product(self, rows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """``rows @ table`` (rows: at most one block), written into the buffer."""
+        if self._buffer is None or self._buffer.dtype != table.dtype or self._buffer.device != table.device:
+            self._buffer = torch.empty(min(self.block, self.n_rows), table.shape[1], dtype=table.dtype,
+                                       device=table.device)
+        return torch.matmul(rows.to(table.dtype), table, out=self._buffer[:len(rows)])
 
 
 @torch.no_grad()
@@ -82,10 +117,11 @@ def unit_factors(model) -> torch.Tensor:
 
 
 @torch.no_grad()
-def similar_items(unit: torch.Tensor, items: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def similar_items(unit: torch.Tensor, items: torch.Tensor, k: int,
+                  blocks: ScoreBlocks | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine-nearest items to each of ``items`` (the item itself excluded), given
-    :func:`unit_factors`."""
-    sims = unit[items] @ unit.T
+    :func:`unit_factors`; ``blocks`` holds the buffer to compute them in (a loop's)."""
+    sims = blocks.product(unit[items], unit.T) if blocks is not None else unit[items] @ unit.T
     sims[torch.arange(len(items)), items] = -torch.inf
     return top_k(sims, k)
 
