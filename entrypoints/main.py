@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -52,8 +53,10 @@ def run_pipeline(config: PipelineConfig, progress=None) -> dict:
         mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, "mlflow.experimentKind",
                                                  "custom_model_development")
 
+    began = time.perf_counter()
     with mlflow.start_run(run_name=f"{name}/prepare", nested=True):
         prepared = run_prepare(config.prepare, progress=bool(progress))
+    phases = {"prepare_seconds": time.perf_counter() - began}
     if prepared["reused_from"]:
         mlflow.set_tag("mfrec.prepare_reused_from", prepared["reused_from"])
     log_inputs(prepared["inputs"])
@@ -70,11 +73,14 @@ def run_pipeline(config: PipelineConfig, progress=None) -> dict:
     title = (f"k={config.train.n_factors} {config.train.solver}, {config.prepare.dataset} "
              f"({split.method} split, seed {split.seed}), served model")
 
+    phases["train_step_seconds"] = time.perf_counter() - began - phases["prepare_seconds"]
     with tempfile.TemporaryDirectory(prefix="mfrec-register-") as tmp:
         mlflow.log_artifact(str(tracking.resolve_local(trained["learning_curve_uri"], tmp)), "plots")
+        clustering = time.perf_counter()
         with mlflow.start_run(run_name=f"{name}/cluster", nested=True):
             clustered = run_cluster(trained["embeddings_uri"], config.cluster, Path(tmp) / "cluster",
                                     metrics_run=pid, title=title)
+        phases["cluster_seconds"] = time.perf_counter() - clustering
         for artifact in (clustered["report_path"], clustered["plot_path"]):
             mlflow.log_artifact(str(artifact), "clusters")
         folder = Path(tmp) / "served"
@@ -99,7 +105,9 @@ def run_pipeline(config: PipelineConfig, progress=None) -> dict:
     registration = {"model_uri": model.model_uri, "held_out": held_out, "prepare_key": trained["prepare_key"],
                     "run_id": pid, "data_sha256": trained["data_sha256"], "description": description,
                     "tags": {"fit_on": fit_on}, "metric": config.champion_metric}
+    phases["pipeline_seconds"] = time.perf_counter() - began  # registration comes after: main() adds it
     return {"run_id": pid, "model_uri": model.model_uri, "metrics": {**m, **c}, "registration": registration,
+            "phases": phases,
             "prepared_uri": prepared["prepared_uri"], "inputs": prepared["inputs"], "fit_on": fit_on,
             "settings": settings, "choice": choice.summary() if choice is not None else None}
 
@@ -122,7 +130,12 @@ def main(argv=None) -> int:
             tracking.log_new_params(values)
             config = PipelineConfig.from_params(values)  # every parameter checked before the first step
             result = run_pipeline(config)
+            registering = time.perf_counter()
             result["registered"] = register(result, config.model_name)
+            phases = result["phases"]
+            phases["register_seconds"] = time.perf_counter() - registering
+            phases["pipeline_seconds"] += phases["register_seconds"]
+            mlflow.log_metrics(phases)
     except MfrecError as exc:
         print(f"pipeline failed: {exc}", file=sys.stderr)
         return 1
@@ -132,7 +145,21 @@ def main(argv=None) -> int:
                   f"{held_out_text(m)} "
                   f"cluster_genre_purity={m.get('cluster_genre_purity', float('nan')):.3f} (held-out evaluation)\n"
                   f"served model: fit on {result['fit_on']}; registered version "
-                  f"{result['registered']['version']}, {result['registered']['decision']}")
+                  f"{result['registered']['version']}, {result['registered']['decision']}\n"
+                  f"{phase_text(m, result['phases'])}")
+
+
+def phase_text(metrics: dict, phases: dict) -> str:
+    """Where the pipeline's time went, in one line (each figure is also a metric of the run)."""
+    parts = [("prepare", phases["prepare_seconds"]), ("settings search", metrics.get("search_seconds")),
+             ("sweep count", metrics.get("select_seconds")), ("refit", metrics.get("refit_seconds")),
+             ("evaluate", metrics.get("evaluate_seconds")), ("served refit", metrics.get("served_fit_seconds")),
+             ("cluster", phases["cluster_seconds"]), ("register", phases["register_seconds"])]
+    parts = [(name, seconds) for name, seconds in parts if seconds is not None and seconds == seconds]
+    # The rest: loading the prepared split, artifacts, plots and the logged model.
+    parts.append(("logging", phases["pipeline_seconds"] - sum(seconds for _, seconds in parts)))
+    named = ", ".join(f"{name} {seconds:.1f}" for name, seconds in parts)
+    return f"seconds: {named}; all {phases['pipeline_seconds']:.1f}"
 
 
 if __name__ == "__main__":

@@ -82,12 +82,14 @@ def _train_and_evaluate(train, val, test, movies, config, ranking, refit, on_epo
     finished = time.perf_counter()
     bundle = Bundle.build(result.model, users, items, fit_frame, movies, config, ranking, best_epoch=first.best_epoch)
     rec = Recommender(bundle)
-    scores = evaluate(rec, fit_frame, test)
+    scores = evaluate(rec, fit_frame, test, progress=config.progress)
     scores.update({
         "train_seconds": finished - started,
         "search_seconds": searched - started,
         "select_seconds": selected - searched,
         "refit_seconds": finished - selected,
+        # The recommender's build (seen lists, genre votes) and the test metrics.
+        "evaluate_seconds": time.perf_counter() - finished,
         # The refit's fit() alone, without indexing the ids (a peer's fit time excludes its
         # own data preparation too).
         "refit_fit_seconds": result.seconds if result is not first else float("nan"),

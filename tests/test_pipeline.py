@@ -48,6 +48,12 @@ def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tr
     warned = [line for line in proc.stderr.splitlines() if "Warning" in line]
     assert not warned, proc.stderr
     assert "served model: fit on all 100,836 prepared ratings" in proc.stderr
+    # The last line says where the time went, phase by phase, and the phases add up.
+    line = next(line for line in proc.stderr.splitlines() if line.startswith("seconds: "))
+    phases = {name.strip(" ;"): float(value) for name, value in re.findall(r"([a-z ;]+) ([\d.]+)", line[9:])}
+    assert set(phases) == {"prepare", "settings search", "sweep count", "refit", "evaluate", "served refit",
+                           "cluster", "register", "logging", "all"}, line
+    assert sum(v for k, v in phases.items() if k != "all") == pytest.approx(phases["all"], abs=0.6), line
     # The settings left auto are chosen on validation, and the console says so.
     assert "settings chosen on validation: reg=" in proc.stderr
     held_out = mlflow_run(tracking_server, experiment, tmp_path, *common, "n_factors=4", "epochs=4", "refit_all=false",
@@ -62,7 +68,8 @@ def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tr
         assert run.data.params["n_factors"] == k
         assert re.fullmatch(rf"k{k}-{'auto' if k == '8' else 'reg3'}-\d{{6}}", run.info.run_name), run.info.run_name
         for metric in ("test_rmse", "test_ndcg_at_10", "cluster_genre_purity", "train_seconds",
-                       "baseline_bias_rmse", "cluster_genre_purity_shuffled", "epochs_run"):
+                       "baseline_bias_rmse", "cluster_genre_purity_shuffled", "epochs_run", "prepare_seconds",
+                       "train_step_seconds", "cluster_seconds", "register_seconds", "pipeline_seconds"):
             assert metric in run.data.metrics, metric
         steps = children(client, exp.experiment_id, run.info.run_id)
         assert set(steps) == {"prepare", "train", "cluster"}
@@ -72,6 +79,9 @@ def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tr
         for step in steps.values():
             assert not set(step.data.metrics) & set(run.data.metrics), step.info.run_name
         assert "data_ratings" in steps["prepare"].data.metrics and "select_seconds" in steps["train"].data.metrics
+        assert "evaluate_seconds" in steps["train"].data.metrics
+        phases = [run.data.metrics[f"{p}_seconds"] for p in ("prepare", "train_step", "cluster", "register")]
+        assert all(p > 0 for p in phases) and sum(phases) <= run.data.metrics["pipeline_seconds"]
         assert len(client.get_metric_history(run.info.run_id, "val_rmse")) == run.data.metrics["epochs_run"]
         assert run.data.tags["mfrec.champion_decision"]
         assert any(key.startswith("system/") for key in run.data.metrics)  # sampled every second

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from mfrec.data.ids import csr_from_pairs
 from mfrec.evaluation import baselines, metrics
 from mfrec.serving.recommender import Recommender
 
 
-def evaluate(rec: Recommender, train: pd.DataFrame, test: pd.DataFrame, k: int = 10) -> dict:
+# Test users ranked per step of the progress bar.
+PROGRESS_USERS = 16384
+
+
+def evaluate(rec: Recommender, train: pd.DataFrame, test: pd.DataFrame, k: int = 10,
+             progress: bool | None = None) -> dict:
     """Rating and ranking metrics on ``test`` (``train`` = the ratings ``rec`` was fitted on).
 
     Returns the metric names the README's "What a run logs" lists: ``test_rmse``, ``test_mae``,
     ``test_precision_at_10``, ``test_recall_at_10``, ``test_ndcg_at_10`` and baselines. A
     model of implicit feedback has no ratings to predict: its rating metrics are NaN.
+    ``progress``: a bar over the test users being ranked (None: when stderr is a terminal).
     """
     implicit = rec.bundle.implicit  # choices without ratings: no rating metrics (NaN, not logged)
     actual = test["rating"].to_numpy()
@@ -28,7 +37,16 @@ def evaluate(rec: Recommender, train: pd.DataFrame, test: pd.DataFrame, k: int =
     user_rows = rec.user_index.index(test["userId"].to_numpy())
     item_rows = rec.item_index.index(test["movieId"].to_numpy())
     users, relevant = metrics.relevant_sets(test, user_rows, item_rows, rec.rating_range)
-    ranking = metrics.ranking_metrics(lambda rows, kk: rec.ranker.top_items(rows, kk)[0], users, relevant, k)
+    show = progress if progress is not None else sys.stderr.isatty()
+
+    def top_items(rows, kk):
+        steps = range(0, len(rows), PROGRESS_USERS)
+        if show and len(steps) > 1:
+            steps = tqdm(steps, desc="evaluate", unit="block", leave=False)
+        return np.concatenate([rec.ranker.top_items(rows[s:s + PROGRESS_USERS], kk)[0] for s in steps]) \
+            if len(rows) else rec.ranker.top_items(rows, kk)[0]
+
+    ranking = metrics.ranking_metrics(top_items, users, relevant, k)
     out.update({f"test_{name}": value for name, value in ranking.items()})
 
     if implicit:

@@ -24,12 +24,14 @@ values are used as given. The search never looks at the test split.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from mfrec.data.ids import IdIndex, Interactions
 from mfrec.errors import ConfigError
@@ -172,12 +174,14 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
         study.enqueue_trial(params)
     budget = search.trials if space else 1  # nothing to sample: one fit, whose ranking weights are chosen
     trials, fits, leader, stopped = [], {}, -math.inf, f"{budget} trial{'s' if budget > 1 else ''}"
+    show = config.progress if config.progress is not None else sys.stderr.isatty()
+    bar = tqdm(total=budget, desc="search", unit="trial", disable=not show, leave=False)
     for number in range(budget):
         trial = study.ask()
         params = {name: _suggest(trial, name, spec) for name, spec in space.items()}
         row = {"trial": number, "params": params, "_start": number < len(starts)}
         trial_started = time.perf_counter()
-        cfg = replace(config, **{**{n: fixed[n] for n in config.auto_fields()}, **params})
+        cfg = replace(config, **{**{n: fixed[n] for n in config.auto_fields()}, **params}, progress=False)
         state, result, history = "complete", None, []
         try:
             result = fit(tr, cfg, val=va, **_hooks(trial, validation, ranking, curve, history, config.implicit))
@@ -202,9 +206,11 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
                 fits[number], leader = result, value
         if on_trial is not None:
             on_trial(row, result)
+        bar.update(1)
         if _agree(time.perf_counter() - started > search.seconds) and number + 1 < budget:
             stopped = f"the time limit ({search.seconds:g} s) after {number + 1} of {budget} trials"
             break
+    bar.close()
     best = _best(trials, search.objective, config.implicit)
     chosen = {k: v for k, v in best["params"].items() if k in TrainConfig.__dataclass_fields__}
     resolved = replace(config, **{**{n: fixed[n] for n in config.auto_fields()}, **chosen})
