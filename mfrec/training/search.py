@@ -10,10 +10,7 @@ values are used as given. The search never looks at the test split.
   proposes the trials; the first is the prior (``PRIOR``: values a hand search once found on
   ml-latest-small), so the search can only improve on it.
 - The ranking weights do not change the fit: each trial scores a small grid of them on its
-  model (rating weight first, then genre weight), which costs a few rankings, not fits. A
-  trial that ranks clearly below the best so far at the starting weights (same ``n_factors``)
-  keeps them: re-weighting does not make up such a gap, and the grid is most of a trial's time
-  on a large catalogue.
+  model (rating weight first, then genre weight), which costs a few rankings, not fits.
 - ``objective="ndcg"`` (default: ``recommend`` is the main task) keeps the trial with the best
   validation NDCG@10 among those whose validation RMSE is within ``RMSE_TOLERANCE`` of the
   best trial's, so ranking gains never cost rating accuracy; ``"rmse"`` keeps the lowest
@@ -125,9 +122,7 @@ class Choice:
             params = [_format(row["params"].get(n)) for n in names]
             lines.append("| " + " | ".join([f"{row['trial']}{mark}", *params, str(row.get("best_epoch", "")),
                                              _format(row.get("val_rmse")), _format(row.get("val_ndcg_at_10")),
-                                             f"{row['seconds']:.2f}", row["state"] + (
-                                                 ", weights not tuned (behind)" if row.get("weights_tuned") is False
-                                                 else "")]) + " |")
+                                             f"{row['seconds']:.2f}", row["state"]]) + " |")
         return "\n".join(lines)
 
 
@@ -179,7 +174,6 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
         study.enqueue_trial(params)
     budget = search.trials if space else 1  # nothing to sample: one fit, whose ranking weights are chosen
     trials, fits, leader, stopped = [], {}, -math.inf, f"{budget} trial{'s' if budget > 1 else ''}"
-    ahead = {}  # per n_factors: the per-user NDCG at the starting weights of the best trial so far
     show = config.progress if config.progress is not None else sys.stderr.isatty()
     bar = tqdm(total=budget, desc="search", unit="trial", disable=not show, leave=False)
     for number in range(budget):
@@ -196,12 +190,7 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
         row["_history"] = history
         if result is not None:
             row.update(best_epoch=result.best_epoch, val_rmse=result.best_val_rmse)
-            size = params.get("n_factors")
-            weights, per_user, at_start, tuned = _ranking_weights(validation, result.model, ranking,
-                                                                  None if row["_start"] else ahead.get(size))
-            if size not in ahead or at_start.mean() > ahead[size].mean():
-                ahead[size] = at_start
-            row["weights_tuned"] = tuned
+            weights, per_user = _ranking_weights(validation, result.model, ranking)
             row["params"] = {**params, **weights}
             row["val_ndcg_at_10"] = float(per_user.mean())
             row["_per_user"] = per_user
@@ -264,17 +253,12 @@ def _grid_value(spec, value):
     return min(max(value, low), high)
 
 
-def _ranking_weights(validation: Validation, model, ranking: RankingConfig,
-                     ahead: Optional[np.ndarray] = None) -> tuple[dict, np.ndarray, np.ndarray, bool]:
+def _ranking_weights(validation: Validation, model, ranking: RankingConfig) -> tuple[dict, np.ndarray]:
     """The ``auto`` ranking weights that rank ``model`` best on validation (rating weight over
     its grid, then genre weight at that rating weight; a move away from the prior only when
-    :func:`clearly_better`), the validation users' NDCG@10 with them and with the prior
-    weights, and whether the grid was scored. When ``ahead`` (another model's per-user NDCG at the prior weights) is clearly
-    better than this model's, the grid is skipped: the prior weights are kept."""
+    :func:`clearly_better`), and the validation users' NDCG@10 with them."""
     current = ranking.with_prior()
-    scores = at_start = validation.ndcg_per_user(model, current)
-    if ahead is not None and clearly_better(ahead, at_start):
-        return {name: getattr(current, name) for name in ranking.auto_fields()}, scores, at_start, False
+    scores = validation.ndcg_per_user(model, current)
     for name, grid in (("rating_weight", RATING_WEIGHTS), ("genre_weight", GENRE_WEIGHTS)):
         if name not in ranking.auto_fields():
             continue
@@ -284,7 +268,7 @@ def _ranking_weights(validation: Validation, model, ranking: RankingConfig,
             best_scores, best = max(tried, key=lambda t: t[0].mean())
             if clearly_better(best_scores, scores):
                 scores, current = best_scores, best
-    return {name: getattr(current, name) for name in ranking.auto_fields()}, scores, at_start, True
+    return {name: getattr(current, name) for name in ranking.auto_fields()}, scores
 
 
 def _hooks(trial, validation: Validation, ranking: RankingConfig, curve: bool, history: list,
