@@ -52,7 +52,7 @@ DEFAULTS = {
     "data_path": "", "scale": "synthetic-25m", "notebook_epochs": "3", "serve_requests": "2000",
     "seed": "0", "dataset": "ml-latest-small", "throughput_epochs": "2", "rating_only_variant": "true",
     "serve_workers": "1", "peers": "true", "tune": "true", "tune_trials": "60", "busy": "true",
-    "sweep_scales": "synthetic-1m,synthetic-25m", "sweep_factors": "32,64,128", "sweep_factors_small": "256",
+    "sweep_scales": "synthetic-1m,synthetic-25m", "sweep_factors": "8,32,64,128", "sweep_factors_small": "256",
     "custom_pipeline": "synthetic-1m", "custom_memory": "synthetic-25m",
 }
 NUMBERS = {"notebook_epochs": int, "serve_requests": int, "seed": int, "throughput_epochs": int, "tune_trials": int}
