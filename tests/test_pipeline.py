@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import uuid
@@ -92,6 +93,11 @@ def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tr
         # Dataset inputs on the pipeline's run, also when the prepared data were reused.
         inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
         assert set(inputs) == {"ml-latest-small-train", "ml-latest-small-val", "ml-latest-small-test"}
+        # The schema the UI shows: every column, typed, none missing.
+        schema = json.loads(inputs["ml-latest-small-train"].dataset.schema)["mlflow_colspec"]
+        assert [(c["name"], c["type"], c["required"]) for c in schema] == [
+            ("userId", "integer", True), ("movieId", "integer", True), ("rating", "float", True),
+            ("timestamp", "long", True)]
     # One logged model per pipeline, on its top-level run, named for what it is.
     models = client.search_logged_models([exp.experiment_id])
     assert sorted(m.source_run_id for m in models) == sorted([first.info.run_id, second.info.run_id])
