@@ -266,3 +266,20 @@ def test_rest_benchmark_serves_both_models(tiny_split, tmp_path, monkeypatch):
     table = report.markdown_table({"serving": out})
     assert "| REST | identity, 2 client(s) |" in table and "| REST | mfrec, 2 client(s), 2 workers |" in table
     assert os.environ["MLFLOW_RUN_ID"] == "0123456789abcdef0123456789abcdef"  # restored
+
+
+def test_gpu_check_figures_on_the_cpu(tmp_path, capsys):
+    """scripts/gpu_check.sh's sweep and training figures, run on the CPU on a small synthetic
+    set: one line per device and k (the CG solve from 20 factors), and the train step's."""
+    from benchmarks import gpu_sweeps
+
+    out = tmp_path / "gpu.json"
+    assert gpu_sweeps.main(["--dataset", "synthetic-30k", "--factors", "4,24", "--devices", "cpu", "--train", "cpu",
+                            "--output-json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert [(r["n_factors"], r["als_solve"]) for r in figures["sweeps"]] == [(4, "exact"), (24, "cg")]
+    for row in figures["sweeps"]:
+        _positive(row["steady_sweep_seconds"], row["ratings_per_second"])
+    assert figures["train"]["device"] == "cpu" and figures["train"]["test_ndcg_at_10"] > 0
+    printed = capsys.readouterr().out
+    assert "cpu k=24 (cg):" in printed and "cpu train step + evaluation:" in printed
