@@ -147,10 +147,11 @@ def dataset_inputs(prepared_uri: str) -> list:
                                               name=f"{manifest['dataset']}-{name.removesuffix('.parquet')}",
                                               digest=manifest["files"][name]["sha256"][:32])
             # MLflow infers a frame's schema value by value in Python (about 30 s a table at 25M
-            # ratings); its first rows, plus a row with a missing value if there is one, give the
-            # same schema. (The schema is a cached property: this fills its cache.)
+            # ratings); its first rows, plus a row with a missing value of each column that has
+            # one, give the same schema. (The schema is a cached property: this fills its cache.)
             frame = frames[name]
-            sample = pd.concat([frame.head(1000), frame[frame.isna().any(axis=1)].head(1)])
+            missing = frame.isna()
+            sample = pd.concat([frame.head(1000), frame.loc[missing.idxmax()[missing.any()].unique()]])
             dataset.__dict__["schema"] = infer_signature(sample).inputs
             inputs.append((dataset, context))
         return inputs

@@ -54,7 +54,9 @@ def test_two_invocations_compare_side_by_side_and_a_failure_registers_nothing(tr
     phases = {name.strip(" ;"): float(value) for name, value in re.findall(r"([a-z ;]+) ([\d.]+)", line[9:])}
     assert set(phases) == {"prepare", "settings search", "sweep count", "refit", "evaluate", "served refit",
                            "cluster", "register", "logging", "all"}, line
-    assert sum(v for k, v in phases.items() if k != "all") == pytest.approx(phases["all"], abs=0.6), line
+    # The rest ("logging") is what the named phases leave: never negative (no phase counted twice).
+    assert all(v >= 0 for v in phases.values()) and phases["logging"] < phases["all"], line
+    assert sum(v for k, v in phases.items() if k not in ("all", "logging")) <= phases["all"] + 0.5, line
     # The settings left auto are chosen on validation, and the console says so.
     assert "settings chosen on validation: reg=" in proc.stderr
     held_out = mlflow_run(tracking_server, experiment, tmp_path, *common, "n_factors=4", "epochs=4", "refit_all=false",

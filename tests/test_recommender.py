@@ -291,3 +291,18 @@ def test_popularity_baseline_ranks_each_users_unseen_films_by_count(small_split)
     tiny = pd.DataFrame({"userId": [1, 1, 2], "movieId": [10, 20, 10], "rating": [4.0, 3.0, 5.0]})
     tiny_ranker = PopularityRanker(tiny, IdIndex(tiny["userId"]), IdIndex(tiny["movieId"]))
     assert tiny_ranker.top_items(np.array([0, 1]), 2).tolist() == [[-1, -1], [1, -1]]
+
+
+def test_popularity_baseline_with_a_film_seen_twice_and_unknown_rows():
+    """A film listed twice among a user's ratings counts once; an unknown user row is refused."""
+    from mfrec.data.ids import IdIndex
+    from mfrec.evaluation.baselines import PopularityRanker
+
+    train = pd.DataFrame({"userId": [1, 1, 1, 2, 2, 3], "movieId": [10, 10, 20, 30, 40, 40],
+                          "rating": [4.0, 4.0, 3.0, 5.0, 2.0, 1.0]})
+    users, items = IdIndex(train["userId"]), IdIndex(train["movieId"])
+    ranker = PopularityRanker(train, users, items)
+    # Counts: 10 and 40 twice, 20 and 30 once; ties by movieId.
+    assert [items.ids[i] for i in ranker.top_items(np.array([0]), 2)[0]] == [40, 30]
+    with pytest.raises(ValueError, match="known users"):
+        ranker.top_items(np.array([-1]), 2)

@@ -57,16 +57,19 @@ class PopularityRanker:
         unseen item sits at place ``j + #{m : s_m - m <= j}``.
         """
         rows = np.asarray(user_rows, np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self.indptr) - 1):
+            raise ValueError("user rows must be known users' rows (0 to the number of users - 1)")
         n_items = len(self.order)
         starts = self.indptr[rows]
         lengths = self.indptr[rows + 1] - starts
-        first = np.cumsum(lengths) - lengths
         owner = np.repeat(np.arange(len(rows)), lengths)
-        offsets = np.arange(lengths.sum()) - np.repeat(first, lengths)
-        # Each user's places sorted (one sort of user and place as one number), then s_m - m:
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        # Each user's distinct places, sorted (user and place as one number), then s_m - m:
         # sorted overall, as it never decreases within a user.
-        keys = np.sort(owner * (n_items + 1) + self.position[self.indices[np.repeat(starts, lengths) + offsets]])
-        keys -= offsets
+        keys = np.unique(owner * (n_items + 1) + self.position[self.indices[np.repeat(starts, lengths) + offsets]])
+        owner = keys // (n_items + 1)
+        first = np.searchsorted(owner, np.arange(len(rows)))
+        keys -= np.arange(len(keys)) - first[owner]
         wanted = np.arange(k)
         before = np.searchsorted(keys, np.arange(len(rows))[:, None] * (n_items + 1) + wanted, side="right")
         place = wanted + before - first[:, None]

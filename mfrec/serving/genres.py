@@ -60,7 +60,6 @@ def votes(matrix: np.ndarray, users: np.ndarray, items: np.ndarray, ratings: np.
     low, high = float(rating_range[0]), float(rating_range[1])
     if not low < high:
         raise ValueError(f"rating_range must be (low, high) with low < high, got {rating_range}")
-    per_genre = np.asarray(matrix, np.float64)
     counts = np.zeros((n_users, matrix.shape[1]))
     total = np.zeros(n_users)
     for start in range(0, len(users), _CHUNK):
@@ -69,8 +68,8 @@ def votes(matrix: np.ndarray, users: np.ndarray, items: np.ndarray, ratings: np.
         total += np.bincount(u, weights=weight, minlength=n_users)
         # (users x films) weights times (films x genres): a sparse product, not a gather per rating.
         films = sparse.csr_matrix((weight, (u, np.asarray(items[start:start + _CHUNK], dtype=np.int64))),
-                                  shape=(n_users, len(per_genre)))
-        counts += films @ per_genre
+                                  shape=(n_users, len(matrix)))
+        counts += films @ matrix  # float64: the weights' type
     return counts.astype(np.float32), total.astype(np.float32)
 
 

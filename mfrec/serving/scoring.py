@@ -40,8 +40,11 @@ class ScoreBlocks:
     def starts(self) -> range:
         return range(0, self.n_rows, self.block)
 
+    @torch.no_grad()
     def product(self, rows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """``rows @ table`` (rows: at most one block), written into the buffer."""
+        if len(rows) > self.block:
+            raise ValueError(f"{len(rows)} rows do not fit a block of {self.block}")
         if self._buffer is None or self._buffer.dtype != table.dtype or self._buffer.device != table.device:
             self._buffer = torch.empty(min(self.block, self.n_rows), table.shape[1], dtype=table.dtype,
                                        device=table.device)
