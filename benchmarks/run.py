@@ -151,11 +151,13 @@ def run_benchmark(values: dict, workdir: Path, progress_json: Path | None = None
     factors = _factor_list("sweep_factors", values["sweep_factors"])
     extra = _factor_list("sweep_factors_small", values["sweep_factors_small"])
     for index, name in enumerate(s.strip() for s in values["sweep_scales"].split(",") if s.strip()):
-        # The first (smallest) set also gets the larger k, and a run beside CPU-bound processes.
+        # The first (smallest) set also gets the larger k; every set a run beside CPU-bound
+        # processes (the larger ones at their smallest k: minutes a sweep otherwise).
         ks = factors + (extra if index == 0 else [])
         section(f"sweeps_{name}", functools.partial(peers.sweep_comparison, name, ks, workdir))
-        if index == 0 and parse_bool("busy", values["busy"]):
-            section(f"sweeps_{name}_busy", functools.partial(peers.sweep_comparison, name, factors, workdir, True))
+        if parse_bool("busy", values["busy"]):
+            busy_ks = factors if index == 0 else [min(factors)]
+            section(f"sweeps_{name}_busy", functools.partial(peers.sweep_comparison, name, busy_ks, workdir, True))
     custom = {"pipeline": values["custom_pipeline"].strip(), "memory": values["custom_memory"].strip()}
     if custom["pipeline"].lower() not in ("", "none"):
         section("custom_pipeline", lambda: custom_data.pipeline_comparison(custom["pipeline"], workdir / "custom-run"))

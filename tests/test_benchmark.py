@@ -173,7 +173,7 @@ def test_entry_point_logs_table_and_json(tmp_path, monkeypatch):
     with mlflow_uris(uri):
         rc = benchmark.main(["--dataset", "synthetic-3k", "--scale", "synthetic-2k", "--notebook-epochs", "1",
                              "--serve-requests", "0", "--throughput-epochs", "1", "--rating-only-variant", "false",
-                             "--tune-trials", "3", "--sweep-scales", "synthetic-2k", "--sweep-factors", "4",
+                             "--tune-trials", "3", "--sweep-scales", "synthetic-2k,synthetic-3k", "--sweep-factors", "4,6",
                              "--sweep-factors-small", "", "--custom-pipeline", "synthetic-3k",
                              "--custom-memory", "synthetic-3k", "--output-json", str(out_json)])
         assert rc == 0
@@ -196,12 +196,16 @@ def test_entry_point_logs_table_and_json(tmp_path, monkeypatch):
     for row in ("| ranking | EASE: test NDCG@10 |", "| ranking | implicit ALS: test NDCG@10 |",
                 "| ranking | -e tune's search at its default budget: test NDCG@10 |",
                 "| sweep vs implicit | synthetic-2k, k=4 (exact) |",
-                "| sweep vs implicit | synthetic-2k beside 2 CPU-bound processes, k=4 (exact) |",
+                "| sweep vs implicit | synthetic-2k beside 2 CPU-bound processes, k=6 (exact) |",
+                "| sweep vs implicit | synthetic-3k, k=6 (exact) |",
+                # A larger set runs beside the CPU-bound processes at its smallest k only.
+                "| sweep vs implicit | synthetic-3k beside 2 CPU-bound processes, k=4 (exact) |",
                 "| busy machine | default train step (search included), quiet / beside 2 CPU-bound processes |",
                 "| busy machine | one sweep over",
                 "| your own data | mlflow run: dataset=custom (parquet, text ids) / synthetic-3k itself |",
                 "| your own data | prepare step on synthetic-3k's ratings as parquet with text ids |"):
         assert row in table, row
+    assert "| sweep vs implicit | synthetic-3k beside 2 CPU-bound processes, k=6 (exact) |" not in table
     assert results["tune"]["trials"] == 3 and results["busy_training"]["hogs"] == 2
     for key in ("ease_test_ndcg_at_10", "implicit_als_test_ndcg_at_10", "tune_test_ndcg_at_10",
                 "sweep_ratio_synthetic_2k_k4", "busy_training_over_quiet", "throughput_busy_over_quiet",
