@@ -24,10 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mfrec.data.ids import ExternalIds
+from mfrec.data.parse import NO_GENRES
 from mfrec.data.parts import Where, bad, files_sha256, no_nulls, read_parts, table_files
 from mfrec.errors import ConfigError, DataError
-
-NO_CATEGORY = "(no genres listed)"  # what MovieLens says of a film without genres
 
 
 @dataclass(frozen=True)
@@ -229,7 +228,7 @@ def _read_items(columns: Columns, ratings_kind: str) -> tuple[pd.DataFrame, list
     else:
         parts = text(columns.category).str.split(columns.separator, regex=False)
     frame["genres"] = parts.map(lambda p: "|".join(x.strip().replace("|", "/") for x in p if x.strip())
-                                or NO_CATEGORY)
+                                or NO_GENRES)
     return frame, files
 
 
@@ -282,16 +281,15 @@ def _int32(codes) -> np.ndarray:
 def _items_frame(item_ids: np.ndarray, catalogue: pd.DataFrame | None) -> pd.DataFrame:
     """One row per item code: the items table's title and categories, or the id as the title."""
     frame = pd.DataFrame({"movieId": np.arange(len(item_ids), dtype=np.int32)})
+    names = _as_numpy(_as_text(item_ids))
     if catalogue is None:
-        names = _as_numpy(_as_text(item_ids))
-        titles, genres, missing = names, np.full(len(item_ids), NO_CATEGORY, dtype=object), len(item_ids)
+        titles, genres, missing = names, np.full(len(item_ids), NO_GENRES, dtype=object), len(item_ids)
     else:
         at = pd.Index(catalogue["item"].to_numpy()).get_indexer(item_ids)
         has = at >= 0
-        names = _as_numpy(_as_text(item_ids))
         titles = np.where(has, catalogue["title"].to_numpy(dtype=object)[np.maximum(at, 0)], names)
         titles = np.where(has & (titles == ""), names, titles)
-        genres = np.where(has, catalogue["genres"].to_numpy(dtype=object)[np.maximum(at, 0)], NO_CATEGORY)
+        genres = np.where(has, catalogue["genres"].to_numpy(dtype=object)[np.maximum(at, 0)], NO_GENRES)
         missing = int((~has).sum())
     frame["title"] = pd.Series(titles, dtype=object).astype(str)
     frame["genres"] = pd.Series(genres, dtype=object).astype(str)
