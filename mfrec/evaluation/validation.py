@@ -65,10 +65,9 @@ class Validation:
         rows = scoring.ranking_rows(model, self._users, weight, None, taste)
         table = scoring.ranking_table(model, weight, self._genres if with_genres else None)
         top, blocks = [], scoring.ScoreBlocks(len(rows), table.shape[1])
-        block = blocks.block
-        for start in blocks.starts():  # a block of scores that stays in the cache
-            scores = blocks.product(rows[start:start + block], table)
-            scoring.mask_seen(scores, self.base.seen_indptr, self.base.seen_indices, self.ranked[start:start + block])
+        for block in blocks.slices():  # a block of scores that stays in the cache
+            scores = blocks.product(rows[block], table)
+            scoring.mask_seen(scores, self.base.seen_indptr, self.base.seen_indices, self.ranked[block])
             top.append(scoring.top_k(scores, K)[1])
         return metrics.per_user(torch.cat(top).numpy(), self.relevant, K)[2]
 

@@ -161,8 +161,8 @@ class Ranker:
     def _similar(self, item_rows: np.ndarray, k: int) -> tuple:
         k = min(k, self.n_items - 1)
         blocks = scoring.ScoreBlocks(len(item_rows), self.n_items)
-        parts = [scoring.similar_items(self.unit_factors, torch.as_tensor(item_rows[start:start + blocks.block]), k,
-                                       blocks) for start in blocks.starts()]
+        parts = [scoring.similar_items(self.unit_factors, torch.as_tensor(item_rows[part]), k, blocks)
+                 for part in blocks.slices()]
         if not parts:
             return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
         return (np.concatenate([indices.numpy() for _, indices in parts]),
@@ -173,21 +173,20 @@ class Ranker:
         """Score every item for each row, mask the seen ones, take the top k."""
         b, out_idx, out_val = self.bundle, [], []
         blocks = scoring.ScoreBlocks(len(user_rows), self.n_items)
-        block = blocks.block
-        for start in blocks.starts():
-            rows = user_rows[start:start + block]
+        for block in blocks.slices():
+            rows = user_rows[block]
             if folded is None:
                 vectors = torch.from_numpy(self.known_rows[rows])
                 with_genres = self.ranking.genre_weight > 0
             else:
-                part = folded[slice(start, start + block)]
+                part = folded[block]
                 vectors = scoring.ranking_rows(b.model, None, self.ranking.rating_weight, part, part.genre_taste)
                 with_genres = part.genre_taste is not None
             scores = blocks.product(vectors, self.table(with_genres))
             if exclude_seen and folded is None:
                 scores = scoring.mask_seen(scores, b.seen_indptr, b.seen_indices, rows)
             if exclude_seen and extra_seen is not None:
-                scores = scoring.mask_seen(scores, *extra_seen, np.arange(start, start + len(rows)))
+                scores = scoring.mask_seen(scores, *extra_seen, np.arange(block.start, block.start + len(rows)))
             values, indices = scoring.top_k(scores, k)
             out_idx.append(indices.numpy())
             out_val.append(values.numpy())

@@ -37,8 +37,9 @@ class ScoreBlocks:
         self.n_rows, self.n_items = n_rows, n_items
         self._buffer = None
 
-    def starts(self) -> range:
-        return range(0, self.n_rows, self.block)
+    def slices(self) -> list[slice]:
+        """The blocks' rows, in order."""
+        return [slice(start, start + self.block) for start in range(0, self.n_rows, self.block)]
 
     @torch.no_grad()
     def product(self, rows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
