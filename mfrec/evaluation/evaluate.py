@@ -40,11 +40,9 @@ def evaluate(rec: Recommender, train: pd.DataFrame, test: pd.DataFrame, k: int =
     show = progress if progress is not None else sys.stderr.isatty()
 
     def top_items(rows, kk):
-        steps = range(0, len(rows), PROGRESS_USERS)
-        if show and len(steps) > 1:
-            steps = tqdm(steps, desc="evaluate", unit="block", leave=False)
-        return np.concatenate([rec.ranker.top_items(rows[s:s + PROGRESS_USERS], kk)[0] for s in steps]) \
-            if len(rows) else rec.ranker.top_items(rows, kk)[0]
+        steps = range(0, max(len(rows), 1), PROGRESS_USERS)  # one (empty) step for no users
+        bar = tqdm(steps, desc="evaluate", unit="block", leave=False, disable=not show or len(steps) < 2)
+        return np.concatenate([rec.ranker.top_items(rows[s:s + PROGRESS_USERS], kk)[0] for s in bar])
 
     ranking = metrics.ranking_metrics(top_items, users, relevant, k)
     out.update({f"test_{name}": value for name, value in ranking.items()})
