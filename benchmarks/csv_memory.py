@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def child(folder: str) -> None:
-    from benchmarks.machine import proc_status_bytes
+    from benchmarks.machine import peak_against, proc_status_bytes
     from mfrec.data.parse import read_dataset
 
     baseline = proc_status_bytes("VmRSS")
@@ -32,11 +32,7 @@ def child(folder: str) -> None:
     parsed = read_dataset(folder)
     seconds = time.perf_counter() - started
     n = len(parsed.ratings)
-    raw = 12 * n
-    peak = proc_status_bytes("VmHWM")
-    print(json.dumps({"ratings": n, "seconds": seconds, "rss_after_imports": baseline, "peak_rss": peak,
-                      "raw_bytes": raw, "peak_over_raw": peak / raw,
-                      "peak_above_imports_over_raw": (peak - baseline) / raw,
+    print(json.dumps({"ratings": n, "seconds": seconds, **peak_against(12 * n, baseline),
                       "result_bytes": int(parsed.ratings.memory_usage(deep=True).sum())}))
 
 

@@ -102,7 +102,7 @@ def prepare_memory(dataset: str, workdir: Path) -> dict:
 
 
 def child(folder: str) -> None:
-    from benchmarks.machine import proc_status_bytes
+    from benchmarks.machine import peak_against, proc_status_bytes
     from mfrec.data.custom import Columns
     from mfrec.data.prepare import load_dataset, prepare_loaded
     from mfrec.data.split import SplitConfig
@@ -116,11 +116,7 @@ def child(folder: str) -> None:
     prepare_loaded(loaded, SplitConfig(), Path(folder) / "prepared")
     seconds = time.perf_counter() - started
     n = len(loaded.ratings)
-    peak = proc_status_bytes("VmHWM")
-    raw = 20 * n
-    print(json.dumps({"rows": n, "read_seconds": read, "prepare_seconds": seconds, "rss_after_imports": baseline,
-                      "peak_rss": peak, "raw_bytes": raw, "peak_over_raw": peak / raw,
-                      "peak_above_imports_over_raw": (peak - baseline) / raw}))
+    print(json.dumps({"rows": n, "read_seconds": read, "prepare_seconds": seconds, **peak_against(20 * n, baseline)}))
 
 
 def main() -> None:

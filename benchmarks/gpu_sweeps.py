@@ -5,8 +5,9 @@ default train step with evaluation on the GPU: what ``scripts/gpu_check.sh`` pri
                                     [--devices cpu,cuda] [--train cuda] [--output-json F]
 
 A figure is the second sweep of a fit (the first also builds the sparse matrices), with the
-search's starting settings; ``--train DEVICE`` runs :func:`mfrec.workflow.train_and_evaluate`
-(settings search, sweep count, refit, evaluation) on a random split of the same data.
+search's starting settings (:func:`benchmarks.scale.throughput_child` on the raw arrays);
+``--train DEVICE`` runs the default train step with evaluation
+(:func:`benchmarks.training.mfrec_benchmark`, once) on a random split of the same data.
 """
 
 from __future__ import annotations
@@ -14,46 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
+import tempfile
 from pathlib import Path
-
-
-def sweep_seconds(data, n_factors: int, device: str, sweeps: int = 2) -> dict:
-    """Seconds of each of ``sweeps`` sweeps of a k=``n_factors`` fit on ``device``."""
-    import torch
-
-    from mfrec.training.config import TrainConfig
-    from mfrec.training.fit import fit
-
-    config = TrainConfig(n_factors=n_factors, device=device, progress=False).with_prior()
-    stamps = []
-
-    def stamp(_record):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        stamps.append(time.perf_counter())
-
-    started = time.perf_counter()
-    fit(data, config, epochs=sweeps, on_epoch=stamp)
-    gaps = [b - a for a, b in zip([started, *stamps], stamps)]
-    last = gaps[-1]
-    return {"device": device, "n_factors": n_factors, "als_solve": config.solve, "sweep_seconds": gaps,
-            "steady_sweep_seconds": last, "ratings_per_second": len(data) / last}
-
-
-def train_seconds(ratings, movies, device: str) -> dict:
-    """The default train step and evaluation on ``device`` (random split, seed 0)."""
-    from mfrec.data.split import SplitConfig, split_ratings
-    from mfrec.training.config import TrainConfig
-    from mfrec.workflow import train_and_evaluate
-
-    train, val, test = split_ratings(ratings, SplitConfig())
-    started = time.perf_counter()
-    outcome = train_and_evaluate(train, val, test, movies, TrainConfig(device=device, progress=False))
-    m = outcome.metrics
-    return {"device": device, "seconds": time.perf_counter() - started,
-            **{k: float(m[k]) for k in ("search_seconds", "select_seconds", "refit_seconds", "evaluate_seconds",
-                                        "best_epoch", "test_rmse", "test_ndcg_at_10")}}
 
 
 def main(argv=None) -> int:
@@ -65,25 +28,34 @@ def main(argv=None) -> int:
     parser.add_argument("--output-json", default="")
     args = parser.parse_args(argv)
 
-    from mfrec.data.ids import IdIndex, Interactions
+    from benchmarks.scale import throughput_child, write_rating_arrays
+    from benchmarks.training import mfrec_benchmark
     from mfrec.data.prepare import load_dataset
+    from mfrec.data.split import SplitConfig, split_ratings
+    from mfrec.training.config import TrainConfig
 
     loaded = load_dataset(args.dataset, "", progress=False)
-    ratings = loaded.ratings
-    data = Interactions.from_frame(ratings, IdIndex(ratings["userId"]), IdIndex(ratings["movieId"]))
-    out = {"dataset": args.dataset, "ratings": len(data), "sweeps": [], "train": None}
-    for device in args.devices.split(","):
-        for k in (int(v) for v in args.factors.split(",")):
-            row = sweep_seconds(data, k, device)
-            out["sweeps"].append(row)
-            print(f"{device} k={k} ({row['als_solve']}): {row['steady_sweep_seconds']:.3f} s a sweep, "
-                  f"{row['ratings_per_second'] / 1e6:.0f}M ratings/s", flush=True)
+    out = {"dataset": args.dataset, "ratings": len(loaded.ratings), "sweeps": [], "train": None}
+    with tempfile.TemporaryDirectory(prefix="mfrec-gpu-") as tmp:
+        write_rating_arrays(loaded.ratings, Path(tmp))
+        for device in args.devices.split(","):
+            for k in (int(v) for v in args.factors.split(",")):
+                run = throughput_child(tmp, 2, {"n_factors": k, "device": device})
+                row = {"device": device, "n_factors": k, "als_solve": run["config"]["als_solve"],
+                       "sweep_seconds": run["epoch_seconds"], "steady_sweep_seconds": run["steady_epoch_seconds"],
+                       "ratings_per_second": run["ratings_per_second"]}
+                out["sweeps"].append(row)
+                print(f"{device} k={k} ({row['als_solve']}): {row['steady_sweep_seconds']:.3f} s a sweep, "
+                      f"{row['ratings_per_second'] / 1e6:.0f}M ratings/s", flush=True)
     if args.train != "none":
-        out["train"] = train_seconds(ratings, loaded.movies, args.train)
-        t = out["train"]
-        print(f"{args.train} train step + evaluation: {t['seconds']:.1f} s (search {t['search_seconds']:.1f}, sweep "
-              f"count {t['select_seconds']:.1f}, refit {t['refit_seconds']:.1f}, evaluate {t['evaluate_seconds']:.1f}); "
-              f"test RMSE {t['test_rmse']:.4f}, NDCG@10 {t['test_ndcg_at_10']:.4f}", flush=True)
+        train, val, test = split_ratings(loaded.ratings, SplitConfig())
+        t, _ = mfrec_benchmark(train, val, test, loaded.movies, TrainConfig(device=args.train, progress=False),
+                               repeats=1)
+        out["train"] = t
+        print(f"{t['device']} train step + evaluation: {t['train_seconds'] + t['evaluate_seconds']:.1f} s (search "
+              f"{t['search_seconds']:.1f}, sweep count {t['select_seconds']:.1f}, refit {t['refit_seconds']:.1f}, "
+              f"evaluate {t['evaluate_seconds']:.1f}); test RMSE {t['test_rmse']:.4f}, NDCG@10 "
+              f"{t['test_ndcg_at_10']:.4f}", flush=True)
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(out, indent=2))
     return 0

@@ -82,3 +82,11 @@ def peak_rss_bytes() -> int:
         return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def peak_against(raw_bytes: int, rss_after_imports: int) -> dict:
+    """This process's peak RSS against ``raw_bytes`` (the data's own size), also counting only
+    what came after the imports: what the memory benchmarks report."""
+    peak = peak_rss_bytes()
+    return {"rss_after_imports": rss_after_imports, "peak_rss": peak, "raw_bytes": raw_bytes,
+            "peak_over_raw": peak / raw_bytes, "peak_above_imports_over_raw": (peak - rss_after_imports) / raw_bytes}

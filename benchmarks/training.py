@@ -146,7 +146,7 @@ def mfrec_benchmark(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, 
         outcome = train_and_evaluate(train, val, test, movies, config)
         runs.append({name: float(outcome.metrics[name])
                      for name in ("train_seconds", "search_seconds", "select_seconds", "refit_seconds",
-                                  "refit_fit_seconds")})
+                                  "refit_fit_seconds", "evaluate_seconds")})
     median_run = sorted(runs, key=lambda r: r["train_seconds"])[(len(runs) - 1) // 2]
     m = outcome.metrics
     # A sweep's time: the refit's fit() (fixed settings and sweep count, no validation) per sweep.
