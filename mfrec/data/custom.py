@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mfrec.data.ids import ExternalIds
+from mfrec.data.ids import ExternalIds, distinct as distinct_values
 from mfrec.data.parse import NO_GENRES
 from mfrec.data.parts import Where, bad, files_sha256, no_nulls, read_parts, table_files
 from mfrec.errors import ConfigError, DataError
@@ -259,7 +259,7 @@ def _code(values, codes: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     false)."""
     if isinstance(values, np.ndarray):
         if not codes:
-            return np.unique(values), None
+            return distinct_values(values), None
         distinct, inverse = np.unique(values, return_inverse=True)
         return distinct, inverse.astype(np.int32)
     distinct = pc.unique(values)

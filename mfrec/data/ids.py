@@ -27,7 +27,7 @@ class IdIndex:
             self._table = np.full(int(ids.max()) + 1, -1, dtype=np.int64)
             self._table[self.ids] = np.arange(len(self.ids))
         else:
-            self.ids = np.unique(ids)
+            self.ids = distinct(ids)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -48,6 +48,13 @@ class IdIndex:
 
 # Ids below this get IdIndex's lookup table (8 MB at most).
 DENSE_IDS = 1 << 20
+
+
+def distinct(values) -> np.ndarray:
+    """The sorted distinct values of an array: ``np.unique`` by a sort. (numpy 2.3+ finds
+    distinct values by hashing first, about 30 s for 20M int64 keys where sorting takes 1.5 s.)"""
+    values = np.sort(np.asarray(values).ravel())
+    return values[np.concatenate(([True], values[1:] != values[:-1]))] if len(values) else values
 
 
 @dataclass

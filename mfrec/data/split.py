@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from mfrec.data.ids import distinct
 from mfrec.errors import ConfigError
 
 METHODS = ("random", "temporal")
@@ -148,8 +149,8 @@ def unseen_report(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame) ->
         ``{val,test}_unseen_movies`` (ratings of movies absent from train),
         ``{val,test}_unseen_any`` (either).
     """
-    users = np.unique(train["userId"].to_numpy())
-    movies = np.unique(train["movieId"].to_numpy())
+    users = distinct(train["userId"].to_numpy())
+    movies = distinct(train["movieId"].to_numpy())
     out: dict[str, int] = {}
     for name, df in (("val", val), ("test", test)):
         u = ~np.isin(df["userId"].to_numpy(), users)

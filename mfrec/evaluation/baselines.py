@@ -5,26 +5,41 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mfrec.data.ids import IdIndex, csr_from_pairs
+from mfrec.data.ids import IdIndex, csr_from_pairs, distinct
 
 
-def global_mean_predictions(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
-    return np.full(len(test), float(train["rating"].mean()))
+def _same(array):
+    return array
+
+
+def _mean(ratings: np.ndarray, across=None) -> float:
+    if across is None:
+        return float(ratings.mean())
+    total, count = across.total(float(np.sum(ratings, dtype=np.float64)), len(ratings))
+    return total / count
+
+
+def global_mean_predictions(train: pd.DataFrame, test: pd.DataFrame, across=None) -> np.ndarray:
+    """The training mean for every test rating. ``across``: a :class:`mfrec.training.shards.Shard`
+    when ``train`` is one rank's users, for the mean over every rank's (here and below)."""
+    return np.full(len(test), _mean(train["rating"].to_numpy(), across))
 
 
 def bias_predictions(train: pd.DataFrame, test: pd.DataFrame, reg: float = 5.0, iterations: int = 10,
-                     rating_range=(0.5, 5.0)) -> np.ndarray:
-    """``mu + b_u + b_i`` fitted by alternating ridge means (the classic baseline estimate)."""
-    users, items = IdIndex(train["userId"]), IdIndex(train["movieId"])
+                     rating_range=(0.5, 5.0), items: IdIndex | None = None, across=None) -> np.ndarray:
+    """``mu + b_u + b_i`` fitted by alternating ridge means (the classic baseline estimate);
+    ``items``: the item index (default: ``train``'s; every rank's items with ``across``)."""
+    users, items = IdIndex(train["userId"]), items if items is not None else IdIndex(train["movieId"])
     u = users.index(train["userId"].to_numpy())
     i = items.index(train["movieId"].to_numpy())
     r = train["rating"].to_numpy(np.float64)
-    mu = r.mean()
+    mu = _mean(r, across)
+    summed = _same if across is None else across.sum  # an item's sums run over every rank's users
     bu, bi = np.zeros(len(users)), np.zeros(len(items))
     nu = np.bincount(u, minlength=len(users))
-    ni = np.bincount(i, minlength=len(items))
+    ni = summed(np.bincount(i, minlength=len(items)))
     for _ in range(iterations):
-        bi = np.bincount(i, r - mu - bu[u], minlength=len(items)) / (ni + reg)
+        bi = summed(np.bincount(i, r - mu - bu[u], minlength=len(items))) / (ni + reg)
         bu = np.bincount(u, r - mu - bi[i], minlength=len(users)) / (nu + reg)
     tu = users.index(test["userId"].to_numpy())
     ti = items.index(test["movieId"].to_numpy())
@@ -36,12 +51,16 @@ class PopularityRanker:
     """Ranks unseen items by training rating count (ties by movieId), per user.
 
     ``seen``: the users' rated items as CSR ``(indptr, indices)`` by user row, when the
-    caller has them (a bundle's seen lists); else built from ``train``.
+    caller has them (a bundle's seen lists); else built from ``train``. ``across``: as for
+    :func:`global_mean_predictions`.
     """
 
-    def __init__(self, train: pd.DataFrame, user_index: IdIndex, item_index: IdIndex, seen: tuple | None = None):
+    def __init__(self, train: pd.DataFrame, user_index: IdIndex, item_index: IdIndex, seen: tuple | None = None,
+                 across=None):
         i = item_index.index(train["movieId"].to_numpy())
         counts = np.bincount(i, minlength=len(item_index))
+        if across is not None:  # every rank's ratings
+            counts = across.sum(counts)
         self.order = np.lexsort((item_index.ids, -counts))
         self.position = np.empty(len(self.order), np.int64)  # each item's place in that order
         self.position[self.order] = np.arange(len(self.order))
@@ -66,7 +85,7 @@ class PopularityRanker:
         offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         # Each user's distinct places, sorted (user and place as one number), then s_m - m:
         # sorted overall, as it never decreases within a user.
-        keys = np.unique(owner * (n_items + 1) + self.position[self.indices[np.repeat(starts, lengths) + offsets]])
+        keys = distinct(owner * (n_items + 1) + self.position[self.indices[np.repeat(starts, lengths) + offsets]])
         owner = keys // (n_items + 1)
         first = np.searchsorted(owner, np.arange(len(rows)))
         keys -= np.arange(len(keys)) - first[owner]
