@@ -61,6 +61,23 @@ def test_load_prepared_roundtrip(prepared):
     assert p.manifest == manifest
 
 
+def test_a_rank_reads_only_its_users_ratings(prepared, monkeypatch):
+    """A shard of a prepared folder: the users with userId mod W = rank, every one of their
+    ratings, read in batches (small ones here, so that every file takes several)."""
+    out, _ = prepared
+    whole = load_prepared(out)
+    monkeypatch.setattr(prep, "_SHARD_BATCH", 5_000)
+    shards = [load_prepared(out, shard=(rank, 3)) for rank in range(3)]
+    for name in ("train", "val", "test"):
+        parts = [getattr(s, name) for s in shards]
+        for rank, part in enumerate(parts):
+            assert (part["userId"] % 3 == rank).all() and part.dtypes.equals(getattr(whole, name).dtypes)
+        key = ["userId", "movieId"]
+        together = pd.concat(parts).sort_values(key, ignore_index=True)
+        assert together.equals(getattr(whole, name).sort_values(key, ignore_index=True))
+    assert shards[1].movies.equals(whole.movies) and 0.25 < len(shards[1].train) / len(whole.train) < 0.42
+
+
 def test_load_prepared_detects_tampering(prepared, tmp_path):
     out, _ = prepared
     copy = tmp_path / "copy"

@@ -222,12 +222,15 @@ def prepare_loaded(loaded: Loaded, split: SplitConfig, out_dir: str | Path) -> d
     return manifest
 
 
-def load_prepared(path: str | Path, verify: bool = True) -> Prepared:
+def load_prepared(path: str | Path, verify: bool = True, shard: tuple[int, int] | None = None) -> Prepared:
     """Read a prepared folder, checking files, checksums, columns and dtypes.
 
     Args:
         path: the folder holding manifest.json and the parquet files.
         verify: compare each file's sha256 with the manifest.
+        shard: ``(rank, world)``: keep only the ratings of that rank's users
+            (:func:`user_shard`), reading the files in batches so that memory holds about a
+            ``1 / world`` share of the ratings (the movies are read whole).
 
     Raises:
         DataError: missing folder, manifest or file, wrong columns/dtypes/row counts.
@@ -256,13 +259,44 @@ def load_prepared(path: str | Path, verify: bool = True) -> Prepared:
             if actual != expected.get("sha256"):
                 raise ChecksumError(f"{file} does not match {MANIFEST}: expected sha256 "
                                     f"{expected.get('sha256')}, actual {actual}")
-        dtypes = MOVIES_DTYPES if name == MOVIES_FILE else RATINGS_DTYPES
-        frames[name] = _check_frame(pd.read_parquet(file), dtypes, file, expected.get("rows"))
+        if name == MOVIES_FILE or shard is None:
+            dtypes = MOVIES_DTYPES if name == MOVIES_FILE else RATINGS_DTYPES
+            frames[name] = _check_frame(pd.read_parquet(file), dtypes, file, expected.get("rows"))
+        else:
+            frames[name] = _read_shard(file, shard, expected.get("rows"))
     ids = None
     if "ids" in manifest:
         ids = ExternalIds(*(_read_ids(path / ID_FILES[side], manifest, verify) for side in ("users", "items")))
     return Prepared(path, frames["train.parquet"], frames["val.parquet"],
                     frames["test.parquet"], frames[MOVIES_FILE], manifest, ids)
+
+
+def user_shard(user_ids: np.ndarray, world: int) -> np.ndarray:
+    """The rank holding each user's ratings when ``world`` ranks share them: ``userId mod
+    world`` (a user's ratings stay together; ids spread them about evenly)."""
+    return np.asarray(user_ids, dtype=np.int64) % world
+
+
+# Ratings per batch when a rank reads its shard of a file.
+_SHARD_BATCH = 1 << 20
+
+
+def _read_shard(file: Path, shard: tuple[int, int], rows) -> pd.DataFrame:
+    """The rows of ``file`` whose user belongs to ``shard = (rank, world)``, read in batches."""
+    import pyarrow.parquet as pq
+
+    rank, world = shard
+    parts, seen = [], 0
+    with pq.ParquetFile(file) as reader:
+        for batch in reader.iter_batches(batch_size=_SHARD_BATCH):
+            frame = batch.to_pandas()
+            seen += len(frame)
+            parts.append(frame[user_shard(frame["userId"].to_numpy(), world) == rank])
+        if not parts:
+            parts.append(reader.schema_arrow.empty_table().to_pandas())
+    if rows is not None and seen != rows:
+        raise DataError(f"{file}: {seen} rows, manifest says {rows}")
+    return _check_frame(pd.concat(parts, ignore_index=True), RATINGS_DTYPES, file, None)
 
 
 def _read_ids(file: Path, manifest: dict, verify: bool) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -18,13 +19,16 @@ PROGRESS_USERS = 16384
 
 
 def evaluate(rec: Recommender, train: pd.DataFrame, test: pd.DataFrame, k: int = 10,
-             progress: bool | None = None) -> dict:
+             progress: bool | None = None, across=None) -> dict:
     """Rating and ranking metrics on ``test`` (``train`` = the ratings ``rec`` was fitted on).
 
     Returns the metric names the README's "What a run logs" lists: ``test_rmse``, ``test_mae``,
     ``test_precision_at_10``, ``test_recall_at_10``, ``test_ndcg_at_10`` and baselines. A
     model of implicit feedback has no ratings to predict: its rating metrics are NaN.
     ``progress``: a bar over the test users being ranked (None: when stderr is a terminal).
+    ``across``: a :class:`mfrec.training.shards.Shard` when ``rec``, ``train`` and ``test``
+    hold one rank's users (the items are every rank's): each rank ranks its own users, and
+    the metrics and the baselines' statistics are every rank's (the same on each).
     """
     implicit = rec.bundle.implicit  # choices without ratings: no rating metrics (NaN, not logged)
     actual = test["rating"].to_numpy()
@@ -50,16 +54,37 @@ def evaluate(rec: Recommender, train: pd.DataFrame, test: pd.DataFrame, k: int =
     if implicit:
         out["baseline_global_mean_rmse"] = out["baseline_bias_rmse"] = float("nan")
     else:
-        out["baseline_global_mean_rmse"] = metrics.rmse(baselines.global_mean_predictions(train, test), actual)
-        out["baseline_bias_rmse"] = metrics.rmse(baselines.bias_predictions(train, test, rating_range=rec.rating_range),
-                                                 actual)
+        out["baseline_global_mean_rmse"] = metrics.rmse(baselines.global_mean_predictions(train, test, across),
+                                                        actual)
+        items = rec.item_index if across is not None else None
+        out["baseline_bias_rmse"] = metrics.rmse(baselines.bias_predictions(train, test, rating_range=rec.rating_range,
+                                                                            items=items, across=across), actual)
     # The bundle's seen lists are ``train``'s ratings by user: no second copy to build.
     popularity = baselines.PopularityRanker(train, rec.user_index, rec.item_index,
-                                            (rec.bundle.seen_indptr, rec.bundle.seen_indices))
+                                            (rec.bundle.seen_indptr, rec.bundle.seen_indices), across)
     pop = metrics.ranking_metrics(popularity.top_items, users, relevant, k)
     out[f"baseline_popularity_ndcg_at_{k}"] = pop[f"ndcg_at_{k}"]
     out["test_ranked_users"] = int(len(users))
-    return out
+    return out if across is None else _every_rank(out, len(test), across)
+
+
+def _every_rank(out: dict, n_test: int, across) -> dict:
+    """One rank's metrics -> every rank's: ranking metrics are means over the ranked users,
+    rating errors over the test ratings (root mean squares for RMSE)."""
+    users = out.pop("test_ranked_users")
+    by_users = [name for name in out if "_at_" in name]  # precision, recall, NDCG at k; popularity's
+    by_ratings = [name for name in out if name not in by_users]  # RMSE and MAE
+    parts = [out[name] * users if users else 0.0 for name in by_users]
+    parts += [(out[name] ** 2 if name.endswith("rmse") else out[name]) * n_test if n_test else 0.0
+              for name in by_ratings]
+    *totals, all_users, all_ratings = across.total(*parts, users, n_test)
+    combined = {}
+    for name, total in zip(by_users + by_ratings, totals):
+        count = all_users if name in by_users else all_ratings
+        value = total / count if count else float("nan")
+        combined[name] = math.sqrt(value) if name.endswith("rmse") else value
+    combined["test_ranked_users"] = int(all_users)
+    return combined
 
 
 def fold_in_ndcg(rec: Recommender, told_from: pd.DataFrame, heldout: pd.DataFrame, n_told: int,

@@ -48,7 +48,9 @@ class Ranker:
 
     @cached_property
     def base_rates(self) -> np.ndarray:
-        return genres.base_rates(self.bundle.genre_votes, self.bundle.vote_total)
+        given = self.bundle.meta.get("genre_base_rates")  # a bundle of one rank's users: every rank's
+        return np.asarray(given) if given is not None else genres.base_rates(self.bundle.genre_votes,
+                                                                             self.bundle.vote_total)
 
     @cached_property
     def catalogue(self) -> tuple:

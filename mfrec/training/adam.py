@@ -12,27 +12,13 @@ from mfrec.training.model import penalty_scale
 class AdamSolver:
     """One :meth:`epoch` = one permutation of the ratings in minibatches of Adam steps."""
 
-    def __init__(self, model, users, items, ratings, config, device, index_dtype, rank, world):
+    def __init__(self, model, users, items, ratings, config, device, index_dtype):
         self.model = model
         self.config = config
         self.index_dtype = index_dtype
-        self.world = world
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(config.seed)
-        n = len(ratings)
-        self.objective = _Objective(model, config, n, self.generator)
         self.batch_size = config.batch_size
-        if world > 1:
-            # Each rank trains on its own shard with batch_size / world rows per step;
-            # DistributedDataParallel averages the gradients, so a step sees batch_size rows.
-            shard = torch.randperm(n, generator=self.generator, device=device)[rank::world][: n // world]
-            users, items, ratings = users[shard], items[shard], ratings[shard]
-            self.batch_size = max(1, config.batch_size // world)
-            self.generator.manual_seed(config.seed + 1 + rank)
-            self.objective = torch.nn.parallel.DistributedDataParallel(
-                self.objective, device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=config.implicit_weight == 0,
-            )
         self.users, self.items, self.ratings = users, items, ratings
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 
@@ -40,35 +26,20 @@ class AdamSolver:
         return f"the optimiser diverged: try a smaller lr (now {self.config.lr})"
 
     def epoch(self) -> float:
-        """One pass over the (local) ratings; returns the mean training MSE during it."""
+        """One pass over the ratings; returns the mean training MSE during it."""
         self.model.train()
-        n_local = len(self.ratings)
+        n = len(self.ratings)
         loss_sum = torch.zeros((), device=self.ratings.device)
-        perm = torch.randperm(n_local, generator=self.generator, device=self.ratings.device, dtype=self.index_dtype)
-        for start_row in range(0, n_local, self.batch_size):
+        perm = torch.randperm(n, generator=self.generator, device=self.ratings.device, dtype=self.index_dtype)
+        for start_row in range(0, n, self.batch_size):
             batch = perm[start_row:start_row + self.batch_size]
-            loss, mse = self.objective(self.users[batch], self.items[batch], self.ratings[batch])
+            loss, mse = _batch_loss(self.model, self.users[batch], self.items[batch], self.ratings[batch], n,
+                                    self.config, self.generator)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             loss_sum += mse.detach() * len(batch)
-        if self.world > 1:
-            torch.distributed.all_reduce(loss_sum)
-        return float(loss_sum) / (n_local * self.world)
-
-
-class _Objective(torch.nn.Module):
-    """The training loss as a module, so DistributedDataParallel can wrap it."""
-
-    def __init__(self, model, config, n_total, generator):
-        super().__init__()
-        self.model = model
-        self.config = config
-        self.n_total = n_total
-        self.generator = generator
-
-    def forward(self, users, items, ratings):
-        return _batch_loss(self.model, users, items, ratings, self.n_total, self.config, self.generator)
+        return float(loss_sum) / n
 
 
 def _batch_loss(model, users, items, ratings, n_total, config, generator):

@@ -35,15 +35,8 @@ from mfrec.training import csr as csr_module
 from mfrec.training.csr import Csr
 from mfrec.training.linalg import packed, packed_outer_into, solve_spd, unpack_into
 from mfrec.training.parallel import SERIAL, Workers
+from mfrec.training.shards import Shard, all_reduce
 from mfrec.training.model import MatrixFactorization, penalty_scale
-
-
-def _reduce(*tensors):
-    """Sum over the ranks of an initialised process group (each rank holds a shard of ratings)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        for t in tensors:
-            torch.distributed.all_reduce(t)
-    return tensors
 
 
 def _weights(config) -> tuple[float, float]:
@@ -107,7 +100,7 @@ def _user_constants(item_factors, item_choice_bias, config, catalogue=None) -> t
 
 
 def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user: Csr, config,
-                distributed: bool = False, catalogue: tuple | None = None, out: tuple | None = None,
+                catalogue: tuple | None = None, out: tuple | None = None,
                 row_reg: torch.Tensor | None = None, workers: Workers = SERIAL):
     """The user step: exact (bias, rating vector, choice vector) of every row of ``by_user``.
 
@@ -151,8 +144,6 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
         rows = slice(first, first + m)
         summed = part.pattern_product(table)
         rhs, sq = part.residual_product(float(global_mean), item_bias, f)
-        if distributed:
-            _reduce(summed, rhs, sq)
         # One batched solve for both systems of every user: the rating system (D x D) and,
         # padded to D x D with a unit pivot, the choice system (w1 - w0) * sum over rated
         # q q^T + w0 * Q^T Q + reg_u I. Half the per-operation overhead of two solves.
@@ -215,6 +206,8 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
         table[:, kk + k:kk + 2 * k] = c
     table[:, -1] = 1.0
     constant = _item_constant(c, k, w0)
+    if distributed:  # a sum over every rank's users
+        all_reduce(constant)
     constant[range(k, D), range(k, D)] += config.bias_reg
     constant = constant.view(D * D, 1)
     if row_reg is None:
@@ -232,7 +225,7 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
         summed = part.pattern_product(table)
         rhs, _ = part.residual_product(float(global_mean), user_bias, f)
         if distributed:
-            _reduce(summed, rhs)
+            all_reduce(summed, rhs)
         # The sums transposed once (batch last, as solve_spd wants): every entry of every
         # system is then a gather of whole contiguous rows, scaled, plus the constant.
         sums = summed.T.contiguous()
@@ -293,35 +286,38 @@ class AlsSolver:
     each side solved as ``config.solve`` says (``exact`` or ``cg``)."""
 
     def __init__(self, model: MatrixFactorization, users: torch.Tensor, items: torch.Tensor,
-                 ratings: torch.Tensor, config, distributed: bool = False, workers: Workers = SERIAL):
+                 ratings: torch.Tensor, config, shard: Shard | None = None, workers: Workers = SERIAL):
         self.model = model
         self.config = config
-        self.distributed = distributed
+        self.shard = shard  # this rank's users, when the ranks hold shards of users
         self.workers = workers
         n_users, n_items = model.user_factors.shape[0], model.item_factors.shape[0]
         self.by_user = Csr(users, items, ratings, n_users, n_items)
         self.by_item = Csr(items, users, ratings, n_items, n_users)
         n = torch.tensor(float(len(ratings)), dtype=torch.float64, device=ratings.device)
-        self.n_ratings = float(_reduce(n)[0]) if distributed else float(n)
-        # Every rank needs the whole matrix's row counts: ranks cut their shards at the same
-        # rows (their block results are all-reduced) and penalise rows alike.
+        self.n_ratings = float(all_reduce(n)[0]) if shard else float(n)
         counts = []
-        for csr, width in ((self.by_user, self._table_width("users")), (self.by_item, self._table_width("items"))):
+        for csr, side in ((self.by_user, "users"), (self.by_item, "items")):
             rows = csr.row_counts()
-            if distributed:
-                rows = _reduce(rows)[0]
+            if shard and side == "items":
+                # Ranks cut the items into the same blocks (their block sums are all-reduced
+                # pairwise) and penalise them alike: by the whole matrix's counts.
+                rows = all_reduce(rows)[0]
             # Tiles pay off where the table a product gathers from outgrows the CPU's cache.
-            tile = Csr.tile_width(width) if ratings.device.type == "cpu" else None
+            tile = Csr.tile_width(self._table_width(side)) if ratings.device.type == "cpu" else None
             # At least a few blocks per worker (when big enough), so that a worker slowed by other
             # work on its core leaves the rest to the others; the blocks in flight together hold
             # as many ratings as one block of a single worker.
-            csr.plan_blocks(rows if distributed else None, tile, min_blocks=4 * workers.n if workers.n > 1 else 1,
+            csr.plan_blocks(rows if shard and side == "items" else None, tile,
+                            min_blocks=4 * workers.n if workers.n > 1 else 1,
                             max_ratings=csr_module.BLOCK_RATINGS // workers.n)
             counts.append(rows)
         dtype = model.user_factors.dtype
-        self.user_reg, self.item_reg = (row_penalties(c, config.reg, config.reg_exponent, config.n_factors).to(dtype)
-                                        for c in counts)
-        self.user_mean_count = float(counts[0].double().mean())
+        # A user's penalty scales against the mean user of the whole training set.
+        self.user_mean_count = self.n_ratings / shard.n_users if shard else float(counts[0].double().mean())
+        self.user_reg = row_penalties(counts[0], config.reg, config.reg_exponent, config.n_factors,
+                                      self.user_mean_count).to(dtype)
+        self.item_reg = row_penalties(counts[1], config.reg, config.reg_exponent, config.n_factors).to(dtype)
 
     def _table_width(self, side: str) -> int:
         """Columns of the widest table a step of ``side`` multiplies its ratings with."""
@@ -339,20 +335,25 @@ class AlsSolver:
     @torch.inference_mode()
     def epoch(self) -> float:
         """One sweep; returns the training MSE of the ratings after it."""
-        m, cfg, dist = self.model, self.config, self.distributed
-        # Each step writes its solutions straight into the parameters it solves for.
+        m, cfg, dist = self.model, self.config, self.shard is not None
+        # Each step writes its solutions straight into the parameters it solves for. With
+        # shards of users only the item step's sums travel: a user's ratings are all here.
         items_out = (m.item_factors, m.item_bias, m.item_logit_bias)
         users_out = (m.user_bias, m.user_factors, m.user_choice_factors)
         if cfg.solve == "cg":
             weights = _weights(cfg)
             constant = _item_constant(m.user_choice_factors, cfg.n_factors, weights[0])
+            if dist:  # a sum over every rank's users
+                all_reduce(constant)
             cg.solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean, self.by_item, weights,
                            cfg.bias_reg, self.item_reg, constant, cfg.cg_steps, items_out, dist, self.workers)
             sq_error = cg.solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean, self.by_user,
-                                      weights, cfg.bias_reg, self.user_reg, cfg.cg_steps, users_out, dist, self.workers)
+                                      weights, cfg.bias_reg, self.user_reg, cfg.cg_steps, users_out, self.workers)
         else:
             solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean, self.by_item, cfg, dist,
                         out=items_out, row_reg=self.item_reg, workers=self.workers)
             *_, sq_error = solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean, self.by_user,
-                                       cfg, dist, out=users_out, row_reg=self.user_reg, workers=self.workers)
+                                       cfg, out=users_out, row_reg=self.user_reg, workers=self.workers)
+        if dist:
+            all_reduce(sq_error)
         return float(sq_error) / self.n_ratings

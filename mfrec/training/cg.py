@@ -18,13 +18,7 @@ from __future__ import annotations
 import torch
 
 from mfrec.training.csr import Csr
-
-
-def _reduce(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum over the ranks of an initialised process group (each rank holds a shard of ratings)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(tensor)
-    return tensor
+from mfrec.training.shards import all_reduce
 
 
 class _Rows:
@@ -66,8 +60,7 @@ def conjugate_gradient(systems: list[_Rows], steps: int) -> None:
 
 
 def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user: Csr, weights: tuple,
-                bias_reg: float, row_reg: torch.Tensor, steps: int, out: tuple, distributed: bool = False,
-                workers=None):
+                bias_reg: float, row_reg: torch.Tensor, steps: int, out: tuple, workers=None):
     """The user step by CG, warm-started from and written into ``out = (bias, p, c)``.
 
     Rating system of user u, unknowns ``x = (p_u, b_u)``: ``sum over rated f f^T + diag(reg_u,
@@ -98,21 +91,21 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
         target = part.residuals(float(global_mean), item_bias)
 
         def rating_product(v, part=part, prior=prior):
-            return _plus(part.product(part.dots(v, f_t), f), distributed, prior * v)
+            return part.product(part.dots(v, f_t), f).add_(prior * v)
 
         x = torch.cat([p[rows], bias[rows][:, None]], 1)
-        residual = _plus(part.product(target - part.dots(x, f_t), f), distributed, -prior * x)
-        squares = _plus(part.pattern_product(f_squared), distributed, prior)  # the rating systems' diagonals
+        residual = part.product(target - part.dots(x, f_t), f).sub_(prior * x)
+        squares = part.pattern_product(f_squared).add_(prior)  # the rating systems' diagonals
         systems = [_Rows(rating_product, x, residual, squares)]
         if w0 > 0:
             def choice_product(v, part=part, lam=lam):
-                return _plus(part.product(part.dots(v, q_t), q), distributed, v @ gram + lam * v, scale=omega)
+                return part.product(part.dots(v, q_t), q).mul_(omega).add_(v @ gram + lam * v)
 
             y = c[rows].clone()
             pulled = part.gather(choice_target) - omega * part.dots(y, q_t)
-            diagonal = _plus(squares[:, :k] - prior[:, :k], False, gram.diagonal()[None, :] + lam, scale=omega)
-            systems.append(_Rows(choice_product, y, _plus(part.product(pulled, q), distributed,
-                                                          -(offset + y @ gram + lam * y)), diagonal))
+            diagonal = (squares[:, :k] - prior[:, :k]).mul_(omega).add_(gram.diagonal()[None, :] + lam)
+            systems.append(_Rows(choice_product, y, part.product(pulled, q).sub_(offset + y @ gram + lam * y),
+                                 diagonal))
         conjugate_gradient(systems, steps)
         p[rows], bias[rows] = x[:, :k], x[:, k]
         if w0 > 0:
@@ -120,8 +113,7 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
         error = target - part.dots(x, f_t)
         return torch.dot(error, error).to(torch.float64)
 
-    sq_error = sum(_map(workers, block, by_user.blocks()), torch.zeros((), dtype=torch.float64, device=device))
-    return _reduce(sq_error) if distributed else sq_error
+    return sum(_map(workers, block, by_user.blocks()), torch.zeros((), dtype=torch.float64, device=device))
 
 
 def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr, weights: tuple, bias_reg: float,
@@ -166,7 +158,7 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
             data = part.product(rating_values, f)
             if implicit:
                 data.add_(part.product(choice_values, g))
-            return _reduce(data) if distributed else data
+            return all_reduce(data)[0] if distributed else data
 
         def product(z, part=part, prior=prior):
             choice = omega * part.dots(z, g_t) if implicit else None
@@ -179,7 +171,9 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
         rating_values = target - part.dots(z, f_t)
         choice_values = (w1 - omega * part.dots(z, g_t)) if implicit else None
         residual = sums(rating_values, choice_values).sub_(z @ constant).sub_(prior * z)
-        diagonal = (_reduce(part.pattern_product(squares)) if distributed else part.pattern_product(squares))
+        diagonal = part.pattern_product(squares)
+        if distributed:
+            all_reduce(diagonal)
         diagonal.add_(constant.diagonal()).add_(prior)
         conjugate_gradient([_Rows(product, z, residual, diagonal)], steps)
         factors[rows], bias[rows] = z[:, :k], z[:, k]
@@ -193,13 +187,3 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
 def _map(workers, fn, blocks) -> list:
     """``fn`` over the blocks, by ``workers`` (:class:`mfrec.training.parallel.Workers`) or here."""
     return workers.map(fn, blocks) if workers is not None else [fn(*block) for block in blocks]
-
-
-def _plus(data: torch.Tensor, distributed: bool, dense: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """``scale * data + dense`` where ``data`` sums over this rank's ratings (all-reduced first
-    when the ratings are sharded over ranks) and ``dense`` is every rank's own."""
-    if distributed:
-        _reduce(data)
-    if scale != 1.0:
-        data.mul_(scale)
-    return data.add_(dense)

@@ -25,6 +25,7 @@ from mfrec.training.als import AlsSolver
 from mfrec.training.config import TrainConfig
 from mfrec.training.model import MatrixFactorization, predict_ratings, rating_tables
 from mfrec.training.parallel import workers_for
+from mfrec.training.shards import Shard
 
 
 @dataclass
@@ -54,6 +55,7 @@ def fit(
     on_epoch: Optional[EpochCallback] = None,
     score_epoch: Optional[Callable[[MatrixFactorization], dict]] = None,
     stop_on: str = "val_rmse",
+    shard: Optional[Shard] = None,
 ) -> FitResult:
     """Fit a model on ``train``; with ``val``, stop early on validation RMSE (or ``stop_on``)
     and keep the best epoch.
@@ -78,6 +80,11 @@ def fit(
         The record's key early stopping follows: ``val_rmse`` (lower is better), or a key
         ``score_epoch`` returns (higher is better), e.g. ``val_ndcg_at_10`` for implicit
         feedback, which has no ratings to predict (``val_rmse`` is then not computed).
+    shard:
+        This rank's users (:mod:`mfrec.training.shards`) when ``train`` and ``val`` hold only
+        them, numbered locally: the model's user tables are then this rank's rows, the item
+        step and every reported figure are summed over the ranks, and the result is the one
+        process's fit on every rank's ratings. ALS only.
     """
     if stop_on != "val_rmse" and (score_epoch is None or val is None):
         raise ConfigError(f"stopping on {stop_on} needs validation data and a score_epoch that computes it")
@@ -93,6 +100,9 @@ def fit(
     if train.users.max() >= train.n_users or train.items.max() >= train.n_items:
         raise TrainingError(f"training interactions index past their tables ({train.n_users} users, "
                             f"{train.n_items} items): build them with the IdIndex they came from")
+    if shard is not None and (config.solver != "als" or stop_on != "val_rmse"):
+        raise ConfigError("training on shards of users runs ALS with early stopping on validation RMSE "
+                          f"(solver={config.solver!r}, stop_on={stop_on!r}): train in one process instead")
     n_epochs = epochs or config.epochs
     device = torch.device(config.device)
     # ALS on a CPU uses only deterministic kernels (row-parallel sparse products, fixed-order
@@ -104,14 +114,14 @@ def fit(
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        with workers_for(device, len(train), distributed=_distributed_rank()[1] > 1) as workers:
-            return _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, stop_on)
+        with workers_for(device, len(train), distributed=shard is not None) as workers:
+            return _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, stop_on, shard)
     finally:
         if switch:
             torch.use_deterministic_algorithms(was_deterministic)
 
 
-def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, stop_on) -> FitResult:
+def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, stop_on, shard) -> FitResult:
     seed_everything(config.seed)
     start = time.perf_counter()
 
@@ -122,26 +132,25 @@ def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, s
     items = _as_tensor(train.items, index_dtype, device)
     ratings = _as_tensor(train.ratings, torch.float32, device)
     # The mean in float64 from numpy: one summation order, whatever torch's thread count.
-    mean = float(np.mean(train.ratings, dtype=np.float64))
-    model = MatrixFactorization(
-        train.n_users, train.n_items, config.n_factors, mean, config.init_std,
-        generator=torch.Generator().manual_seed(config.seed),
-    ).to(device)
-    rank, world = _distributed_rank()
+    if shard is None:
+        mean = float(np.mean(train.ratings, dtype=np.float64))
+        model = MatrixFactorization(train.n_users, train.n_items, config.n_factors, mean, config.init_std,
+                                    generator=torch.Generator().manual_seed(config.seed))
+    else:
+        total, count = shard.total(float(np.sum(train.ratings, dtype=np.float64)), len(train))
+        model = _local_model(shard, train.n_items, config, total / count)
+    model = model.to(device)
     if config.solver == "als":
-        # Every rank builds its shard's sparse matrices and all-reduces the per-row sums.
-        if world > 1:
-            users, items, ratings = (t[rank::world] for t in (users, items, ratings))
-        solver = AlsSolver(model, users, items, ratings, config, distributed=world > 1, workers=workers)
+        solver = AlsSolver(model, users, items, ratings, config, shard=shard, workers=workers)
         del users, items, ratings
     else:
-        solver = AdamSolver(model, users, items, ratings, config, device, index_dtype, rank, world)
+        solver = AdamSolver(model, users, items, ratings, config, device, index_dtype)
     if val is not None:
         val_users = torch.tensor(val.users, dtype=torch.long, device=device)
         val_items = torch.tensor(val.items, dtype=torch.long, device=device)
         val_ratings = torch.tensor(val.ratings, dtype=torch.float32, device=device)
 
-    show = (config.progress if config.progress is not None else sys.stderr.isatty()) and rank == 0
+    show = (config.progress if config.progress is not None else sys.stderr.isatty()) and (shard is None or shard.rank == 0)
     bar = tqdm(range(1, n_epochs + 1), desc="train", unit="epoch", disable=not show, leave=False)
     result = FitResult(model=model, device=str(device))
     best_state, best_watched = None, float("inf")
@@ -156,7 +165,11 @@ def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, s
             model.eval()
             with torch.no_grad():
                 pred = predict_ratings(rating_tables(model), val_users, val_items, config.rating_range)
-                record["val_rmse"] = float(torch.sqrt(torch.mean((pred - val_ratings) ** 2)))
+                if shard is None:
+                    record["val_rmse"] = float(torch.sqrt(torch.mean((pred - val_ratings) ** 2)))
+                else:  # every rank's validation ratings
+                    squares, count = shard.total(float(torch.sum((pred - val_ratings).double() ** 2)), len(pred))
+                    record["val_rmse"] = math.sqrt(squares / count)
             bar.set_postfix(loss=f"{train_loss:.4f}", val_rmse=f"{record['val_rmse']:.4f}")
         else:
             bar.set_postfix(loss=f"{train_loss:.4f}")
@@ -202,8 +215,12 @@ def _as_tensor(array, dtype, device) -> torch.Tensor:
     return torch.as_tensor(array).to(device=device, dtype=dtype)
 
 
-def _distributed_rank() -> tuple[int, int]:
-    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+def _local_model(shard: Shard, n_items: int, config, mean: float) -> MatrixFactorization:
+    """The model one process would start from, with only this rank's user rows."""
+    full = MatrixFactorization(shard.n_users, n_items, config.n_factors, mean, config.init_std,
+                               generator=torch.Generator().manual_seed(config.seed))
+    model = MatrixFactorization(len(shard.users), n_items, config.n_factors, mean)
+    rows = torch.from_numpy(shard.users)
+    state = {name: value[rows] if name.startswith("user_") else value for name, value in full.state_dict().items()}
+    model.load_state_dict(state)
+    return model

@@ -207,7 +207,7 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
         if on_trial is not None:
             on_trial(row, result)
         bar.update(1)
-        if _agree(time.perf_counter() - started > search.seconds) and number + 1 < budget:
+        if time.perf_counter() - started > search.seconds and number + 1 < budget:
             stopped = f"the time limit ({search.seconds:g} s) after {number + 1} of {budget} trials"
             break
     bar.close()
@@ -328,19 +328,6 @@ def _best(trials: list, objective: str, implicit: bool = False) -> dict:
             best = start
         picks.append(best)
     return max(picks, key=lambda t: (t["val_ndcg_at_10"], -t["trial"]))
-
-
-def _agree(flag: bool) -> bool:
-    """``flag`` as rank 0 of an initialised process group sees it (every rank then runs the
-    same trials), else ``flag``."""
-    import torch
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
-        value = torch.tensor([1.0 if flag else 0.0], device=device)
-        torch.distributed.broadcast(value, 0)
-        return bool(value.item())
-    return flag
 
 
 def _format(value) -> str:
