@@ -23,7 +23,7 @@ from pathlib import Path
 from benchmarks.machine import child_env, load_average, machine_info
 
 START = ["--reg", "2.5", "--reg-exponent", "0", "--implicit-weight", "2", "--confidence", "5",
-         "--rating-weight", "0.25", "--genre-weight", "0.1"]
+         "--rating-weight", "0.25", "--genre-weight", "0.1", "--neighbour-weight", "0"]
 FIELDS = ("rank0_assemble_peak_rss_gib", "load_seconds", "search_seconds", "select_seconds", "refit_seconds", "evaluate_seconds", "epochs_run",
           "best_epoch", "allreduce_bytes_per_sweep", "rank_peak_rss_gib", "rank_ratings", "test_rmse",
           "test_ndcg_at_10")

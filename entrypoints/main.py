@@ -92,7 +92,8 @@ def run_pipeline(config: PipelineConfig, progress=None) -> dict:
     c = clustered["metrics"]
     choice = trained["choice"]
     settings = (f"reg {chosen.reg:g}, implicit_weight {chosen.implicit_weight:g}, confidence {chosen.confidence:g}, "
-                f"rating_weight {trained['ranking'].rating_weight:g}, genre_weight {trained['ranking'].genre_weight:g}")
+                f"rating_weight {trained['ranking'].rating_weight:g}, genre_weight {trained['ranking'].genre_weight:g}, "
+                f"neighbour_weight {trained['ranking'].neighbour_weight:g}")
     description = (f"mfrec k={config.train.n_factors} ({config.train.solver}, {chosen.solve} solve; {settings}"
                    f"{', chosen on validation (search/trials.md)' if choice is not None else ''}) on "
                    f"{config.prepare.dataset}. Held-out evaluation ({split.method} split, seed {split.seed}, "

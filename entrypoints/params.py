@@ -30,10 +30,13 @@ PREPARE_DEFAULTS = {"dataset": PrepareConfig.dataset, "data_path": "", "split": 
 TRAIN_NUMBERS = {"n_factors": int, "epochs": int, "batch_size": int, "lr": float, "reg": float, "reg_exponent": float,
                  "implicit_weight": float, "confidence": float, "seed": int}
 # Settings that take "auto": chosen on validation by the train step (mfrec.training.search).
-AUTO_CAPABLE = ("reg", "reg_exponent", "implicit_weight", "confidence", "rating_weight", "genre_weight")
+AUTO_CAPABLE = ("reg", "reg_exponent", "implicit_weight", "confidence", "rating_weight", "genre_weight",
+                "neighbour_weight", "neighbour_reg")
 TRAIN_DEFAULTS = {**{name: str(_TRAIN[name].default) for name in TRAIN_NUMBERS},
                   "solver": _TRAIN["solver"].default, "als_solve": _TRAIN["als_solve"].default,
                   "rating_weight": str(RankingConfig.rating_weight), "genre_weight": str(RankingConfig.genre_weight),
+                  "neighbour_weight": str(RankingConfig.neighbour_weight),
+                  "neighbour_reg": str(RankingConfig.neighbour_reg),
                   "objective": _SEARCH.objective, "search_trials": str(_SEARCH.trials),
                   "search_seconds": str(_SEARCH.seconds), "device": _TRAIN["device"].default, "refit_all": "true"}
 CLUSTER_DEFAULTS = {"n_clusters": str(_CLUSTER.n_clusters), "seed": str(_CLUSTER.seed),
@@ -104,8 +107,8 @@ def for_prepared(config: TrainConfig, manifest: dict) -> TrainConfig:
 
 
 def ranking_config(values: dict) -> RankingConfig:
-    return RankingConfig(rating_weight=parse_number("rating_weight", values["rating_weight"], float),
-                         genre_weight=parse_number("genre_weight", values["genre_weight"], float))
+    return RankingConfig(**{name: parse_number(name, values[name], float)
+                            for name in ("rating_weight", "genre_weight", "neighbour_weight", "neighbour_reg")})
 
 
 def search_config(values: dict) -> SearchConfig:
@@ -161,6 +164,7 @@ class PipelineConfig:
                 **{name: getattr(train, name) for name in TRAIN_NUMBERS if name != "seed"},
                 "solver": train.solver, "als_solve": train.als_solve, "device": train.device,
                 "rating_weight": self.ranking.rating_weight, "genre_weight": self.ranking.genre_weight,
+                "neighbour_weight": self.ranking.neighbour_weight, "neighbour_reg": self.ranking.neighbour_reg,
                 "objective": self.search.objective, "search_trials": self.search.trials,
                 "search_seconds": self.search.seconds, "refit_all": str(self.refit_all).lower(),
                 "n_clusters": self.cluster.n_clusters,

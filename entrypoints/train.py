@@ -2,7 +2,8 @@
 
     python -m entrypoints.train --prepared <folder or runs:/.../prepared> --n-factors 8 \\
         [--solver als --epochs 40 --reg auto --implicit-weight auto --confidence auto
-         --rating-weight auto --genre-weight auto --objective ndcg --device auto --seed 0]
+         --rating-weight auto --genre-weight auto --neighbour-weight auto --neighbour-reg auto
+         --objective ndcg --device auto --seed 0]
 """
 
 from __future__ import annotations

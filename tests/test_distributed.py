@@ -11,10 +11,10 @@ from helpers import REPO_ROOT, VENV_BIN, venv_env
 
 pytestmark = pytest.mark.slow
 
-# The search's starting point, given explicitly: a run that searches nothing, so one process
-# and four ranks fit the same settings.
+# Every setting given (the search's starting point, and a neighbour term): a run that searches
+# nothing, so one process and four ranks fit and rank with the same settings.
 START = ["--reg", "2.5", "--reg-exponent", "0", "--implicit-weight", "2", "--confidence", "5",
-         "--rating-weight", "0.25", "--genre-weight", "0.1"]
+         "--rating-weight", "0.25", "--genre-weight", "0.1", "--neighbour-weight", "4", "--neighbour-reg", "4"]
 COMPARED = ("test_rmse", "test_mae", "test_precision_at_10", "test_recall_at_10", "test_ndcg_at_10",
             "baseline_bias_rmse", "baseline_global_mean_rmse", "baseline_popularity_ndcg_at_10", "best_val_rmse")
 
@@ -34,13 +34,13 @@ def _torchrun(prepared, out, ranks, *args, check=True):
 
 @pytest.fixture(scope="module")
 def one_process(small_split):
-    """The library's train step in one process at the starting point's settings."""
+    """The library's train step in one process with ``START``'s settings."""
     from mfrec.serving.bundle import RankingConfig
     from mfrec.training.config import TrainConfig
     from mfrec.workflow import train_and_evaluate
 
     return train_and_evaluate(*small_split, TrainConfig(progress=False, device="cpu").with_prior(),
-                              RankingConfig().with_prior())
+                              RankingConfig(neighbour_weight=4.0, neighbour_reg=4.0).with_prior())
 
 
 def test_four_gloo_ranks_give_the_single_process_model(prepared_small, one_process, tmp_path):
@@ -71,6 +71,8 @@ def test_four_gloo_ranks_give_the_single_process_model(prepared_small, one_proce
         want = expected.seen_indices[expected.seen_indptr[row]:expected.seen_indptr[row + 1]]
         assert sorted(seen) == sorted(want)
     assert np.allclose(rec.bundle.genre_votes, expected.genre_votes)
+    assert np.array_equal(rec.bundle.neighbours.items, expected.neighbours.items)
+    assert np.allclose(rec.bundle.neighbours.weights, expected.neighbours.weights, atol=1e-5)
     assert rec.bundle.items["n_ratings"].tolist() == expected.items["n_ratings"].tolist()
     user = int(expected.user_index.ids[5])
     assert rec.recommend([user], 10)["movieId"].tolist() == one_process.recommender.recommend([user], 10)["movieId"].tolist()

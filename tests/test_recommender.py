@@ -188,7 +188,8 @@ def test_fold_in_pixar_fan_gets_animation(trained_small):
 
 
 def test_genre_taste_lifts_known_users_ranking(trained_small, small_split):
-    """Known users' genre taste (weight chosen on validation) raises test NDCG@10 clearly."""
+    """Known users' genre taste (weight chosen on validation) raises test NDCG@10, beside the
+    neighbour term too."""
     rec = trained_small.recommender
     test = small_split[2]
     users, relevant = relevant_sets(test, rec.user_index.index(test["userId"].to_numpy()),
@@ -197,7 +198,7 @@ def test_genre_taste_lifts_known_users_ranking(trained_small, small_split):
     without = ranking_metrics(lambda rows, k: plain.ranker.top_items(rows, k)[0], users, relevant, 10)["ndcg_at_10"]
     with_taste = trained_small.metrics["test_ndcg_at_10"]
     print(f"test NDCG@10: {with_taste:.4f} with genre taste, {without:.4f} without")
-    assert with_taste >= without + 0.01
+    assert with_taste >= without + 0.005
 
 
 def test_genre_taste_keeps_fold_in_accuracy(trained_small, small_split):
@@ -245,7 +246,7 @@ def test_a_model_folder_of_another_format_version_is_refused(trained_small, tmp_
     meta = json.loads(meta_path.read_text())
     meta["format_version"] = 3  # a model saved before the ranking settings were in meta.json
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(DataError, match="format version 3; this mfrec reads version 5: retrain"):
+    with pytest.raises(DataError, match="format version 3; this mfrec reads version 6: retrain"):
         Recommender.load(tmp_path / "m")
 
 

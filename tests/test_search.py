@@ -24,7 +24,8 @@ def test_the_default_train_step_chooses_its_settings_on_validation(trained_small
     assert choice is not None and len(choice.trials) == SearchConfig().trials
     assert trained_small.config.auto_fields() == () and trained_small.ranking.auto_fields() == ()
     chosen = choice.chosen()
-    assert set(chosen) == {"reg", "implicit_weight", "confidence", "rating_weight", "genre_weight"}
+    assert set(chosen) == {"reg", "implicit_weight", "confidence", "rating_weight", "genre_weight", "neighbour_weight",
+                           "neighbour_reg"}
     assert trained_small.config.reg == chosen["reg"] and trained_small.ranking.genre_weight == chosen["genre_weight"]
     # The first trial is the prior; the choice keeps RMSE within the tolerance of the best trial.
     assert choice.trials[0]["params"]["reg"] == 2.5
@@ -40,7 +41,8 @@ def test_the_default_train_step_chooses_its_settings_on_validation(trained_small
 def test_explicit_settings_are_used_as_given(small_split):
     train, val, test, movies = small_split
     config = TrainConfig(reg=3.0, implicit_weight=1.0, confidence=4.0, **QUICK)
-    outcome = train_and_evaluate(train, val, test, movies, config, RankingConfig(rating_weight=0.3, genre_weight=0.05))
+    outcome = train_and_evaluate(train, val, test, movies, config, RankingConfig(rating_weight=0.3, genre_weight=0.05,
+                                                                                  neighbour_weight=0.0))
     assert outcome.choice is None and outcome.config == config
     assert outcome.recommender.meta["ranking"]["rating_weight"] == 0.3
     assert 0 < outcome.metrics["val_ndcg_at_10"] < 1  # scored for comparisons, though nothing was searched
@@ -49,7 +51,7 @@ def test_explicit_settings_are_used_as_given(small_split):
 def test_only_the_auto_settings_are_searched(small_split):
     train, val, _, movies = small_split
     config = TrainConfig(implicit_weight=1.0, confidence=4.0, **QUICK)  # reg stays auto
-    choice = choose(train, val, movies, config, RankingConfig(rating_weight=0.25, genre_weight=0.1),
+    choice = choose(train, val, movies, config, RankingConfig(rating_weight=0.25, genre_weight=0.1, neighbour_weight=0.0),
                     SearchConfig(trials=3))
     assert set(choice.chosen()) == {"reg"}
     assert choice.config.implicit_weight == 1.0 and choice.ranking.rating_weight == 0.25

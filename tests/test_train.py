@@ -30,9 +30,9 @@ def test_default_model_beats_baselines_and_peers_on_ml_latest_small(trained_smal
     assert m["test_rmse"] < m["baseline_bias_rmse"] - 0.01
     assert m["test_rmse"] <= 0.850
     assert m["test_mae"] < 0.67
-    # NDCG@10 >= 0.20 and >= 1.2x popularity (implicit's ALS at 8 factors: 0.179); the
-    # stretch target 0.25 too (0.265 measured, with the genre taste).
-    assert m["test_ndcg_at_10"] >= 0.25
+    # Issue 22's target at k=8: NDCG@10 >= 0.280 with RMSE <= 0.820 (0.3127 / 0.8177 measured,
+    # with the genre taste and the neighbour term chosen on validation; EASE: 0.2947).
+    assert m["test_ndcg_at_10"] >= 0.280 and m["test_rmse"] <= 0.820
     assert m["test_ndcg_at_10"] >= 1.2 * m["baseline_popularity_ndcg_at_10"]
     assert 0 < m["test_precision_at_10"] < 1 and 0 < m["test_recall_at_10"] < 1
     assert m["baseline_global_mean_rmse"] > m["baseline_bias_rmse"]

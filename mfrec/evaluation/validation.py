@@ -19,7 +19,7 @@ import torch
 
 from mfrec.data.ids import IdIndex
 from mfrec.evaluation import metrics
-from mfrec.serving import genres, scoring
+from mfrec.serving import genres, neighbours, scoring
 from mfrec.serving.bundle import Bundle, RankingConfig
 from mfrec.training.model import MatrixFactorization
 
@@ -50,6 +50,36 @@ class Validation:
         prior = self.base.ranking.genre_prior
         self._taste = torch.from_numpy(genres.taste(self.base.genre_votes[ranked], self.base.vote_total[ranked],
                                                     rates, prior))
+        self._near = {}  # neighbour_reg -> (films, the sampled users' neighbour scores): model-free
+        self._gram = None
+
+    def neighbour_scores(self, reg: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(films with weights, the sampled users' neighbour scores over them) of EASE weights
+        fitted on the training ratings with ``reg``; kept for the last few values asked."""
+        b = self.base
+        if self._gram is None:  # X^T X does not depend on reg
+            users = np.repeat(np.arange(len(b.user_index)), np.diff(b.seen_indptr))
+            films = neighbours.most_rated(b.seen_indices, len(b.item_index))
+            self._gram = films, neighbours.gramian(users, b.seen_indices, len(b.user_index), films, len(b.item_index))
+        if reg not in self._near:
+            near = neighbours.solve(*self._gram, reg)
+            if len(self._near) >= 4:
+                self._near.pop(next(iter(self._near)))
+            self._near[reg] = (torch.from_numpy(near.items),
+                               neighbours.scores(near, b.seen_indptr, b.seen_indices, self.ranked, len(b.item_index)))
+        return self._near[reg]
+
+    def neighbour_ndcg(self, reg: float) -> np.ndarray:
+        """Each sampled validation user's NDCG@10 of the neighbour scores alone (films without
+        weights last): how the EASE weights' ``reg`` is chosen, before any model."""
+        films, near = self.neighbour_scores(reg)
+        top, n_items = [], len(self.base.item_index)
+        for start in range(0, len(self.ranked), 1024):
+            scores = torch.full((len(near[start:start + 1024]), n_items), -torch.inf)
+            scores[:, films] = near[start:start + 1024]
+            scoring.mask_seen(scores, self.base.seen_indptr, self.base.seen_indices, self.ranked[start:start + 1024])
+            top.append(scoring.top_k(scores, K)[1])
+        return metrics.per_user(torch.cat(top).numpy(), self.relevant, K)[2]
 
     def ndcg(self, model, ranking: RankingConfig) -> float:
         """NDCG@10 of ``recommend`` for the (sampled) validation users."""
@@ -64,9 +94,13 @@ class Validation:
         taste = self._taste * genre_weight if with_genres else None
         rows = scoring.ranking_rows(model, self._users, weight, None, taste)
         table = scoring.ranking_table(model, weight, self._genres if with_genres else None)
+        near_weight = float(ranking.neighbour_weight)
+        films, near = self.neighbour_scores(ranking.neighbour_reg) if near_weight > 0 else (None, None)
         top, blocks = [], scoring.ScoreBlocks(len(rows), table.shape[1])
         for block in blocks.slices():  # a block of scores that stays in the cache
             scores = blocks.product(rows[block], table)
+            if near is not None:
+                scores.index_add_(1, films, near[block].to(scores.dtype), alpha=near_weight)
             scoring.mask_seen(scores, self.base.seen_indptr, self.base.seen_indices, self.ranked[block])
             top.append(scoring.top_k(scores, K)[1])
         return metrics.per_user(torch.cat(top).numpy(), self.relevant, K)[2]

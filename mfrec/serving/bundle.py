@@ -4,7 +4,8 @@ A bundle folder holds ``weights.pt`` (a ``weights_only`` state dict), ``items.pa
 row per item index: movieId, title, genres, n_ratings, cluster), ``users.npz`` (user ids,
 each user's rated items, genre votes) and ``meta.json`` (settings and the files' sha256); a
 model of data with ids of its own (``dataset=custom``) also ``user_ids.parquet`` and
-``item_ids.parquet``: the id of each user and item code (:class:`~mfrec.data.ids.ExternalIds`).
+``item_ids.parquet``: the id of each user and item code (:class:`~mfrec.data.ids.ExternalIds`);
+one whose ranking counts the neighbour term also ``neighbours.npz`` (its films and EASE weights).
 """
 
 from __future__ import annotations
@@ -23,14 +24,19 @@ import torch
 from mfrec.data.ids import ExternalIds, IdIndex, csr_from_pairs, read_id_file
 from mfrec.errors import ConfigError, DataError
 from mfrec.serving import genres
+from mfrec.serving import neighbours as neighbours_module
+from mfrec.serving.neighbours import Neighbours
 from mfrec.training.model import MatrixFactorization
 
-FORMAT_VERSION = 5  # 5: frequency-scaled penalties (reg_exponent, user_mean_count) in the objective
+FORMAT_VERSION = 6  # 6: EASE neighbour weights (neighbours.npz) in the ranking score
 _FILES = ("weights.pt", "meta.json", "items.parquet", "users.npz")
 ID_FILES = {"users": "user_ids.parquet", "items": "item_ids.parquet"}
+NEIGHBOURS_FILE = "neighbours.npz"
 OBJECTIVE_KEYS = ("reg", "bias_reg", "reg_exponent", "implicit_weight", "confidence")
 AUTO = "auto"  # a ranking weight chosen on validation by the train step (mfrec.training.search)
-RANKING_PRIOR = {"rating_weight": 0.25, "genre_weight": 0.1}  # where the search starts
+# Where the search starts. The neighbour term starts off (weight 0): it is turned on only when
+# validation ranks clearly better with it; its reg is relative to the films' mean count.
+RANKING_PRIOR = {"rating_weight": 0.25, "genre_weight": 0.1, "neighbour_weight": 0.0, "neighbour_reg": 2.0}
 
 
 @dataclass(frozen=True)
@@ -38,21 +44,31 @@ class RankingConfig:
     """How a bundle ranks films.
 
     A score is ``choice score + rating_weight * predicted rating + genre_weight * genre
-    taste`` (taste shrunk towards the average mix by ``genre_prior`` pseudo-films).
-    ``rating_weight`` and ``genre_weight`` may be ``"auto"`` (the default): the train step
-    chooses them on validation. New customers use ``fold_in_genre_weight``, and their
+    taste + neighbour_weight * neighbour score`` (taste shrunk towards the average mix by
+    ``genre_prior`` pseudo-films; the neighbour score from EASE weights with regularisation
+    ``neighbour_reg``, :mod:`mfrec.serving.neighbours`). The four may be ``"auto"`` (the
+    default): the train step chooses them on validation. New customers use ``fold_in_genre_weight``
+    and ``fold_in_neighbour_weight`` (0: their few films told, the term is off), and their
     unmentioned films weigh ``fold_in_unrated_weight`` times a training user's
     (docs/tuning.md).
     """
 
     rating_weight: float | str = AUTO
     genre_weight: float | str = AUTO
+    neighbour_weight: float | str = AUTO
+    neighbour_reg: float | str = AUTO
     genre_prior: float = 20.0
     fold_in_unrated_weight: float = 0.03
     fold_in_genre_weight: float = 0.15
+    fold_in_neighbour_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("rating_weight", "genre_weight", "fold_in_genre_weight"):
+        if self.neighbour_reg != AUTO and not (isinstance(self.neighbour_reg, (int, float))
+                                               and not isinstance(self.neighbour_reg, bool)
+                                               and math.isfinite(self.neighbour_reg) and self.neighbour_reg > 0):
+            raise ConfigError(f"neighbour_reg must be auto or > 0, got {self.neighbour_reg!r}")
+        for name in ("rating_weight", "genre_weight", "neighbour_weight", "fold_in_genre_weight",
+                     "fold_in_neighbour_weight"):
             value = getattr(self, name)
             if value == AUTO and name in RANKING_PRIOR:
                 continue
@@ -65,8 +81,10 @@ class RankingConfig:
             raise ConfigError(f"fold_in_unrated_weight must be in (0, 1], got {self.fold_in_unrated_weight}")
 
     def auto_fields(self) -> tuple:
-        """The weights still to be chosen on validation."""
-        return tuple(name for name in RANKING_PRIOR if getattr(self, name) == AUTO)
+        """The weights still to be chosen on validation (not the neighbour reg when there
+        is no neighbour term)."""
+        return tuple(name for name in RANKING_PRIOR if getattr(self, name) == AUTO
+                     and not (name == "neighbour_reg" and self.neighbour_weight == 0))
 
     def with_prior(self) -> "RankingConfig":
         """Every ``auto`` weight replaced by where the search starts."""
@@ -87,6 +105,7 @@ class Bundle:
     vote_total: np.ndarray
     meta: dict
     ids: ExternalIds | None = None  # the data's own ids, where codes stand for them
+    neighbours: Neighbours | None = None  # EASE weights, when the ranking counts them
 
     @property
     def rating_range(self) -> tuple:
@@ -108,9 +127,11 @@ class Bundle:
 
     @classmethod
     def build(cls, model, user_index: IdIndex, item_index: IdIndex, ratings: pd.DataFrame, movies: pd.DataFrame,
-              train_config, ranking: RankingConfig | None = None, **meta) -> "Bundle":
+              train_config, ranking: RankingConfig | None = None, neighbours: Neighbours | None = None,
+              **meta) -> "Bundle":
         """Assemble from a fitted model, the ratings it was fitted on and its TrainConfig
-        (settings chosen: no ``auto`` left in it or in ``ranking``)."""
+        (settings chosen: no ``auto`` left in it or in ``ranking``). With a neighbour weight,
+        the EASE weights are fitted on ``ratings`` unless ``neighbours`` are given."""
         ranking = ranking or RankingConfig().with_prior()
         unresolved = train_config.auto_fields() + ranking.auto_fields()
         if unresolved:
@@ -133,7 +154,12 @@ class Bundle:
                 "ranking": asdict(ranking), "train_config": params, **meta}
         _, matrix = genres.genre_matrix(items["genres"].to_numpy())
         votes, total = genres.votes(matrix, u, i, ratings["rating"].to_numpy(), len(user_index), meta["rating_range"])
-        return cls(model.cpu().eval(), user_index, item_index, items, indptr, indices, votes, total, meta)
+        if ranking.neighbour_weight > 0 and neighbours is None:
+            neighbours = neighbours_module.fit(u, i, len(user_index), len(item_index), ranking.neighbour_reg)
+        elif ranking.neighbour_weight == 0:
+            neighbours = None
+        return cls(model.cpu().eval(), user_index, item_index, items, indptr, indices, votes, total, meta,
+                   neighbours=neighbours)
 
     def with_ranking(self, **changes) -> "Bundle":
         """The same bundle ranking with other settings (the arrays are shared)."""
@@ -171,6 +197,9 @@ class Bundle:
         np.savez(path / "users.npz", user_ids=self.user_index.ids, seen_indptr=self.seen_indptr,
                  seen_indices=self.seen_indices, genre_votes=self.genre_votes, vote_total=self.vote_total)
         files = [name for name in _FILES if name != "meta.json"]
+        if self.neighbours is not None:
+            np.savez(path / NEIGHBOURS_FILE, items=self.neighbours.items, weights=self.neighbours.weights)
+            files.append(NEIGHBOURS_FILE)
         for side, name in ID_FILES.items() if self.ids is not None else ():
             pd.DataFrame({"id": getattr(self.ids, side)}).to_parquet(path / name, index=False)
             files.append(name)
@@ -202,6 +231,10 @@ class Bundle:
             arrays = np.load(path / "users.npz", allow_pickle=False)
             items = pd.read_parquet(path / "items.parquet")
             ids = ExternalIds(*(read_id_file(path / ID_FILES[side]) for side in ("users", "items"))) if "ids" in meta else None
+            neighbours = None
+            if RankingConfig(**meta["ranking"]).neighbour_weight > 0:
+                saved = np.load(path / NEIGHBOURS_FILE, allow_pickle=False)
+                neighbours = Neighbours(saved["items"], saved["weights"])
         except Exception as exc:  # noqa: BLE001 - any parse failure means a bad artifact
             raise DataError(f"model folder {path} could not be read: {exc}") from exc
         n_users, k = state["user_factors"].shape
@@ -209,7 +242,7 @@ class Bundle:
         model.load_state_dict(state)
         return cls(model.eval(), IdIndex(arrays["user_ids"]), IdIndex(items["movieId"].to_numpy()), items,
                    arrays["seen_indptr"], arrays["seen_indices"], arrays["genre_votes"], arrays["vote_total"], meta,
-                   ids)
+                   ids, neighbours)
 
 
 

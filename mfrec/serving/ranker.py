@@ -12,7 +12,8 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from mfrec.serving import genres, scoring
+from mfrec.data.ids import csr_from_pairs
+from mfrec.serving import genres, neighbours, scoring
 from mfrec.serving.bundle import Bundle
 from mfrec.serving.fold_in import fold_in, objective_for
 from mfrec.training import als
@@ -150,7 +151,27 @@ class Ranker:
             counts, total = genres.votes(self.genre_matrix, customers, item_rows, ratings, n_customers,
                                          self.bundle.rating_range)
             folded.genre_taste = self.taste(counts, total, weight)
+        near = ranking.fold_in_neighbour_weight
+        if self.bundle.neighbours is not None and near > 0:  # what the films they told us recommend
+            indptr, indices = csr_from_pairs(np.asarray(customers), np.asarray(item_rows), n_customers)
+            folded.neighbour_scores = self.neighbour_scores(indptr, indices, np.arange(n_customers), near)
         return folded
+
+    def neighbour_scores(self, indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray,
+                         weight: float | None = None) -> torch.Tensor:
+        """Neighbour scores of ``rows`` of a CSR of rated item rows, times ``weight`` (default:
+        the ranking's ``neighbour_weight``)."""
+        b = self.bundle
+        scores = neighbours.scores(b.neighbours, indptr, indices, rows, self.n_items, self.neighbour_positions)
+        return scores.mul_(float(self.ranking.neighbour_weight if weight is None else weight))
+
+    @cached_property
+    def neighbour_positions(self) -> np.ndarray:
+        return self.bundle.neighbours.positions(self.n_items)
+
+    @cached_property
+    def neighbour_columns(self) -> torch.Tensor:
+        return torch.from_numpy(self.bundle.neighbours.items)
 
     def _list(self, key, n_rows: int, make):
         if n_rows * self.n_items > LIST_SCORES or n_rows * min(LIST_LENGTH, self.n_items) > LIST_ENTRIES:
@@ -185,6 +206,11 @@ class Ranker:
                 vectors = scoring.ranking_rows(b.model, None, self.ranking.rating_weight, part, part.genre_taste)
                 with_genres = part.genre_taste is not None
             scores = blocks.product(vectors, self.table(with_genres))
+            if b.neighbours is not None:
+                near = part.neighbour_scores if folded is not None else \
+                    self.neighbour_scores(b.seen_indptr, b.seen_indices, rows)
+                if near is not None:
+                    scores.index_add_(1, self.neighbour_columns, near.to(scores.dtype))
             if exclude_seen and folded is None:
                 scores = scoring.mask_seen(scores, b.seen_indptr, b.seen_indices, rows)
             if exclude_seen and extra_seen is not None:

@@ -133,12 +133,14 @@ def similar_items(unit: torch.Tensor, items: torch.Tensor, k: int,
 @dataclass
 class FoldedUsers:
     """Fitted parameters of users (rows): rating bias, rating vector, choice vector, and
-    optionally a genre taste (users x genres, weight included; see :mod:`mfrec.serving.genres`)."""
+    optionally a genre taste (users x genres, weight included; see :mod:`mfrec.serving.genres`)
+    and neighbour scores (users x the neighbour films, weight included; :mod:`mfrec.serving.neighbours`)."""
 
     bias: torch.Tensor
     factors: torch.Tensor
     choice: torch.Tensor
     genre_taste: torch.Tensor | None = None
+    neighbour_scores: torch.Tensor | None = None
 
     def finite(self) -> np.ndarray:
         """Per user, whether every fitted parameter is finite."""
@@ -146,4 +148,5 @@ class FoldedUsers:
 
     def __getitem__(self, rows) -> "FoldedUsers":
         taste = None if self.genre_taste is None else self.genre_taste[rows]
-        return FoldedUsers(self.bias[rows], self.factors[rows], self.choice[rows], taste)
+        near = None if self.neighbour_scores is None else self.neighbour_scores[rows]
+        return FoldedUsers(self.bias[rows], self.factors[rows], self.choice[rows], taste, near)

@@ -35,7 +35,7 @@ from mfrec.data.ids import IdIndex, Interactions, csr_from_pairs
 from mfrec.data.prepare import load_prepared
 from mfrec.errors import ConfigError
 from mfrec.evaluation.evaluate import evaluate
-from mfrec.serving import genres
+from mfrec.serving import genres, neighbours
 from mfrec.serving.bundle import Bundle, RankingConfig
 from mfrec.serving.recommender import Recommender
 from mfrec.training.config import TrainConfig
@@ -135,11 +135,20 @@ def _fit_shard(frame: pd.DataFrame, config: TrainConfig, val: pd.DataFrame | Non
 
 
 def _local_bundle(result, users, items, shard, frame, movies, config, ranking, best_epoch) -> Bundle:
-    """This rank's users' recommender, ranking with every rank's genre rates and counts."""
-    bundle = Bundle.build(result.model, users, items, frame, movies, config, ranking, best_epoch=best_epoch)
+    """This rank's users' recommender, ranking with every rank's genre rates, counts and
+    neighbour weights (EASE from every rank's X^T X)."""
+    u, i = users.index(frame["userId"].to_numpy()), items.index(frame["movieId"].to_numpy())
+    n_ratings = shard.sum(np.bincount(i, minlength=len(items))).round().astype(np.int64)
+    near = None
+    if ranking.neighbour_weight > 0:
+        films = neighbours.most_rated(i, len(items), counts=n_ratings)
+        gram = neighbours.gramian(u, i, len(users), films, len(items)).to(shard.device())
+        torch.distributed.all_reduce(gram)
+        near = neighbours.solve(films, gram.cpu(), ranking.neighbour_reg)
+    bundle = Bundle.build(result.model, users, items, frame, movies, config, ranking, neighbours=near,
+                          best_epoch=best_epoch)
     votes = shard.sum(bundle.genre_votes.astype(np.float64).sum(0))
     total = shard.total(float(bundle.vote_total.astype(np.float64).sum()))[0]
-    n_ratings = shard.sum(bundle.items["n_ratings"].to_numpy()).round().astype(np.int64)
     items_frame = bundle.items.assign(n_ratings=n_ratings)
     meta = dict(bundle.meta)
     meta["genre_base_rates"] = genres.base_rates(votes[None, :], np.array([total])).tolist()
@@ -198,7 +207,7 @@ def main(argv=None) -> int:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("reg", "reg_exponent", "implicit_weight", "confidence"):  # "auto": chosen on validation
         parser.add_argument(f"--{name.replace('_', '-')}", type=_number_or_auto, default=getattr(defaults, name))
-    for name in ("rating_weight", "genre_weight"):
+    for name in ("rating_weight", "genre_weight", "neighbour_weight", "neighbour_reg"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=_number_or_auto, default="auto")
     parser.add_argument("--solve", default=defaults.als_solve, help="auto, exact or cg (the ALS steps)")
     parser.add_argument("--device", default="auto", help="auto: cuda:LOCAL_RANK when GPUs exist, else cpu")
@@ -214,7 +223,8 @@ def main(argv=None) -> int:
         config = TrainConfig(n_factors=args.n_factors, epochs=args.epochs, seed=args.seed, reg=args.reg,
                              reg_exponent=args.reg_exponent, implicit_weight=args.implicit_weight,
                              confidence=args.confidence, als_solve=args.solve, device=device, progress=False)
-        ranking = RankingConfig(rating_weight=args.rating_weight, genre_weight=args.genre_weight)
+        ranking = RankingConfig(rating_weight=args.rating_weight, genre_weight=args.genre_weight,
+                                neighbour_weight=args.neighbour_weight, neighbour_reg=args.neighbour_reg)
         metrics, bundle = train_on_shards(args.prepared, config, ranking, SearchConfig(seed=args.seed))
         if bundle is not None:
             out = Path(args.out)

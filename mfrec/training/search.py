@@ -47,6 +47,8 @@ RANGES = {"reg": (0.3, 50.0, True), "reg_exponent": (0.0, 1.0, False), "implicit
           "confidence": (1.5, 50.0, True)}
 RATING_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0)
 GENRE_WEIGHTS = (0.0, 0.05, 0.1, 0.2)
+NEIGHBOUR_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+NEIGHBOUR_REGS = (1.0, 4.0, 16.0, 64.0)
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,7 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
                           "or set reg, implicit_weight, confidence, rating_weight and genre_weight explicitly")
     validation = Validation(search_train, search_val, movies, users, items, config,
                             max_users=search.validation_users, seed=search.seed)
+    neighbour = None  # the neighbour term's choice, made with the first model that finishes
     prior = {name: (fixed[name] if name in fixed else getattr(config, name)) for name in space}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # The prior (at each n_factors, when that is searched) and three random trials, then TPE's.
@@ -190,8 +193,10 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
         row["_history"] = history
         if result is not None:
             row.update(best_epoch=result.best_epoch, val_rmse=result.best_val_rmse)
+            if neighbour is None:
+                ranking, neighbour = _neighbour_term(validation, result.model, ranking)
             weights, per_user = _ranking_weights(validation, result.model, ranking)
-            row["params"] = {**params, **weights}
+            row["params"] = {**params, **weights, **neighbour}
             row["val_ndcg_at_10"] = float(per_user.mean())
             row["_per_user"] = per_user
         row.update(seconds=time.perf_counter() - trial_started, state=state)
@@ -253,10 +258,35 @@ def _grid_value(spec, value):
     return min(max(value, low), high)
 
 
+def _neighbour_term(validation: Validation, model, ranking: RankingConfig) -> tuple[RankingConfig, dict]:
+    """``ranking`` with its ``auto`` neighbour weight and reg chosen with ``model`` (the
+    search's first) at the other weights' starting values: the pair of ``NEIGHBOUR_WEIGHTS``
+    x ``NEIGHBOUR_REGS`` that ranks validation best, kept only when :func:`clearly_better`
+    than no neighbour term. The EASE weights depend on the data alone, so later trials keep
+    the choice (and choose their own rating and genre weights with it). Also the choice as
+    trial parameters, for the record."""
+    auto = [name for name in ("neighbour_weight", "neighbour_reg") if name in ranking.auto_fields()]
+    if not auto:
+        return ranking, {}
+    start = ranking.with_prior()
+    weights = NEIGHBOUR_WEIGHTS if "neighbour_weight" in auto else (ranking.neighbour_weight,)
+    regs = NEIGHBOUR_REGS if "neighbour_reg" in auto else (ranking.neighbour_reg,)
+    tried = [(validation.ndcg_per_user(model, replace(start, neighbour_weight=w, neighbour_reg=r)), w, r)
+             for r in regs for w in weights if w > 0]
+    off = validation.ndcg_per_user(model, replace(start, neighbour_weight=0.0))
+    scores, weight, reg = max(tried, key=lambda t: (t[0].mean(), -t[2], -t[1]), default=(off, 0.0, regs[0]))
+    if "neighbour_weight" in auto and not clearly_better(scores, off):
+        weight = 0.0
+    chosen = {"neighbour_weight": weight, "neighbour_reg": reg} if weight > 0 else {"neighbour_weight": 0.0}
+    chosen = {name: value for name, value in chosen.items() if name in auto}  # without the term, no reg to record
+    return replace(ranking, **chosen), chosen
+
+
 def _ranking_weights(validation: Validation, model, ranking: RankingConfig) -> tuple[dict, np.ndarray]:
     """The ``auto`` ranking weights that rank ``model`` best on validation (rating weight over
     its grid, then genre weight at that rating weight; a move away from the prior only when
-    :func:`clearly_better`), and the validation users' NDCG@10 with them."""
+    :func:`clearly_better`), and the validation users' NDCG@10 with them (the neighbour term
+    as :func:`_neighbour_term` chose it)."""
     current = ranking.with_prior()
     scores = validation.ndcg_per_user(model, current)
     for name, grid in (("rating_weight", RATING_WEIGHTS), ("genre_weight", GENRE_WEIGHTS)):

@@ -1,0 +1,131 @@
+"""Item-item weights for the ranking score: EASE over the most-rated films.
+
+A few factors cannot hold which films go together; a closed-form item-item model can
+(Steck, *Embarrassingly Shallow Autoencoders for Sparse Data*, WWW 2019). With ``X`` the
+users x films 0/1 matrix of rated films, restricted to the ``MAX_ITEMS`` most-rated films,
+
+    B = I - P diag(1 / diag P),    P = (X^T X + lam I)^-1
+
+(so ``B`` has a zero diagonal: a film does not recommend itself), and a user's neighbour
+score for film ``j`` is ``sum over their rated films i of B[i, j]``. The ranking score adds
+it times ``neighbour_weight`` (:mod:`mfrec.serving.scoring`); ratings (RMSE) are untouched.
+``lam = neighbour_reg * mean diag(X^T X)``, relative to the films' mean count so that one
+value suits datasets of any size. Both are chosen on validation (:mod:`mfrec.training.search`).
+Keeping ``MAX_ITEMS`` films bounds the solve (``M^3``) and the bundle (``M^2`` floats): the
+rest of the catalogue has no neighbour score (docs/tuning.md measures what that costs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import warnings
+
+import numpy as np
+import torch
+
+# torch's sparse CSR products are stable for what we use; the "beta" notice would greet every run.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+MAX_ITEMS = 2048
+# Users whose 0/1 rows are multiplied at once while summing X^T X (a dense users x films block).
+CHUNK_USERS = 4096
+
+
+@dataclass
+class Neighbours:
+    """EASE weights among ``items`` (item rows, ascending): ``weights[a, b]`` is what rating
+    film ``items[a]`` adds to film ``items[b]``'s score."""
+
+    items: np.ndarray  # int64 (M,)
+    weights: np.ndarray  # float32 (M, M)
+
+    def positions(self, n_items: int) -> np.ndarray:
+        """Each item row's place among ``items`` (-1 for films without weights)."""
+        return positions(self.items, n_items)
+
+
+def positions(films: np.ndarray, n_items: int) -> np.ndarray:
+    """Each of ``n_items`` item rows' place among ``films`` (-1 elsewhere)."""
+    where = np.full(n_items, -1, dtype=np.int64)
+    where[films] = np.arange(len(films))
+    return where
+
+
+def most_rated(item_rows: np.ndarray, n_items: int, max_items: int | None = None,
+               counts: np.ndarray | None = None) -> np.ndarray:
+    """The ``max_items`` (default ``MAX_ITEMS``) most-rated item rows (ties: lower row first),
+    ascending. ``counts``: the items' rating counts when known (every rank's, on shards)."""
+    max_items = MAX_ITEMS if max_items is None else max_items
+    if counts is None:
+        counts = np.bincount(np.asarray(item_rows, dtype=np.int64), minlength=n_items)
+    counts = np.asarray(counts)
+    top = np.lexsort((np.arange(n_items), -counts))[:max_items]
+    return np.sort(top[counts[top] > 0])
+
+
+def gramian(user_rows: np.ndarray, item_rows: np.ndarray, n_users: int, films: np.ndarray,
+            n_items: int) -> torch.Tensor:
+    """``X^T X`` over ``films`` (float32, M x M): how many users rated each pair, summed from
+    dense 0/1 blocks of ``CHUNK_USERS`` users (one matrix product each; exact up to 16M users)."""
+    where = torch.from_numpy(positions(films, n_items))
+    users = torch.as_tensor(np.asarray(user_rows, dtype=np.int64))
+    cols = where[torch.as_tensor(np.asarray(item_rows, dtype=np.int64))]
+    keep = cols >= 0
+    users, cols = users[keep], cols[keep]
+    order = torch.argsort(users, stable=True)
+    users, cols = users[order], cols[order]
+    bounds = torch.searchsorted(users, torch.arange(0, n_users + CHUNK_USERS, CHUNK_USERS))
+    m = len(films)
+    gram = torch.zeros(m, m, dtype=torch.float32)
+    block = torch.zeros(min(CHUNK_USERS, n_users), m, dtype=torch.float32)
+    for start, (lo, hi) in zip(range(0, n_users, CHUNK_USERS), zip(bounds[:-1].tolist(), bounds[1:].tolist())):
+        if lo == hi:
+            continue
+        rows = min(CHUNK_USERS, n_users - start)
+        block[:rows].zero_()
+        block[users[lo:hi] - start, cols[lo:hi]] = 1.0
+        # X^T as a sparse matrix times X dense: the work is the block's ratings times M, not
+        # its users times M^2 (most users rate a small share of the films).
+        transposed = torch.sparse_coo_tensor(torch.stack([cols[lo:hi], users[lo:hi] - start]),
+                                             torch.ones(hi - lo), (m, rows), check_invariants=False).to_sparse_csr()
+        gram.add_(transposed @ block[:rows])
+    return gram
+
+
+def solve(films: np.ndarray, gram: torch.Tensor, reg: float) -> Neighbours:
+    """EASE's weights from ``X^T X`` over ``films`` with ``lam = reg * mean diag`` (float32:
+    with ``lam`` at least the films' mean count the regularised matrix is well conditioned)."""
+    g = gram.float().clone()
+    lam = float(reg) * max(float(g.diagonal().mean()), 1e-12)
+    g.diagonal().add_(lam)
+    p = torch.cholesky_inverse(torch.linalg.cholesky(g))
+    weights = -p / p.diagonal()[None, :]
+    weights.fill_diagonal_(0.0)
+    return Neighbours(np.asarray(films, dtype=np.int64), weights.float().numpy())
+
+
+def fit(user_rows: np.ndarray, item_rows: np.ndarray, n_users: int, n_items: int, reg: float,
+        max_items: int | None = None) -> Neighbours:
+    """EASE weights from ratings given as (user row, item row) pairs."""
+    films = most_rated(item_rows, n_items, max_items)
+    return solve(films, gramian(user_rows, item_rows, n_users, films, n_items), reg)
+
+
+def scores(neighbours: Neighbours, indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray,
+           n_items: int, where: np.ndarray | None = None) -> torch.Tensor:
+    """Neighbour scores (len(rows) x M, the films of ``neighbours.items``) of the users ``rows``
+    of a CSR of rated item rows (``indptr``, ``indices``). ``where``: ``positions(n_items)``,
+    when the caller keeps it."""
+    where = neighbours.positions(n_items) if where is None else where
+    rows = np.asarray(rows, dtype=np.int64)
+    starts, ends = indptr[rows], indptr[rows + 1]
+    lengths = ends - starts
+    owner = np.repeat(np.arange(len(rows)), lengths)
+    taken = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(starts, lengths)
+    cols = where[indices[taken]]
+    keep = cols >= 0
+    # The users' rated films as a sparse 0/1 matrix: the product costs their ratings times M.
+    x = torch.sparse_coo_tensor(torch.from_numpy(np.stack([owner[keep], cols[keep]])), torch.ones(int(keep.sum())),
+                                (len(rows), len(neighbours.items)), check_invariants=False).coalesce().to_sparse_csr()
+    return x @ torch.from_numpy(neighbours.weights)
