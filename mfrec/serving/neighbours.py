@@ -125,7 +125,10 @@ def scores(neighbours: Neighbours, indptr: np.ndarray, indices: np.ndarray, rows
     taken = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(starts, lengths)
     cols = where[indices[taken]]
     keep = cols >= 0
-    # The users' rated films as a sparse 0/1 matrix: the product costs their ratings times M.
-    x = torch.sparse_coo_tensor(torch.from_numpy(np.stack([owner[keep], cols[keep]])), torch.ones(int(keep.sum())),
-                                (len(rows), len(neighbours.items)), check_invariants=False).coalesce().to_sparse_csr()
+    # The users' rated films as a sparse 0/1 matrix (rows in order already): the product costs
+    # their ratings times M, not users times M^2.
+    crow = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owner[keep], minlength=len(rows)), out=crow[1:])
+    x = torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(cols[keep]), torch.ones(int(crow[-1])),
+                                (len(rows), len(neighbours.items)), check_invariants=False)
     return x @ torch.from_numpy(neighbours.weights)

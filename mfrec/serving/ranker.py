@@ -25,6 +25,8 @@ from mfrec.training.model import predict_ratings, rating_tables
 LIST_LENGTH = 100
 LIST_SCORES = 100_000_000
 LIST_ENTRIES = 10_000_000
+# Known users whose neighbour scores are computed together while ranking.
+NEIGHBOUR_ROWS = 1024
 
 
 class Ranker:
@@ -196,6 +198,10 @@ class Ranker:
         """Score every item for each row, mask the seen ones, take the top k."""
         b, out_idx, out_val = self.bundle, [], []
         blocks = scoring.ScoreBlocks(len(user_rows), self.n_items)
+        # Known users' neighbour scores, for a run of blocks at a time: one sparse product per
+        # thousand users costs far less than one per block.
+        run = blocks.block * max(1, NEIGHBOUR_ROWS // blocks.block)
+        near_rows, near_all = None, None
         for block in blocks.slices():
             rows = user_rows[block]
             if folded is None:
@@ -206,9 +212,15 @@ class Ranker:
                 vectors = scoring.ranking_rows(b.model, None, self.ranking.rating_weight, part, part.genre_taste)
                 with_genres = part.genre_taste is not None
             scores = blocks.product(vectors, self.table(with_genres))
-            if b.neighbours is not None:
-                near = part.neighbour_scores if folded is not None else \
-                    self.neighbour_scores(b.seen_indptr, b.seen_indices, rows)
+            if b.neighbours is not None and (folded is not None or self.ranking.neighbour_weight > 0):
+                if folded is not None:
+                    near = part.neighbour_scores
+                else:
+                    first = block.start - block.start % run
+                    if near_rows != first:
+                        near_rows = first
+                        near_all = self.neighbour_scores(b.seen_indptr, b.seen_indices, user_rows[first:first + run])
+                    near = near_all[block.start - first:block.start - first + len(rows)]
                 if near is not None:
                     scores.index_add_(1, self.neighbour_columns, near.to(scores.dtype))
             if exclude_seen and folded is None:

@@ -260,23 +260,28 @@ def _grid_value(spec, value):
 
 def _neighbour_term(validation: Validation, model, ranking: RankingConfig) -> tuple[RankingConfig, dict]:
     """``ranking`` with its ``auto`` neighbour weight and reg chosen with ``model`` (the
-    search's first) at the other weights' starting values: the pair of ``NEIGHBOUR_WEIGHTS``
-    x ``NEIGHBOUR_REGS`` that ranks validation best, kept only when :func:`clearly_better`
-    than no neighbour term. The EASE weights depend on the data alone, so later trials keep
-    the choice (and choose their own rating and genre weights with it). Also the choice as
-    trial parameters, for the record."""
+    search's first) at the other weights' starting values: the reg of ``NEIGHBOUR_REGS`` that
+    ranks validation best at a middle weight, then the weight of ``NEIGHBOUR_WEIGHTS`` at that
+    reg, kept only when :func:`clearly_better` than no neighbour term. The EASE weights depend
+    on the data alone, so later trials keep the choice (and choose their own rating and genre
+    weights with it). Also the choice as trial parameters, for the record."""
     auto = [name for name in ("neighbour_weight", "neighbour_reg") if name in ranking.auto_fields()]
     if not auto:
         return ranking, {}
     start = ranking.with_prior()
-    weights = NEIGHBOUR_WEIGHTS if "neighbour_weight" in auto else (ranking.neighbour_weight,)
-    regs = NEIGHBOUR_REGS if "neighbour_reg" in auto else (ranking.neighbour_reg,)
-    tried = [(validation.ndcg_per_user(model, replace(start, neighbour_weight=w, neighbour_reg=r)), w, r)
-             for r in regs for w in weights if w > 0]
-    off = validation.ndcg_per_user(model, replace(start, neighbour_weight=0.0))
-    scores, weight, reg = max(tried, key=lambda t: (t[0].mean(), -t[2], -t[1]), default=(off, 0.0, regs[0]))
-    if "neighbour_weight" in auto and not clearly_better(scores, off):
-        weight = 0.0
+
+    def scored(weight, reg):
+        return validation.ndcg_per_user(model, replace(start, neighbour_weight=weight, neighbour_reg=reg))
+
+    weight = ranking.neighbour_weight if "neighbour_weight" not in auto else NEIGHBOUR_WEIGHTS[len(NEIGHBOUR_WEIGHTS) // 2]
+    reg = ranking.neighbour_reg
+    if "neighbour_reg" in auto:
+        reg = max(NEIGHBOUR_REGS, key=lambda r: (scored(weight, r).mean(), -r))
+    if "neighbour_weight" in auto:
+        off = scored(0.0, reg)
+        best, weight = max(((scored(w, reg), w) for w in NEIGHBOUR_WEIGHTS if w > 0), key=lambda t: (t[0].mean(), -t[1]))
+        if not clearly_better(best, off):
+            weight = 0.0
     chosen = {"neighbour_weight": weight, "neighbour_reg": reg} if weight > 0 else {"neighbour_weight": 0.0}
     chosen = {name: value for name, value in chosen.items() if name in auto}  # without the term, no reg to record
     return replace(ranking, **chosen), chosen
