@@ -69,18 +69,6 @@ class Validation:
                                neighbours.scores(near, b.seen_indptr, b.seen_indices, self.ranked, len(b.item_index)))
         return self._near[reg]
 
-    def neighbour_ndcg(self, reg: float) -> np.ndarray:
-        """Each sampled validation user's NDCG@10 of the neighbour scores alone (films without
-        weights last): how the EASE weights' ``reg`` is chosen, before any model."""
-        films, near = self.neighbour_scores(reg)
-        top, n_items = [], len(self.base.item_index)
-        for start in range(0, len(self.ranked), 1024):
-            scores = torch.full((len(near[start:start + 1024]), n_items), -torch.inf)
-            scores[:, films] = near[start:start + 1024]
-            scoring.mask_seen(scores, self.base.seen_indptr, self.base.seen_indices, self.ranked[start:start + 1024])
-            top.append(scoring.top_k(scores, K)[1])
-        return metrics.per_user(torch.cat(top).numpy(), self.relevant, K)[2]
-
     def ndcg(self, model, ranking: RankingConfig) -> float:
         """NDCG@10 of ``recommend`` for the (sampled) validation users."""
         return float(np.mean(self.ndcg_per_user(model, ranking)))

@@ -132,3 +132,15 @@ def scores(neighbours: Neighbours, indptr: np.ndarray, indices: np.ndarray, rows
     x = torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(cols[keep]), torch.ones(int(crow[-1])),
                                 (len(rows), len(neighbours.items)), check_invariants=False)
     return x @ torch.from_numpy(neighbours.weights)
+
+
+class Scorer:
+    """:func:`scores` times a weight, with what every call shares (the films' places and columns)."""
+
+    def __init__(self, neighbours: Neighbours, n_items: int):
+        self.neighbours, self.n_items = neighbours, n_items
+        self.where = neighbours.positions(n_items)
+        self.columns = torch.from_numpy(neighbours.items)  # the score columns the result adds to
+
+    def __call__(self, indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, weight: float) -> torch.Tensor:
+        return scores(self.neighbours, indptr, indices, rows, self.n_items, self.where).mul_(float(weight))

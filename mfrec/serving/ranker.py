@@ -156,24 +156,12 @@ class Ranker:
         near = ranking.fold_in_neighbour_weight
         if self.bundle.neighbours is not None and near > 0:  # what the films they told us recommend
             indptr, indices = csr_from_pairs(np.asarray(customers), np.asarray(item_rows), n_customers)
-            folded.neighbour_scores = self.neighbour_scores(indptr, indices, np.arange(n_customers), near)
+            folded.neighbour_scores = self.neighbourhood(indptr, indices, np.arange(n_customers), near)
         return folded
 
-    def neighbour_scores(self, indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray,
-                         weight: float | None = None) -> torch.Tensor:
-        """Neighbour scores of ``rows`` of a CSR of rated item rows, times ``weight`` (default:
-        the ranking's ``neighbour_weight``)."""
-        b = self.bundle
-        scores = neighbours.scores(b.neighbours, indptr, indices, rows, self.n_items, self.neighbour_positions)
-        return scores.mul_(float(self.ranking.neighbour_weight if weight is None else weight))
-
     @cached_property
-    def neighbour_positions(self) -> np.ndarray:
-        return self.bundle.neighbours.positions(self.n_items)
-
-    @cached_property
-    def neighbour_columns(self) -> torch.Tensor:
-        return torch.from_numpy(self.bundle.neighbours.items)
+    def neighbourhood(self) -> neighbours.Scorer:
+        return neighbours.Scorer(self.bundle.neighbours, self.n_items)
 
     def _list(self, key, n_rows: int, make):
         if n_rows * self.n_items > LIST_SCORES or n_rows * min(LIST_LENGTH, self.n_items) > LIST_ENTRIES:
@@ -219,10 +207,11 @@ class Ranker:
                     first = block.start - block.start % run
                     if near_rows != first:
                         near_rows = first
-                        near_all = self.neighbour_scores(b.seen_indptr, b.seen_indices, user_rows[first:first + run])
+                        near_all = self.neighbourhood(b.seen_indptr, b.seen_indices, user_rows[first:first + run],
+                                                      self.ranking.neighbour_weight)
                     near = near_all[block.start - first:block.start - first + len(rows)]
                 if near is not None:
-                    scores.index_add_(1, self.neighbour_columns, near.to(scores.dtype))
+                    scores.index_add_(1, self.neighbourhood.columns, near.to(scores.dtype))
             if exclude_seen and folded is None:
                 scores = scoring.mask_seen(scores, b.seen_indptr, b.seen_indices, rows)
             if exclude_seen and extra_seen is not None:
