@@ -52,14 +52,16 @@ def test_enough_cg_steps_solve_each_side_exactly(implicit_weight, exponent):
         start = tuple(t.clone() for t in (m.item_factors, m.item_bias, m.item_logit_bias))
         constant = als._item_constant(m.user_choice_factors, k, weights[0])
         cg_items = cg.solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean, by_item, weights,
-                                  config.bias_reg, item_reg, constant, k + 3, start)
+                                  config.bias_reg, item_reg, constant, k + 3, start,
+                                  counts=(by_item.row_counts().double(), by_user.row_counts().double()))
         for a, b in zip(exact_items, cg_items):
             assert torch.allclose(a, b, atol=1e-8)
         *exact_users, exact_sq = als.solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean,
                                                  by_user, config, row_reg=user_reg)
         start = tuple(t.clone() for t in (m.user_bias, m.user_factors, m.user_choice_factors))
         cg_sq = cg.solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean, by_user, weights,
-                               config.bias_reg, user_reg, k + 3, start)
+                               config.bias_reg, user_reg, k + 3, start,
+                               counts=(by_user.row_counts().double(), by_item.row_counts().double()))
         for a, b in zip(exact_users, start):
             assert torch.allclose(a, b, atol=1e-8)
         assert math.isclose(float(exact_sq), float(cg_sq), rel_tol=1e-8)

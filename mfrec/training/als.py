@@ -317,6 +317,8 @@ class AlsSolver:
         self.user_mean_count = self.n_ratings / shard.n_users if shard else float(counts[0].double().mean())
         self.user_reg = row_penalties(counts[0], config.reg, config.reg_exponent, config.n_factors,
                                       self.user_mean_count).to(dtype)
+        # Ratings per user (this rank's) and per item (every rank's): the CG preconditioner's.
+        self.counts = tuple(c.to(dtype) for c in counts)
         self.item_reg = row_penalties(counts[1], config.reg, config.reg_exponent, config.n_factors).to(dtype)
 
     def _table_width(self, side: str) -> int:
@@ -346,9 +348,11 @@ class AlsSolver:
             if dist:  # a sum over every rank's users
                 all_reduce(constant)
             cg.solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean, self.by_item, weights,
-                           cfg.bias_reg, self.item_reg, constant, cfg.cg_steps, items_out, dist, self.workers)
+                           cfg.bias_reg, self.item_reg, constant, cfg.cg_steps, items_out, dist, self.workers,
+                           counts=self.counts[::-1])
             sq_error = cg.solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean, self.by_user,
-                                      weights, cfg.bias_reg, self.user_reg, cfg.cg_steps, users_out, self.workers)
+                                      weights, cfg.bias_reg, self.user_reg, cfg.cg_steps, users_out, self.workers,
+                                      counts=self.counts)
         else:
             solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean, self.by_item, cfg, dist,
                         out=items_out, row_reg=self.item_reg, workers=self.workers)

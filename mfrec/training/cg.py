@@ -3,14 +3,23 @@
 The systems are those of :mod:`mfrec.training.als` (its docstring has the objective). The
 exact steps build every row's D x D matrix (``nnz * D^2`` work) and factorise it
 (``rows * D^3``); conjugate gradients only multiply by it. A product with a row's matrix is
-a sum over its ratings of ``w f (f . v)`` plus a shared dense part, so for a whole block of
-rows it is one sampled dense-dense product (``f . v`` per rating) and one sparse-dense
-product per data term, ``O(nnz * D)``, plus one ``rows x D x D`` matrix product. A sweep
-therefore grows like ``k^2`` (the dense parts) instead of ``k^3``. Each CG step runs on every
-row of a block at once (per-row step sizes), starting from the current factors, as
-implicit's CPU solver does; ``cg_steps`` iterations per side and sweep (3 by default) do
-not solve a row exactly, but the sweeps converge to the same objective (tests compare the
-loss with the exact steps).
+a sum over its ratings of ``w f (f . v)`` plus a shared part, so for a whole block of rows it
+is one sampled dense-dense product (``f . v`` per rating) and one sparse-dense product per
+data term, ``O(nnz * D)``. Each CG step runs on every row of a block at once (per-row step
+sizes), starting from the current factors, as implicit's CPU solver does; ``cg_steps``
+iterations per side and sweep (2 by default) do not solve a row exactly, but the sweeps
+converge to the same objective (tests compare the loss with the exact steps).
+
+**Preconditioning in an eigenbasis.** A row's matrix is a shared part ``A0`` (penalties at
+their mean, the choice term's Gramian) plus a sum over its ``n`` ratings of outer products
+``h h^T``, which is about ``n E`` with ``E`` the mean outer product over every rating. One
+generalised eigendecomposition per side and sweep (``D^3``), ``V^T A0 V = diag(mu)`` and
+``V^T E V = I``, gives a basis in which ``A0 + n E`` is ``diag(mu + n)`` for every row. CG
+runs in it (unknowns ``w`` with ``x = V w``, tables ``h V``): the shared part becomes a
+per-coordinate scale, no ``D x D`` product per step, and the preconditioner is
+``1 / (mu + n)``. Two steps do there what three Jacobi-preconditioned steps did
+(docs/benchmarks.md, "CG steps"). Rows whose penalty differs from the mean add
+``(reg_r - mean) V^T J V w`` (``J`` the factor coordinates), one ``D x D`` product a step.
 """
 
 from __future__ import annotations
@@ -21,23 +30,66 @@ from mfrec.training.csr import Csr
 from mfrec.training.shards import all_reduce
 
 
+class Basis:
+    """The generalised eigenbasis of (``shared``, ``per_rating``) (computed in float64):
+    ``V`` (columns), ``mu``, ``to_basis = per_rating V`` (``w = x to_basis`` for row vectors
+    ``x``) and ``penalised = V^T J V`` for the factor coordinates ``J`` (the first ``k``)."""
+
+    def __init__(self, shared: torch.Tensor, per_rating: torch.Tensor, k: int):
+        dtype, device, D = shared.dtype, shared.device, shared.shape[0]
+        a, e = shared.double().cpu(), per_rating.double().cpu()
+        eye = torch.eye(D, dtype=torch.float64)
+        # A little ridge keeps E positive definite (an unused column, factors still at zero).
+        e = (e + e.T) / 2 + eye * (1e-6 * float(e.diagonal().abs().mean()) + 1e-12)
+        lower_inverse = torch.linalg.solve_triangular(torch.linalg.cholesky(e), eye, upper=False)
+        mu, u = torch.linalg.eigh(lower_inverse @ ((a + a.T) / 2) @ lower_inverse.T)
+        v = lower_inverse.T @ u
+
+        def cast(t):
+            return t.to(dtype=dtype, device=device).contiguous()
+
+        self.V, self.V_t, self.mu, self.to_basis = cast(v), cast(v.T), cast(mu), cast(e @ v)
+        self.penalised = cast(v[:k].T @ v[:k])
+        self.floor = 1e-6 * max(float(mu.abs().max()), 1.0)  # (mu + n) stays positive: SPD
+
+    def inverse(self, counts: torch.Tensor) -> torch.Tensor:
+        """The preconditioner of rows with ``counts`` ratings: ``1 / (mu + n)`` per coordinate."""
+        return (self.mu[None, :] + counts[:, None]).clamp_min(self.floor).reciprocal()
+
+    def shared_product(self, w: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        """The shared part of the rows' matrices times ``w``: ``mu w`` plus, for rows whose
+        penalty differs from the mean by ``extra``, ``extra V^T J V w``."""
+        out = w * self.mu
+        return out if extra is None else out.addcmul_(extra, w @ self.penalised)
+
+
+def mean_outer(table: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``sum_j n_j h_j h_j^T`` over ``table``'s rows ``h_j`` (the caller divides by the number
+    of ratings to get the mean outer product per rating)."""
+    return (table * counts[:, None]).T @ table
+
+
+def _penalties(row_reg: torch.Tensor) -> tuple:
+    """(the rows' mean penalty, each row's penalty minus it as a column, or None when the
+    rows share one penalty)."""
+    if not len(row_reg) or bool((row_reg == row_reg[0]).all()):
+        return (float(row_reg[0]) if len(row_reg) else 0.0), None
+    typical = float(row_reg.mean())
+    return typical, (row_reg - typical)[:, None]
+
+
 class _Rows:
     """A block of rows whose systems ``A x = b`` CG solves together: ``apply(V)`` is ``A V``
     row by row; ``x`` the current solutions (warm start), ``residual`` ``b - A x`` and
-    ``diagonal`` each row's diagonal of ``A`` (the Jacobi preconditioner)."""
+    ``inverse`` each row's diagonal preconditioner."""
 
-    def __init__(self, apply, x: torch.Tensor, residual: torch.Tensor, diagonal: torch.Tensor):
-        self.apply, self.x, self.residual, self.inverse = apply, x, residual, diagonal.reciprocal()
+    def __init__(self, apply, x: torch.Tensor, residual: torch.Tensor, inverse: torch.Tensor):
+        self.apply, self.x, self.residual, self.inverse = apply, x, residual, inverse
 
 
 def conjugate_gradient(systems: list[_Rows], steps: int) -> None:
     """``steps`` preconditioned CG iterations on every row of every system (each row its own
-    step sizes), updating ``x`` and ``residual`` in place.
-
-    Jacobi preconditioning: a row's system mixes a bias, whose diagonal entry is its number of
-    ratings, with factors whose entries are sums of small squares; scaled by the diagonal,
-    two steps do what three did without (docs/benchmarks.md, "CG steps").
-    """
+    step sizes), updating ``x`` and ``residual`` in place."""
     scaled = [s.residual * s.inverse for s in systems]
     directions = [z.clone() for z in scaled]
     norms = [(s.residual * z).sum(1) for s, z in zip(systems, scaled)]
@@ -59,58 +111,71 @@ def conjugate_gradient(systems: list[_Rows], steps: int) -> None:
             norms[i] = new
 
 
+def _diagonal(k: int, first: float, rest: float, D: int, like: torch.Tensor) -> torch.Tensor:
+    """``diag(first (k times), rest (D - k times))``."""
+    return torch.diag(torch.cat([torch.full((k,), first, dtype=like.dtype, device=like.device),
+                                 torch.full((D - k,), rest, dtype=like.dtype, device=like.device)]))
+
+
 def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user: Csr, weights: tuple,
-                bias_reg: float, row_reg: torch.Tensor, steps: int, out: tuple, workers=None):
+                bias_reg: float, row_reg: torch.Tensor, steps: int, out: tuple, workers=None, *,
+                counts: tuple):
     """The user step by CG, warm-started from and written into ``out = (bias, p, c)``.
 
     Rating system of user u, unknowns ``x = (p_u, b_u)``: ``sum over rated f f^T + diag(reg_u,
     bias_reg) `` with ``f = (q_i, 1)``, right side ``sum r~ f``. Choice system, unknown
     ``c_u``: ``(w1 - w0) sum over rated q q^T + w0 Q^T Q + reg_u I``, right side
-    ``sum over rated (w1 - (w1 - w0) d_i) q_i - w0 Q^T d``. Returns the squared rating error
-    at the new factors.
+    ``sum over rated (w1 - (w1 - w0) d_i) q_i - w0 Q^T d``. ``counts`` are (ratings per user,
+    per item) as floats. Returns the squared rating error at the new factors.
     """
     q = item_factors
     k, dtype, device = q.shape[1], q.dtype, q.device
     w0, w1 = weights
     omega = w1 - w0
     bias, p, c = out
+    user_counts, item_counts = counts
     if w0 == 0:
         c.zero_()  # no choice loss, no choice vectors (as in the exact step)
     f = torch.cat([q, torch.ones(len(q), 1, dtype=dtype, device=device)], 1)
-    f_t, q_t = f.T, q.T  # the sampled product reads an item's features contiguously this way
-    f_squared = f * f
+    per_rating = mean_outer(f, item_counts) / item_counts.sum().clamp_min(1.0)
+    typical, extra = _penalties(row_reg)
+    rating = Basis(_diagonal(k, typical, bias_reg, k + 1, f), per_rating, k)
+    f_w = f @ rating.V
+    f_w_t = f_w.T  # the sampled product reads an item's features contiguously this way
     if w0 > 0:
         gram = w0 * (q.T @ q)
-        offset = w0 * (q.T @ item_choice_bias)
+        choice = Basis(gram + typical * torch.eye(k, dtype=dtype, device=device), omega * per_rating[:k, :k], k)
+        q_w = q @ choice.V
+        q_w_t = q_w.T
+        offset = (w0 * (q.T @ item_choice_bias)) @ choice.V
         choice_target = w1 - omega * item_choice_bias  # per item: what a rated pair pulls towards
 
     def block(first, part):
         rows = slice(first, first + part.shape[0])
-        lam = row_reg[rows][:, None]
-        prior = torch.cat([lam.expand(-1, k), torch.full_like(lam, bias_reg)], 1)
+        more = extra[rows] if extra is not None else None
+        n = user_counts[rows]
         target = part.residuals(float(global_mean), item_bias)
 
-        def rating_product(v, part=part, prior=prior):
-            return part.product(part.dots(v, f_t), f).add_(prior * v)
+        def rating_product(v, part=part, more=more):
+            return part.product(part.dots(v, f_w_t), f_w).add_(rating.shared_product(v, more))
 
-        x = torch.cat([p[rows], bias[rows][:, None]], 1)
-        residual = part.product(target - part.dots(x, f_t), f).sub_(prior * x)
-        squares = part.pattern_product(f_squared).add_(prior)  # the rating systems' diagonals
-        systems = [_Rows(rating_product, x, residual, squares)]
+        w = torch.cat([p[rows], bias[rows][:, None]], 1) @ rating.to_basis
+        residual = part.product(target - part.dots(w, f_w_t), f_w).sub_(rating.shared_product(w, more))
+        systems = [_Rows(rating_product, w, residual, rating.inverse(n))]
         if w0 > 0:
-            def choice_product(v, part=part, lam=lam):
-                return part.product(part.dots(v, q_t), q).mul_(omega).add_(v @ gram + lam * v)
+            def choice_product(v, part=part, more=more):
+                return part.product(part.dots(v, q_w_t), q_w).mul_(omega).add_(choice.shared_product(v, more))
 
-            y = c[rows].clone()
-            pulled = part.gather(choice_target) - omega * part.dots(y, q_t)
-            diagonal = (squares[:, :k] - prior[:, :k]).mul_(omega).add_(gram.diagonal()[None, :] + lam)
-            systems.append(_Rows(choice_product, y, part.product(pulled, q).sub_(offset + y @ gram + lam * y),
-                                 diagonal))
+            y = c[rows] @ choice.to_basis
+            pulled = part.gather(choice_target) - omega * part.dots(y, q_w_t)
+            systems.append(_Rows(choice_product, y, part.product(pulled, q_w).sub_(offset).sub_(
+                choice.shared_product(y, more)), choice.inverse(n)))
         conjugate_gradient(systems, steps)
+        x = w @ rating.V_t
         p[rows], bias[rows] = x[:, :k], x[:, k]
         if w0 > 0:
-            c[rows] = systems[1].x
-        error = target - part.dots(x, f_t)
+            c[rows] = systems[1].x @ choice.V_t
+        error = target - part.dots(w, f_w_t)
         return torch.dot(error, error).to(torch.float64)
 
     return sum(_map(workers, block, by_user.blocks()), torch.zeros((), dtype=torch.float64, device=device))
@@ -118,14 +183,15 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
 
 def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr, weights: tuple, bias_reg: float,
                 row_reg: torch.Tensor, constant: torch.Tensor, steps: int, out: tuple, distributed: bool = False,
-                workers=None):
+                workers=None, *, counts: tuple):
     """The item step by CG, warm-started from and written into ``out = (q, b_i, d_i)``.
 
     Item i's unknowns ``z = (q_i, b_i, d_i)``; its matrix sums, over the users who rated it,
     ``f f^T + (w1 - w0) g g^T`` with ``f = (p_u, 1, 0)`` and ``g = (c_u, 0, 1)``, plus
     ``constant`` (``w0`` times every user's ``g g^T``: :func:`mfrec.training.als._item_constant`
     without its prior) and ``diag(reg_i, bias_reg, bias_reg)``; right side ``sum r~ f + w1
-    sum g``.
+    sum g``. ``counts`` are (ratings per item, over every rank's users; per user of this
+    rank) as floats.
     """
     p, c = user_factors, user_choice
     k, dtype, device = p.shape[1], p.dtype, p.device
@@ -133,52 +199,59 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
     omega = w1 - w0
     implicit = w0 > 0
     factors, bias, choice_bias = out
+    item_counts, user_counts = counts
     if not implicit:
         choice_bias.zero_()  # no choice loss, no choice bias (as in the exact step)
     D = k + 2 if implicit else k + 1
     # The users' features as full-width rows: f = (p, 1, 0) and g = (c, 0, 1).
     f = torch.zeros(len(p), D, dtype=dtype, device=device)
     f[:, :k], f[:, k] = p, 1.0
-    f_t = f.T  # the sampled product reads a user's features contiguously this way
+    per_rating = mean_outer(f, user_counts)
     if implicit:
         g = torch.zeros(len(p), D, dtype=dtype, device=device)
         g[:, :k], g[:, k + 1] = c, 1.0
-        g_t = g.T
-    squares = f * f + omega * g * g if implicit else f * f
+        per_rating.add_(mean_outer(g, user_counts), alpha=omega)
+    if distributed:  # a sum over every rank's users
+        all_reduce(per_rating)
+    per_rating /= item_counts.sum().clamp_min(1.0)
+    typical, extra = _penalties(row_reg)
+    basis = Basis(constant + _diagonal(k, typical, bias_reg, D, f), per_rating, k)
+    f_w = f @ basis.V
+    f_w_t = f_w.T  # the sampled product reads a user's features contiguously this way
+    if implicit:
+        g_w = g @ basis.V
+        g_w_t = g_w.T
 
     def block(first, part):
         m = part.shape[0]
         rows = slice(first, first + m)
-        lam = row_reg[rows][:, None]
-        prior = torch.cat([lam.expand(-1, k), torch.full((m, D - k), bias_reg, dtype=dtype, device=device)], 1)
+        more = extra[rows] if extra is not None else None
         target = part.residuals(float(global_mean), user_bias)
 
         def sums(rating_values, choice_values):
-            """Per item, sum over its ratings of rating_values f + choice_values g."""
-            data = part.product(rating_values, f)
+            """Per item, sum over its ratings of rating_values f + choice_values g (in the basis)."""
+            data = part.product(rating_values, f_w)
             if implicit:
-                data.add_(part.product(choice_values, g))
+                data.add_(part.product(choice_values, g_w))
             return all_reduce(data)[0] if distributed else data
 
-        def product(z, part=part, prior=prior):
-            choice = omega * part.dots(z, g_t) if implicit else None
-            return sums(part.dots(z, f_t), choice).add_(z @ constant).add_(prior * z)
+        def product(v, part=part, more=more):
+            choice = omega * part.dots(v, g_w_t) if implicit else None
+            return sums(part.dots(v, f_w_t), choice).add_(basis.shared_product(v, more))
 
-        z = torch.empty(m, D, dtype=dtype, device=device)
-        z[:, :k], z[:, k] = factors[rows], bias[rows]
+        x = torch.empty(m, D, dtype=dtype, device=device)
+        x[:, :k], x[:, k] = factors[rows], bias[rows]
         if implicit:
-            z[:, k + 1] = choice_bias[rows]
-        rating_values = target - part.dots(z, f_t)
-        choice_values = (w1 - omega * part.dots(z, g_t)) if implicit else None
-        residual = sums(rating_values, choice_values).sub_(z @ constant).sub_(prior * z)
-        diagonal = part.pattern_product(squares)
-        if distributed:
-            all_reduce(diagonal)
-        diagonal.add_(constant.diagonal()).add_(prior)
-        conjugate_gradient([_Rows(product, z, residual, diagonal)], steps)
-        factors[rows], bias[rows] = z[:, :k], z[:, k]
+            x[:, k + 1] = choice_bias[rows]
+        z = x @ basis.to_basis
+        rating_values = target - part.dots(z, f_w_t)
+        choice_values = (w1 - omega * part.dots(z, g_w_t)) if implicit else None
+        residual = sums(rating_values, choice_values).sub_(basis.shared_product(z, more))
+        conjugate_gradient([_Rows(product, z, residual, basis.inverse(item_counts[rows]))], steps)
+        x = z @ basis.V_t
+        factors[rows], bias[rows] = x[:, :k], x[:, k]
         if implicit:
-            choice_bias[rows] = z[:, k + 1]
+            choice_bias[rows] = x[:, k + 1]
 
     _map(workers, block, by_item.blocks())
     return factors, bias, choice_bias

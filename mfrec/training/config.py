@@ -53,7 +53,7 @@ class TrainConfig:
     # ALS: how each side's systems are solved: "exact" (factorised), "cg" (cg_steps warm-started
     # conjugate-gradient steps a side and sweep, cost ~k^2 instead of ~k^3) or "auto" (by k).
     als_solve: str = "auto"
-    cg_steps: int = 3
+    cg_steps: int = 2
     # Weight of the "which films" part of the objective; 0 trains a rating-only model.
     implicit_weight: float | str = AUTO
     # ALS: weight of a rated user-film pair in the choice loss relative to an unrated one.

@@ -20,7 +20,7 @@ BLOCK_RATINGS = 1 << 20
 MIN_BLOCK_RATINGS = 1 << 15
 # A column tile's slice of the table a product reads is about this many bytes: a few MB stay
 # in a CPU's cache while products gather rows from them in random order (docs/benchmarks.md).
-TILE_BYTES = 8 << 20
+TILE_BYTES = 2 << 20
 # Ratings sorted per pass while building: bounds the build's temporaries, and what the
 # allocator keeps of them afterwards.
 BUILD_CHUNK = 1 << 16
