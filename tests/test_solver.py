@@ -32,21 +32,25 @@ def _model(n_users, n_items, k, mean, seed=5, dtype=torch.float64):
     return m.to(dtype)
 
 
-@pytest.mark.parametrize("implicit_weight", [2.0, 0.0])
+@pytest.mark.parametrize("implicit_weight, confidence", [(2.0, 4.0), (0.0, 4.0), (2.0, 1.0)])
 @pytest.mark.parametrize("exponent", [0.0, 0.7])
-def test_enough_cg_steps_solve_each_side_exactly(implicit_weight, exponent):
+def test_enough_cg_steps_solve_each_side_exactly(implicit_weight, confidence, exponent):
     """CG on a D-dimensional SPD system is exact after D steps: with that many steps, both CG
-    steps give the exact steps' answers (float64), penalties per row included."""
+    steps give the exact steps' answers (float64), penalties per row included; also where
+    the preconditioner's mean outer product is singular (a factor column at zero) or its
+    choice part zero (confidence 1)."""
     users, items, ratings = _ratings()
     k = 5
     config = TrainConfig(n_factors=k, reg=1.3, reg_exponent=exponent, implicit_weight=implicit_weight,
-                         confidence=4.0, bias_reg=2.0)
+                         confidence=confidence, bias_reg=2.0)
     by_user, by_item = Csr(users, items, ratings, 60, 45), Csr(items, users, ratings, 45, 60)
     user_reg = als.row_penalties(by_user.row_counts(), config.reg, exponent, k).double()
     item_reg = als.row_penalties(by_item.row_counts(), config.reg, exponent, k).double()
     weights = (config.implicit_weight, config.implicit_weight * config.confidence)
     m = _model(60, 45, k, float(ratings.mean()))
     with torch.no_grad():
+        m.item_factors[:, 1] = 0.0  # a factor no item uses: E is singular there
+        m.user_factors[:, 1] = 0.0
         exact_items = als.solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean, by_item,
                                       config, row_reg=item_reg)
         start = tuple(t.clone() for t in (m.item_factors, m.item_bias, m.item_logit_bias))

@@ -310,7 +310,8 @@ class AlsSolver:
             # as many ratings as one block of a single worker.
             csr.plan_blocks(rows if shard and side == "items" else None, tile,
                             min_blocks=4 * workers.n if workers.n > 1 else 1,
-                            max_ratings=csr_module.BLOCK_RATINGS // workers.n)
+                            max_ratings=(csr_module.CG_BLOCK_RATINGS if config.solve == "cg"
+                                         else csr_module.BLOCK_RATINGS) // workers.n)
             counts.append(rows)
         dtype = model.user_factors.dtype
         # A user's penalty scales against the mean user of the whole training set.
@@ -352,7 +353,7 @@ class AlsSolver:
                            counts=self.counts[::-1])
             sq_error = cg.solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean, self.by_user,
                                       weights, cfg.bias_reg, self.user_reg, cfg.cg_steps, users_out, self.workers,
-                                      counts=self.counts)
+                                      counts=self.counts, typical_count=self.user_mean_count)
         else:
             solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean, self.by_item, cfg, dist,
                         out=items_out, row_reg=self.item_reg, workers=self.workers)

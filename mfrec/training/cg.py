@@ -13,13 +13,13 @@ converge to the same objective (tests compare the loss with the exact steps).
 **Preconditioning in an eigenbasis.** A row's matrix is a shared part ``A0`` (penalties at
 their mean, the choice term's Gramian) plus a sum over its ``n`` ratings of outer products
 ``h h^T``, which is about ``n E`` with ``E`` the mean outer product over every rating. One
-generalised eigendecomposition per side and sweep (``D^3``), ``V^T A0 V = diag(mu)`` and
-``V^T E V = I``, gives a basis in which ``A0 + n E`` is ``diag(mu + n)`` for every row. CG
-runs in it (unknowns ``w`` with ``x = V w``, tables ``h V``): the shared part becomes a
-per-coordinate scale, no ``D x D`` product per step, and the preconditioner is
-``1 / (mu + n)``. Two steps do there what three Jacobi-preconditioned steps did
-(docs/benchmarks.md, "CG steps"). Rows whose penalty differs from the mean add
-``(reg_r - mean) V^T J V w`` (``J`` the factor coordinates), one ``D x D`` product a step.
+generalised eigendecomposition per side and sweep (``D^3``, :class:`Basis`) gives a basis in
+which ``A0 + n E`` is diagonal for every ``n`` at once. CG runs in it (unknowns ``w`` with
+``x = V w``, tables ``h V``): the shared part becomes a per-coordinate scale, with no
+``D x D`` product per step, and the preconditioner is the inverse of that diagonal. Two steps
+there reach the exact sweeps' objective (docs/benchmarks.md, "CG steps"). Rows whose
+penalty differs from the mean add ``(reg_r - mean) V^T J V w`` (``J`` the factor
+coordinates), one ``D x D`` product a step.
 """
 
 from __future__ import annotations
@@ -31,30 +31,39 @@ from mfrec.training.shards import all_reduce
 
 
 class Basis:
-    """The generalised eigenbasis of (``shared``, ``per_rating``) (computed in float64):
-    ``V`` (columns), ``mu``, ``to_basis = per_rating V`` (``w = x to_basis`` for row vectors
-    ``x``) and ``penalised = V^T J V`` for the factor coordinates ``J`` (the first ``k``)."""
+    """A basis in which every row's approximate matrix ``shared + n per_rating`` is diagonal.
 
-    def __init__(self, shared: torch.Tensor, per_rating: torch.Tensor, k: int):
+    With ``B = shared + typical per_rating`` (the matrix of a row with the typical count;
+    positive definite whenever either part is), a generalised eigendecomposition (float64)
+    gives ``V`` with ``V^T B V = I`` and ``V^T per_rating V = diag(nu)``, so ``V^T shared V =
+    diag(mu)``, ``mu = 1 - typical nu``, and a row with ``n`` ratings has ``diag(mu + n nu)``.
+    ``to_basis = B V`` maps row vectors ``x`` to ``w = x B V`` (``x = w V^T``);
+    ``penalised = V^T J V`` for the factor coordinates ``J`` (the first ``k``).
+    """
+
+    def __init__(self, shared: torch.Tensor, per_rating: torch.Tensor, k: int, typical: float):
         dtype, device, D = shared.dtype, shared.device, shared.shape[0]
         a, e = shared.double().cpu(), per_rating.double().cpu()
-        eye = torch.eye(D, dtype=torch.float64)
-        # A little ridge keeps E positive definite (an unused column, factors still at zero).
-        e = (e + e.T) / 2 + eye * (1e-6 * float(e.diagonal().abs().mean()) + 1e-12)
-        lower_inverse = torch.linalg.solve_triangular(torch.linalg.cholesky(e), eye, upper=False)
-        mu, u = torch.linalg.eigh(lower_inverse @ ((a + a.T) / 2) @ lower_inverse.T)
+        a, e = (a + a.T) / 2, (e + e.T) / 2
+        b = a + typical * e
+        # A little ridge keeps B positive definite (an unused coordinate, factors still at zero).
+        b += torch.eye(D, dtype=torch.float64) * (1e-9 * float(b.diagonal().abs().max()) + 1e-12)
+        lower_inverse = torch.linalg.solve_triangular(torch.linalg.cholesky(b), torch.eye(D, dtype=torch.float64),
+                                                      upper=False)
+        nu, u = torch.linalg.eigh(lower_inverse @ e @ lower_inverse.T)
         v = lower_inverse.T @ u
 
         def cast(t):
             return t.to(dtype=dtype, device=device).contiguous()
 
-        self.V, self.V_t, self.mu, self.to_basis = cast(v), cast(v.T), cast(mu), cast(e @ v)
+        self.V, self.V_t, self.to_basis = cast(v), cast(v.T), cast(b @ v)
+        self.nu, self.mu = cast(nu), cast(1.0 - typical * nu)
         self.penalised = cast(v[:k].T @ v[:k])
-        self.floor = 1e-6 * max(float(mu.abs().max()), 1.0)  # (mu + n) stays positive: SPD
 
     def inverse(self, counts: torch.Tensor) -> torch.Tensor:
-        """The preconditioner of rows with ``counts`` ratings: ``1 / (mu + n)`` per coordinate."""
-        return (self.mu[None, :] + counts[:, None]).clamp_min(self.floor).reciprocal()
+        """The preconditioner of rows with ``counts`` ratings: ``1 / (mu + n nu)`` per
+        coordinate (kept positive, so that it stays SPD where the approximation is not)."""
+        return torch.addcmul(self.mu[None, :], counts[:, None], self.nu[None, :]).clamp_min(1e-6).reciprocal()
 
     def shared_product(self, w: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
         """The shared part of the rows' matrices times ``w``: ``mu w`` plus, for rows whose
@@ -119,14 +128,16 @@ def _diagonal(k: int, first: float, rest: float, D: int, like: torch.Tensor) -> 
 
 def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user: Csr, weights: tuple,
                 bias_reg: float, row_reg: torch.Tensor, steps: int, out: tuple, workers=None, *,
-                counts: tuple):
+                counts: tuple, typical_count: float | None = None):
     """The user step by CG, warm-started from and written into ``out = (bias, p, c)``.
 
     Rating system of user u, unknowns ``x = (p_u, b_u)``: ``sum over rated f f^T + diag(reg_u,
     bias_reg) `` with ``f = (q_i, 1)``, right side ``sum r~ f``. Choice system, unknown
     ``c_u``: ``(w1 - w0) sum over rated q q^T + w0 Q^T Q + reg_u I``, right side
     ``sum over rated (w1 - (w1 - w0) d_i) q_i - w0 Q^T d``. ``counts`` are (ratings per user,
-    per item) as floats. Returns the squared rating error at the new factors.
+    per item) as floats; ``typical_count`` the ratings of a typical user (default: the mean of
+    these users'; a rank of a sharded fit passes every rank's mean). Returns the squared
+    rating error at the new factors.
     """
     q = item_factors
     k, dtype, device = q.shape[1], q.dtype, q.device
@@ -139,12 +150,14 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
     f = torch.cat([q, torch.ones(len(q), 1, dtype=dtype, device=device)], 1)
     per_rating = mean_outer(f, item_counts) / item_counts.sum().clamp_min(1.0)
     typical, extra = _penalties(row_reg)
-    rating = Basis(_diagonal(k, typical, bias_reg, k + 1, f), per_rating, k)
+    typical_count = float(user_counts.mean()) if typical_count is None else typical_count
+    rating = Basis(_diagonal(k, typical, bias_reg, k + 1, f), per_rating, k, typical_count)
     f_w = f @ rating.V
     f_w_t = f_w.T  # the sampled product reads an item's features contiguously this way
     if w0 > 0:
         gram = w0 * (q.T @ q)
-        choice = Basis(gram + typical * torch.eye(k, dtype=dtype, device=device), omega * per_rating[:k, :k], k)
+        choice = Basis(gram + typical * torch.eye(k, dtype=dtype, device=device), omega * per_rating[:k, :k], k,
+                       typical_count)
         q_w = q @ choice.V
         q_w_t = q_w.T
         offset = (w0 * (q.T @ item_choice_bias)) @ choice.V
@@ -215,7 +228,7 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
         all_reduce(per_rating)
     per_rating /= item_counts.sum().clamp_min(1.0)
     typical, extra = _penalties(row_reg)
-    basis = Basis(constant + _diagonal(k, typical, bias_reg, D, f), per_rating, k)
+    basis = Basis(constant + _diagonal(k, typical, bias_reg, D, f), per_rating, k, float(item_counts.mean()))
     f_w = f @ basis.V
     f_w_t = f_w.T  # the sampled product reads a user's features contiguously this way
     if implicit:

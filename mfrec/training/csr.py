@@ -15,11 +15,16 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 # per-row temporaries and the one-float-per-rating values of a product at any scale.
 BLOCK_ROWS = 8192
 BLOCK_RATINGS = 1 << 20
+# CG's blocks may hold more: its per-rating temporaries are a few floats, and each of its few
+# dozen products a block pays a call per column tile (a k=32 sweep over 25M ratings: 4.4 s
+# with blocks of 1M ratings, 3.5 s with 4M).
+CG_BLOCK_RATINGS = 4 << 20
 # ... and, when more blocks are asked for (one per worker thread and more), at least this many
 # ratings: smaller ones would cost more in per-operation overhead than they balance.
 MIN_BLOCK_RATINGS = 1 << 15
-# A column tile's slice of the table a product reads is about this many bytes: a few MB stay
-# in a CPU's cache while products gather rows from them in random order (docs/benchmarks.md).
+# A column tile's slice of the table a product reads is about this many bytes, what a core's
+# L2 holds while products gather rows from it in random order: a k=32 CG sweep over 25M
+# ratings took 6.5 s with 8 MiB tiles, 4.0 s with 2 MiB (docs/benchmarks.md, "CG steps").
 TILE_BYTES = 2 << 20
 # Ratings sorted per pass while building: bounds the build's temporaries, and what the
 # allocator keeps of them afterwards.
