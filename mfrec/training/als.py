@@ -345,8 +345,7 @@ class AlsSolver:
         users_out = (m.user_bias, m.user_factors, m.user_choice_factors)
         if cfg.solve == "cg":
             weights = _weights(cfg)
-            with self.workers.dense():
-                constant = _item_constant(m.user_choice_factors, cfg.n_factors, weights[0])
+            constant = _item_constant(m.user_choice_factors, cfg.n_factors, weights[0])
             if dist:  # a sum over every rank's users
                 all_reduce(constant)
             cg.solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean, self.by_item, weights,

@@ -24,8 +24,6 @@ coordinates), one ``D x D`` product a step.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from mfrec.training.csr import Csr
@@ -149,22 +147,21 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
     user_counts, item_counts = counts
     if w0 == 0:
         c.zero_()  # no choice loss, no choice vectors (as in the exact step)
-    with workers.dense() if workers is not None else contextlib.nullcontext():  # the tables: a few large products
-        f = torch.cat([q, torch.ones(len(q), 1, dtype=dtype, device=device)], 1)
-        per_rating = mean_outer(f, item_counts) / item_counts.sum().clamp_min(1.0)
-        typical, extra = _penalties(row_reg)
-        typical_count = float(user_counts.mean()) if typical_count is None else typical_count
-        rating = Basis(_diagonal(k, typical, bias_reg, k + 1, f), per_rating, k, typical_count)
-        f_w = f @ rating.V
-        f_w_t = f_w.T  # the sampled product reads an item's features contiguously this way
-        if w0 > 0:
-            gram = w0 * (q.T @ q)
-            choice = Basis(gram + typical * torch.eye(k, dtype=dtype, device=device), omega * per_rating[:k, :k], k,
-                           typical_count)
-            q_w = q @ choice.V
-            q_w_t = q_w.T
-            offset = (w0 * (q.T @ item_choice_bias)) @ choice.V
-            choice_target = w1 - omega * item_choice_bias  # per item: what a rated pair pulls towards
+    f = torch.cat([q, torch.ones(len(q), 1, dtype=dtype, device=device)], 1)
+    per_rating = mean_outer(f, item_counts) / item_counts.sum().clamp_min(1.0)
+    typical, extra = _penalties(row_reg)
+    typical_count = float(user_counts.mean()) if typical_count is None else typical_count
+    rating = Basis(_diagonal(k, typical, bias_reg, k + 1, f), per_rating, k, typical_count)
+    f_w = f @ rating.V
+    f_w_t = f_w.T  # the sampled product reads an item's features contiguously this way
+    if w0 > 0:
+        gram = w0 * (q.T @ q)
+        choice = Basis(gram + typical * torch.eye(k, dtype=dtype, device=device), omega * per_rating[:k, :k], k,
+                       typical_count)
+        q_w = q @ choice.V
+        q_w_t = q_w.T
+        offset = (w0 * (q.T @ item_choice_bias)) @ choice.V
+        choice_target = w1 - omega * item_choice_bias  # per item: what a rated pair pulls towards
 
     def block(first, part):
         rows = slice(first, first + part.shape[0])
@@ -219,25 +216,24 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
     if not implicit:
         choice_bias.zero_()  # no choice loss, no choice bias (as in the exact step)
     D = k + 2 if implicit else k + 1
-    with workers.dense() if workers is not None else contextlib.nullcontext():  # the tables: a few large products
-        # The users' features as full-width rows: f = (p, 1, 0) and g = (c, 0, 1).
-        f = torch.zeros(len(p), D, dtype=dtype, device=device)
-        f[:, :k], f[:, k] = p, 1.0
-        per_rating = mean_outer(f, user_counts)
-        if implicit:
-            g = torch.zeros(len(p), D, dtype=dtype, device=device)
-            g[:, :k], g[:, k + 1] = c, 1.0
-            per_rating.add_(mean_outer(g, user_counts), alpha=omega)
-        if distributed:  # a sum over every rank's users
-            all_reduce(per_rating)
-        per_rating /= item_counts.sum().clamp_min(1.0)
-        typical, extra = _penalties(row_reg)
-        basis = Basis(constant + _diagonal(k, typical, bias_reg, D, f), per_rating, k, float(item_counts.mean()))
-        f_w = f @ basis.V
-        f_w_t = f_w.T  # the sampled product reads a user's features contiguously this way
-        if implicit:
-            g_w = g @ basis.V
-            g_w_t = g_w.T
+    # The users' features as full-width rows: f = (p, 1, 0) and g = (c, 0, 1).
+    f = torch.zeros(len(p), D, dtype=dtype, device=device)
+    f[:, :k], f[:, k] = p, 1.0
+    per_rating = mean_outer(f, user_counts)
+    if implicit:
+        g = torch.zeros(len(p), D, dtype=dtype, device=device)
+        g[:, :k], g[:, k + 1] = c, 1.0
+        per_rating.add_(mean_outer(g, user_counts), alpha=omega)
+    if distributed:  # a sum over every rank's users
+        all_reduce(per_rating)
+    per_rating /= item_counts.sum().clamp_min(1.0)
+    typical, extra = _penalties(row_reg)
+    basis = Basis(constant + _diagonal(k, typical, bias_reg, D, f), per_rating, k, float(item_counts.mean()))
+    f_w = f @ basis.V
+    f_w_t = f_w.T  # the sampled product reads a user's features contiguously this way
+    if implicit:
+        g_w = g @ basis.V
+        g_w_t = g_w.T
 
     def block(first, part):
         m = part.shape[0]

@@ -57,21 +57,6 @@ class Workers:
 
         return list(self._pool.map(call, items))
 
-    @contextlib.contextmanager
-    def dense(self):
-        """torch on as many threads as there are workers for the duration: for the few large
-        dense products between the blocks' work (a side's tables and Gramians), which one
-        thread would leave the other cores idle for (a tenth of a k=128 sweep at 1M ratings)."""
-        if self.n == 1:
-            yield
-            return
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
-
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
