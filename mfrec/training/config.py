@@ -14,7 +14,7 @@ SOLVERS = ("als", "adam")
 FEEDBACK = ("explicit", "implicit")
 ALS_SOLVES = ("auto", "exact", "cg")
 # From this many factors on, als_solve=auto runs conjugate-gradient steps instead of exact
-# solves (measured: docs/benchmarks.md, "exact or CG").
+# solves (measured: docs/benchmarks.md, "CG steps").
 CG_FROM_FACTORS = 20
 # A setting whose value the train step chooses on validation (mfrec.training.search).
 AUTO = "auto"
