@@ -252,18 +252,24 @@ def test_the_readme_shared_server_section_runs_as_printed(shared_zip, tmp_path):
 
 
 def test_pipelines_side_by_side_into_one_sqlite_file(tmp_path):
-    """Three pipelines at once into one sqlite file whose tables were created first (README:
-    ``mlflow db upgrade``); a relative sqlite URI from another folder is refused up front."""
+    """Three pipelines at once into one sqlite file whose tables and experiment were created
+    first (README: ``mlflow db upgrade``, ``mlflow experiments create``: ``mlflow run`` looks
+    an experiment name up and creates it when missing, and three first runs at once race to
+    create it); a relative sqlite URI from another folder is refused up front."""
     db = tmp_path / "mlflow.db"
     subprocess.run([str(VENV_BIN / "mlflow"), "db", "upgrade", f"sqlite:///{db}"], check=True, capture_output=True,
                    env=venv_env())
+    subprocess.run([str(VENV_BIN / "mlflow"), "experiments", "create", "--experiment-name", "side"], check=True,
+                   capture_output=True, env=venv_env(MLFLOW_TRACKING_URI=f"sqlite:///{db}"))
     cmd = [str(VENV_BIN / "mlflow"), "run", str(REPO_ROOT), "--env-manager", "local", "--experiment-name", "side",
            "-P", "dataset=synthetic-3k", "-P", "search_trials=1", "-P", "epochs=3", "-P", "n_clusters=3"]
     procs = [subprocess.Popen(cmd + ["-P", f"seed={seed}"], cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=venv_env(MLFLOW_TRACKING_URI=f"sqlite:///{db}"))
              for seed in range(3)]
     outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
+    # A failure shows each failed run's first traceback, not the tail other output buries it under.
+    assert [p.returncode for p in procs] == [0, 0, 0], "\n\n".join(
+        err[err.find("Traceback"):][:4000] for (_, err), p in zip(outs, procs) if p.returncode)
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("side")
     tops = top_level(client, exp.experiment_id)
