@@ -72,9 +72,9 @@ class Basis:
         return out if extra is None else out.addcmul_(extra, w @ self.penalised)
 
 
-def mean_outer(table: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """``sum_j n_j h_j h_j^T`` over ``table``'s rows ``h_j`` (the caller divides by the number
-    of ratings to get the mean outer product per rating)."""
+def _outer_sum(table: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``sum_j n_j h_j h_j^T`` over ``table``'s rows ``h_j``: the outer products of every rating
+    (divided by their number, the mean outer product per rating)."""
     return (table * counts[:, None]).T @ table
 
 
@@ -148,7 +148,7 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
     if w0 == 0:
         c.zero_()  # no choice loss, no choice vectors (as in the exact step)
     f = torch.cat([q, torch.ones(len(q), 1, dtype=dtype, device=device)], 1)
-    per_rating = mean_outer(f, item_counts) / item_counts.sum().clamp_min(1.0)
+    per_rating = _outer_sum(f, item_counts) / item_counts.sum().clamp_min(1.0)
     typical, extra = _penalties(row_reg)
     typical_count = float(user_counts.mean()) if typical_count is None else typical_count
     rating = Basis(_diagonal(k, typical, bias_reg, k + 1, f), per_rating, k, typical_count)
@@ -219,11 +219,11 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
     # The users' features as full-width rows: f = (p, 1, 0) and g = (c, 0, 1).
     f = torch.zeros(len(p), D, dtype=dtype, device=device)
     f[:, :k], f[:, k] = p, 1.0
-    per_rating = mean_outer(f, user_counts)
+    per_rating = _outer_sum(f, user_counts)
     if implicit:
         g = torch.zeros(len(p), D, dtype=dtype, device=device)
         g[:, :k], g[:, k + 1] = c, 1.0
-        per_rating.add_(mean_outer(g, user_counts), alpha=omega)
+        per_rating.add_(_outer_sum(g, user_counts), alpha=omega)
     if distributed:  # a sum over every rank's users
         all_reduce(per_rating)
     per_rating /= item_counts.sum().clamp_min(1.0)
