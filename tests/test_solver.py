@@ -156,6 +156,64 @@ def test_tiled_blocks_give_the_untiled_products():
         tiled.plan_blocks(tile_cols=37)
 
 
+def test_wide_tiled_matrix_keeps_two_byte_columns(monkeypatch):
+    """More than 2^16 columns, tiled: tile-local column indices in two bytes, regrouped a few
+    ratings at a time, give the untiled matrix's products; the widest block takes the pattern
+    product's shared ones."""
+    monkeypatch.setattr(csr_module, "BLOCK_RATINGS", 500)
+    monkeypatch.setattr(csr_module, "TILE_CHUNK", 97)  # chunks that split rows
+    gen = torch.Generator().manual_seed(4)
+    n_rows, n_cols, n = 30, 200_000, 2400
+    rows = torch.randint(0, n_rows, (n,), generator=gen, dtype=torch.int32)
+    cols = torch.randint(0, n_cols, (n,), generator=gen, dtype=torch.int32)
+    ratings = torch.randint(1, 11, (n,), generator=gen).float() * 0.5
+    plain, tiled = Csr(rows, cols, ratings, n_rows, n_cols), Csr(rows, cols, ratings, n_rows, n_cols)
+    assert tiled.cols.dtype == torch.int32
+    plain.plan_blocks(min_blocks=1, max_ratings=n)
+    tiled.plan_blocks(tile_cols=30_000, min_blocks=1, max_ratings=n)
+    assert tiled.cols.dtype == torch.uint16 and len(tiled.plan[0][4]) == 7  # ceil(200,000 / 30,000) tiles
+    assert int(tiled.cols.int().max()) < 30_000 and len(tiled.ones) == n
+    table = torch.randn(n_cols, 5, generator=gen)
+    bias = torch.randn(n_cols, generator=gen)
+    (_, a), (_, b) = next(plain.blocks()), next(tiled.blocks())
+    assert torch.allclose(a.pattern_product(table), b.pattern_product(table), atol=1e-5)
+    product_a, sq_a = a.residual_product(3.0, bias, table)
+    product_b, sq_b = b.residual_product(3.0, bias, table)
+    assert torch.allclose(product_a, product_b, atol=1e-4) and torch.isclose(sq_a, sq_b)
+    # Each tile keeps its rows in order, and the ratings travel with their columns.
+    for crow, start, end, first, last in tiled.plan[0][4]:
+        counts = (crow[1:] - crow[:-1]).long()
+        tile_rows = torch.repeat_interleave(torch.arange(n_rows), counts)
+        tile_cols = tiled.cols[start:end].long() + first
+        assert torch.all(tile_cols < last)
+        expected = sorted(zip(rows.tolist(), cols.tolist(), (ratings * 2).long().tolist()))
+        inside = [e for e in expected if first <= e[1] < last]
+        got = sorted(zip(tile_rows.tolist(), tile_cols.tolist(), tiled.ratings[start:end].long().tolist()))
+        assert got == inside
+
+
+def test_workers_take_items_as_they_free_up():
+    """Results come in order, and a long generator is not drawn ahead of the workers (each
+    block holds temporaries of its own)."""
+    workers = Workers(2)
+    drawn, finished = [0], []
+
+    def items():
+        for i in range(40):
+            drawn[0] += 1
+            assert drawn[0] - len(finished) <= 2 * workers.n + 1
+            yield (i,)
+
+    def work(i):
+        finished.append(i)
+        return i * i
+
+    try:
+        assert workers.map(work, items()) == [i * i for i in range(40)]
+    finally:
+        workers.close()
+
+
 @pytest.mark.parametrize("solve", ["exact", "cg"])
 def test_worker_threads_give_the_one_thread_sweep(solve, monkeypatch):
     """Blocks solved on two worker threads give the serial sweep's numbers, bit for bit."""

@@ -33,6 +33,7 @@ import torch
 from mfrec.training import cg
 from mfrec.training import csr as csr_module
 from mfrec.training.csr import Csr
+from mfrec.training.heap import release_free_memory
 from mfrec.training.linalg import packed, packed_outer_into, solve_spd, unpack_into
 from mfrec.training.parallel import SERIAL, Workers
 from mfrec.training.shards import Shard, all_reduce
@@ -361,4 +362,6 @@ class AlsSolver:
                                        cfg, out=users_out, row_reg=self.user_reg, workers=self.workers)
         if dist:
             all_reduce(sq_error)
+        if self.n_ratings > csr_module.BLOCK_RATINGS:
+            release_free_memory()  # the blocks' temporaries: else the allocator's share grows sweep by sweep
         return float(sq_error) / self.n_ratings

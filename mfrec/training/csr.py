@@ -7,6 +7,8 @@ import warnings
 
 import torch
 
+from mfrec.training.heap import release_free_memory
+
 # torch's sparse CSR matmul is stable for what we use (CSR @ dense, CPU and CUDA); the
 # "beta" notice would otherwise greet every run.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -14,7 +16,7 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 # A block of rows solved together has at most this many rows and ratings: it bounds the
 # per-row temporaries and the one-float-per-rating values of a product at any scale.
 BLOCK_ROWS = 8192
-BLOCK_RATINGS = 1 << 20
+BLOCK_RATINGS = 2 << 20
 # CG's blocks may hold more: its per-rating temporaries are a few floats, and each of its few
 # dozen products a block pays a call per column tile (a k=32 sweep over 25M ratings: 4.4 s
 # with blocks of 1M ratings, 3.5 s with 4M).
@@ -29,6 +31,8 @@ TILE_BYTES = 2 << 20
 # Ratings sorted per pass while building: bounds the build's temporaries, and what the
 # allocator keeps of them afterwards.
 BUILD_CHUNK = 1 << 16
+# ... and regrouped by column tile per pass (about 40 bytes of temporaries a rating).
+TILE_CHUNK = 1 << 18
 
 
 class Csr:
@@ -59,10 +63,13 @@ class Csr:
         self.cols = torch.empty(n, dtype=col_dtype, device=device)
         self.ratings = torch.empty(n, dtype=code_dtype, device=device)
         _fill(self.cols, self.ratings, rows, cols, ratings, crow, self.scale)
+        if n > BLOCK_RATINGS:
+            release_free_memory()  # the sort's temporaries
         self.crow = crow.to(index_dtype)
         self.shape = (n_rows, n_cols)
         self.block_starts = None  # row where each block starts; planned on first use
         self.plan = None  # per block: rows, ratings and column tiles (plan_blocks)
+        self.ones = None
 
     def row_counts(self) -> torch.Tensor:
         """Ratings per row."""
@@ -98,35 +105,81 @@ class Csr:
                 first = min(first + BLOCK_ROWS, max(fits, first + 1))
             self.block_starts = starts + [n_rows]
         tiled = tile_cols is not None and 0 < tile_cols < self.shape[1]
+        # Tile-local column indices fit two bytes when tiles are at most 2^16 columns wide
+        # (the by-movie matrix of 25M ratings: 50 MB less than int32).
+        compact = tiled and self.cols.dtype != torch.uint16 and self.cols.device.type == "cpu" and \
+            tile_cols <= 2**16 and len(self.cols) > BLOCK_RATINGS
+        cols_out = torch.empty(len(self.cols), dtype=torch.uint16) if compact else self.cols
         self.plan = []  # per block: first and last row, first and last rating, tiles
         for first, last in zip(self.block_starts[:-1], self.block_starts[1:]):
             lo, hi = int(self.crow[first]), int(self.crow[last])
-            tiles = self._tile(first, last, int(tile_cols)) if tiled else \
-                [(self.crow[first:last + 1] - lo, 0, hi - lo, 0, self.shape[1])]
+            if tiled:
+                tiles = self._tile(first, last, int(tile_cols), cols_out)
+                # The block's temporaries, else kept by the allocator (at 25M ratings the by-movie
+                # matrix's regrouping peaked 135 MB higher without this; it costs 0.4 s).
+                release_free_memory()
+            else:
+                tiles = [(self.crow[first:last + 1] - lo, 0, hi - lo, 0, self.shape[1])]
             self.plan.append((first, last, lo, hi, tiles))
+        self.cols = cols_out
+        # The pattern products' values, one float a rating of the largest block, shared by the blocks.
+        self.ones = torch.ones(max(hi - lo for _, _, lo, hi, _ in self.plan), device=self.cols.device)
 
     @staticmethod
     def tile_width(table_width: int, element_size: int = 4) -> int:
         """Columns per tile for products with tables ``table_width`` elements wide."""
         return max(1024, TILE_BYTES // (table_width * element_size))
 
-    def _tile(self, first: int, last: int, width: int) -> list:
-        """Regroup rows ``first:last``'s ratings by column range (stable: rows stay in order);
-        returns each tile's (row pointers, first and last rating, first and last column)."""
+    def _tile(self, first: int, last: int, width: int, cols_out: torch.Tensor) -> list:
+        """Regroup rows ``first:last``'s ratings by column range (stable: rows stay in order),
+        writing tile-local column indices into ``cols_out``; returns each tile's (row
+        pointers, first and last rating, first and last column).
+
+        A counting placement, ``TILE_CHUNK`` ratings at a time: its temporaries are a chunk's
+        and one byte a rating of the block, however large the block."""
         lo, hi = int(self.crow[first]), int(self.crow[last])
-        cols = self.cols[lo:hi].to(torch.long)
-        tile = torch.div(cols, width, rounding_mode="floor")
-        order = torch.argsort(tile, stable=True)
-        rows = torch.repeat_interleave(torch.arange(last - first, device=cols.device),
-                                       self.crow[first + 1:last + 1].long() - self.crow[first:last].long())
-        rows, tile = rows[order], tile[order]
-        self.cols[lo:hi] = (cols[order] - tile * width).to(self.cols.dtype)
-        self.ratings[lo:hi] = self.ratings[lo:hi][order]
+        n_rows, device = last - first, self.cols.device
+        n_tiles = (self.shape[1] + width - 1) // width
+        row_ends = self.crow[first + 1:last + 1].long() - lo
+        row_starts = self.crow[first:last].long() - lo
+        # Regrouping in place overwrites what later chunks read: those read a copy.
+        source = self.cols[lo:hi].clone() if cols_out is self.cols else self.cols[lo:hi]
+        starts = range(0, hi - lo, TILE_CHUNK)
+
+        def chunk(start):
+            cols = source[start:start + TILE_CHUNK].to(torch.int32)
+            return cols, torch.div(cols, width, rounding_mode="floor")
+
+        per_tile_rows = torch.zeros(n_tiles * n_rows, dtype=torch.long, device=device)
+        for start in starts:
+            _, tile = chunk(start)
+            end = start + len(tile)
+            in_chunk = row_ends.clamp(start, end) - row_starts.clamp(start, end)
+            rows = torch.repeat_interleave(torch.arange(n_rows, device=device), in_chunk, output_size=len(tile))
+            per_tile_rows += torch.bincount(tile.long() * n_rows + rows, minlength=n_tiles * n_rows)
+        per_tile_rows = per_tile_rows.view(n_tiles, n_rows)
+        tile_counts = per_tile_rows.sum(1)
+        free = torch.cumsum(tile_counts, 0) - tile_counts  # next free slot of each tile
+        codes = self.ratings[lo:hi].clone()
+        # uint16 has no index_put: write through an int16 view (same bits).
+        two_bytes = cols_out.dtype == torch.uint16
+        out = cols_out[lo:hi].view(torch.int16) if two_bytes else cols_out[lo:hi]
+        every_tile = torch.arange(n_tiles, dtype=torch.int32, device=device)
+        for start in starts:
+            cols, tile = chunk(start)
+            ordered, order = torch.sort(tile, stable=True)
+            # A rating's place: its tile's next free slot plus its rank among the chunk's in that tile.
+            shift = free - torch.searchsorted(ordered, every_tile)
+            dest = shift[ordered.long()] + torch.arange(len(order), device=device)
+            local = cols.sub_(tile * width)[order]
+            out[dest] = local.to(torch.uint16).view(torch.int16) if two_bytes else local.to(out.dtype)
+            self.ratings[lo:hi][dest] = codes[start:start + len(order)][order]
+            free += torch.bincount(ordered, minlength=n_tiles)
         tiles, start = [], 0
-        for t, count in enumerate(torch.bincount(tile, minlength=(self.shape[1] + width - 1) // width).tolist()):
+        for t, count in enumerate(tile_counts.tolist()):
             if count:
-                crow = torch.zeros(last - first + 1, dtype=self.crow.dtype, device=cols.device)
-                torch.cumsum(torch.bincount(rows[start:start + count], minlength=last - first), 0, out=crow[1:])
+                crow = torch.zeros(n_rows + 1, dtype=self.crow.dtype, device=device)
+                torch.cumsum(per_tile_rows[t], 0, out=crow[1:])
                 tiles.append((crow, start, start + count, t * width, min((t + 1) * width, self.shape[1])))
             start += count
         return tiles
@@ -136,7 +189,8 @@ class Csr:
         if self.plan is None:
             self.plan_blocks()
         for first, last, lo, hi, tiles in self.plan:
-            yield first, Block(self.cols[lo:hi], self.ratings[lo:hi], self.scale, (last - first, self.shape[1]), tiles)
+            yield first, Block(self.cols[lo:hi], self.ratings[lo:hi], self.scale, (last - first, self.shape[1]), tiles,
+                               self.ones)
 
     def whole(self) -> "Block":
         """The whole matrix as one block (it must not be tiled)."""
@@ -159,14 +213,17 @@ class Block:
     column-side table. An untiled block is one tile.
     """
 
-    def __init__(self, cols, ratings, scale: float, shape: tuple, tiles: list):
+    def __init__(self, cols, ratings, scale: float, shape: tuple, tiles: list, ones: torch.Tensor | None = None):
         # Two-byte column indices are widened once per block: a solver multiplies it many times.
         self.cols = cols.to(tiles[0][0].dtype) if cols.dtype == torch.uint16 else cols
         self.ratings, self.scale, self.shape, self.tiles = ratings, scale, shape, tiles
+        self.ones = ones  # a read-only vector of ones at least as long, shared by the blocks (or None)
 
     def pattern_product(self, table: torch.Tensor) -> torch.Tensor:
         """Per row, the sum of ``table`` rows over that row's rated columns."""
-        return self.product(torch.ones(len(self.cols), dtype=table.dtype, device=table.device), table)
+        ones = self.ones[:len(self.cols)] if self.ones is not None and len(self.ones) >= len(self.cols) and \
+            self.ones.dtype == table.dtype else torch.ones(len(self.cols), dtype=table.dtype, device=table.device)
+        return self.product(ones, table)
 
     def residual_product(self, offset: float, col_bias: torch.Tensor, table: torch.Tensor) -> tuple:
         """(per row: sum of ``(r - offset - col_bias[col]) * table[col]``, total squared residual)."""
@@ -175,8 +232,13 @@ class Block:
 
     def residuals(self, offset: float, col_bias: torch.Tensor) -> torch.Tensor:
         """Per rating (in storage order), ``r - offset - col_bias[col]``."""
-        values = self.gather(col_bias)
-        return values.neg_().add_(self.ratings, alpha=self.scale).sub_(offset)
+        values = self.gather(col_bias).neg_().sub_(offset)
+        if self.ratings.dtype == values.dtype:
+            return values.add_(self.ratings, alpha=self.scale)
+        # One-byte codes are cast a chunk at a time: adding them at once makes a float copy of them all.
+        for start in range(0, len(values), BUILD_CHUNK):
+            values[start:start + BUILD_CHUNK].add_(self.ratings[start:start + BUILD_CHUNK], alpha=self.scale)
+        return values
 
     def gather(self, col_values: torch.Tensor) -> torch.Tensor:
         """Per rating, ``col_values[col]``."""

@@ -12,6 +12,7 @@ solves fewer blocks. A small problem runs on one thread.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -55,7 +56,16 @@ class Workers:
             with torch.inference_mode(inference), torch.set_grad_enabled(grad):
                 return fn(*item)
 
-        return list(self._pool.map(call, items))
+        # Items are taken as workers free up (two queued per worker), not all at once as
+        # Executor.map does: a block holds its own temporaries (its widened column indices:
+        # 100 MB for every block of 25M ratings at once).
+        results, pending = [], collections.deque()
+        for item in items:
+            if len(pending) >= 2 * self.n:
+                results.append(pending.popleft().result())
+            pending.append(self._pool.submit(call, item))
+        results.extend(future.result() for future in pending)
+        return results
 
     def close(self) -> None:
         if self._pool is not None:
