@@ -65,7 +65,8 @@ def run_train(prepared_uri: str, config: TrainConfig, ranking: RankingConfig, re
                                               refit_all)
         served = served.with_ids(prepared.ids)  # custom data: answer with its own ids
         fit_on = served.meta["fit_on"]
-        metrics = {**outcome.metrics, "served_fit_seconds": served_seconds, "served_ratings": fit_on["ratings"]}
+        metrics = {**outcome.metrics, "served_fit_seconds": served_seconds, "served_ratings": fit_on["ratings"],
+                   **({"served_sweeps": fit_on["sweeps"]} if "sweeps" in fit_on else {})}
         tracking.log_metrics_split(metrics, HEADLINE_METRICS, metrics_run, own_run)
         if config.implicit:
             mlflow.set_tag("mfrec.rating_metrics", NO_RATING_METRICS)
@@ -113,7 +114,11 @@ def model_name(config: TrainConfig, manifest: dict) -> str:
 def describe_fit(fit_on: dict) -> str:
     """What a served model was fit on, in words."""
     if fit_on["refit_all"]:
-        return f"all {fit_on['ratings']:,} prepared ratings (train + validation + test)"
+        how = ""
+        if "sweeps" in fit_on:
+            how = (f", {fit_on['sweeps']} sweep{'s' if fit_on['sweeps'] != 1 else ''} "
+                   f"{'on from the evaluated model' if fit_on.get('continued') else 'from scratch'}")
+        return f"all {fit_on['ratings']:,} prepared ratings (train + validation + test{how})"
     return f"train + validation, {fit_on['ratings']:,} ratings (the held-out model; refit_all=false)"
 
 

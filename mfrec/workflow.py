@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
+import numpy as np
 import pandas as pd
 
 from mfrec.data.ids import IdIndex, Interactions
@@ -19,6 +20,7 @@ from mfrec.serving.bundle import Bundle, RankingConfig
 from mfrec.serving.recommender import Recommender
 from mfrec.training.config import TrainConfig
 from mfrec.training.fit import fit
+from mfrec.training.model import carried_over
 from mfrec.training.parallel import threads_for
 from mfrec.training.search import Choice, SearchConfig, choose
 
@@ -111,9 +113,14 @@ def served_model(outcome: TrainOutcome, train: pd.DataFrame, val: pd.DataFrame, 
     """The model to serve, and the seconds its fit took.
 
     With ``refit_all`` it is fitted on every prepared rating (train + validation + test) with
-    the evaluated recipe: the settings and the sweep count validation chose. Without it,
-    the evaluated (held-out) model is served as it is. Either way a customer's rated films are
-    all their prepared ratings, so ``recommend`` never shows one of them.
+    the evaluated settings, continuing from the evaluated model (users and films it has keep
+    their factors; new ones start as in a new model) until a sweep lowers the training loss
+    by no more than the sweep validation chose did, at most that many sweeps: most of the
+    model is already fitted, so this costs a few sweeps, not another training (without a
+    training loss to follow, implicit feedback refits from scratch for the chosen sweep
+    count). Without ``refit_all``, the evaluated (held-out) model is served as it is. Either
+    way a customer's rated films are all their prepared ratings, so ``recommend`` never shows
+    one of them.
     """
     ratings = pd.concat([train, val, test], ignore_index=True)
     if not refit_all:
@@ -122,9 +129,27 @@ def served_model(outcome: TrainOutcome, train: pd.DataFrame, val: pd.DataFrame, 
     started = time.perf_counter()
     config, ranking = outcome.config, outcome.ranking
     users, items = IdIndex(ratings["userId"]), IdIndex(ratings["movieId"])
+    data = Interactions.from_frame(ratings, users, items)
+    settled = _settled_at(outcome.history, outcome.best_epoch)
     with threads_for(len(ratings)):
-        result = fit(Interactions.from_frame(ratings, users, items), config, epochs=outcome.best_epoch)
-        fit_on = {"ratings": int(len(ratings)), "parts": "train+val+test", "refit_all": True}
+        if settled is None:
+            result = fit(data, config, epochs=outcome.best_epoch)
+        else:
+            before = outcome.recommender.bundle
+            start = carried_over(before.model, before.user_index.index(users.ids), before.item_index.index(items.ids),
+                                 float(data.ratings.mean(dtype=np.float64)), config.init_std, config.seed)
+            result = fit(data, config, epochs=outcome.best_epoch, start=start, converged=settled)
+        fit_on = {"ratings": int(len(ratings)), "parts": "train+val+test", "refit_all": True,
+                  "sweeps": len(result.history), "continued": settled is not None}
         bundle = Bundle.build(result.model, users, items, ratings, movies, config, ranking,
                               best_epoch=outcome.best_epoch, fit_on=fit_on)
     return Recommender(bundle), time.perf_counter() - started
+
+
+def _settled_at(history: list, best_epoch: int) -> float | None:
+    """How much the sweep validation chose lowered the training loss, as a fraction of it
+    (None without two sweeps' training losses)."""
+    if best_epoch < 2 or len(history) < best_epoch or "train_loss" not in history[best_epoch - 1]:
+        return None
+    before, now = history[best_epoch - 2]["train_loss"], history[best_epoch - 1]["train_loss"]
+    return max(0.0, (before - now) / now) if now > 0 else None

@@ -21,7 +21,8 @@ from mfrec.training.config import TrainConfig
 from mfrec.training.csr import Csr
 from mfrec.training.linalg import solve_spd
 from mfrec.training.fit import fit
-from mfrec.workflow import train_and_evaluate
+from mfrec.evaluation.evaluate import evaluate
+from mfrec.workflow import served_model, train_and_evaluate
 
 
 def test_default_model_beats_baselines_and_peers_on_ml_latest_small(trained_small):
@@ -137,6 +138,33 @@ def test_als_sweep_ends_in_the_fold_in_solution(trained_small, small_split):
     assert torch.allclose(folded.bias, rec.model.user_bias[row:row + 1], atol=1e-4)
     assert torch.allclose(folded.factors, rec.model.user_factors[row:row + 1], atol=1e-4)
     assert torch.allclose(folded.choice, rec.model.user_choice_factors[row:row + 1], atol=1e-4)
+
+
+def test_served_refit_continues_from_the_evaluated_model(trained_small, small_split, served_recommender):
+    """The served refit continues the evaluated model on more ratings for a few sweeps, and a
+    model continued that way is as good on test as one refit from scratch: continuing the
+    train-only model on train + validation scores like ``trained_small``'s refit."""
+    fit_on = served_recommender.meta["fit_on"]
+    assert fit_on["continued"] and 2 <= fit_on["sweeps"] < trained_small.best_epoch
+    train, val, test, movies = small_split
+    held = train_and_evaluate(train, val, test, movies, TrainConfig(progress=False), refit=False)
+    continued, _ = served_model(held, train, val, test.iloc[:0], movies)  # every rating but test's
+    sweeps = continued.meta["fit_on"]["sweeps"]
+    assert continued.meta["fit_on"]["continued"] and 2 <= sweeps < held.best_epoch
+    assert len(continued.item_index) > len(held.recommender.item_index)  # films only validation rated: new rows
+    scores = evaluate(continued, pd.concat([train, val]), test, progress=False)
+    assert scores["test_rmse"] == pytest.approx(trained_small.metrics["test_rmse"], abs=0.005)
+    assert scores["test_ndcg_at_10"] == pytest.approx(trained_small.metrics["test_ndcg_at_10"], abs=0.005)
+
+
+def test_a_fit_continues_only_from_a_model_of_its_tables(small_split):
+    train = small_split[0]
+    users, items = IdIndex(train["userId"]), IdIndex(train["movieId"])
+    data = Interactions.from_frame(train, users, items)
+    config = TrainConfig(progress=False).with_prior()
+    wrong = MatrixFactorization(len(users) - 1, len(items), config.n_factors)
+    with pytest.raises(ConfigError, match="continues from a model with the data's tables"):
+        fit(data, config, epochs=1, start=wrong)
 
 
 def test_device_selection():

@@ -6,6 +6,7 @@ objects would cost more than the arithmetic.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -56,6 +57,8 @@ def fit(
     score_epoch: Optional[Callable[[MatrixFactorization], dict]] = None,
     stop_on: str = "val_rmse",
     shard: Optional[Shard] = None,
+    start: Optional[MatrixFactorization] = None,
+    converged: Optional[float] = None,
 ) -> FitResult:
     """Fit a model on ``train``; with ``val``, stop early on validation RMSE (or ``stop_on``)
     and keep the best epoch.
@@ -85,6 +88,13 @@ def fit(
         them, numbered locally: the model's user tables are then this rank's rows, the item
         step and every reported figure are summed over the ranks, and the result is the one
         process's fit on every rank's ratings. ALS only.
+    start:
+        A model to continue from instead of a new one (:func:`~mfrec.training.model.carried_over`
+        maps a fitted model onto new tables), with the data's tables and ``config.n_factors``;
+        its global mean becomes the data's. One process only.
+    converged:
+        Stop once a sweep lowers the training loss by at most this fraction of it (compared
+        from the second sweep on); ``epochs`` stays the most it runs.
     """
     if stop_on != "val_rmse" and (score_epoch is None or val is None):
         raise ConfigError(f"stopping on {stop_on} needs validation data and a score_epoch that computes it")
@@ -103,6 +113,11 @@ def fit(
     if shard is not None and (config.solver != "als" or stop_on != "val_rmse"):
         raise ConfigError("training on shards of users runs ALS with early stopping on validation RMSE "
                           f"(solver={config.solver!r}, stop_on={stop_on!r}): train in one process instead")
+    if start is not None and (shard is not None or tuple(start.user_factors.shape) != (train.n_users, config.n_factors)
+                              or len(start.item_factors) != train.n_items):
+        raise ConfigError(f"a fit continues from a model with the data's tables ({train.n_users} users, {train.n_items} "
+                          f"items, {config.n_factors} factors), in one process; got "
+                          f"{tuple(start.user_factors.shape)} users and {len(start.item_factors)} items")
     n_epochs = epochs or config.epochs
     device = torch.device(config.device)
     # ALS on a CPU uses only deterministic kernels (row-parallel sparse products, fixed-order
@@ -115,13 +130,15 @@ def fit(
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         with workers_for(device, len(train), distributed=shard is not None) as workers:
-            return _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, stop_on, shard)
+            return _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, stop_on, shard, start,
+                        converged)
     finally:
         if switch:
             torch.use_deterministic_algorithms(was_deterministic)
 
 
-def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, stop_on, shard) -> FitResult:
+def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, stop_on, shard, initial=None,
+         converged=None) -> FitResult:
     seed_everything(config.seed)
     start = time.perf_counter()
 
@@ -134,8 +151,12 @@ def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, s
     # The mean in float64 from numpy: one summation order, whatever torch's thread count.
     if shard is None:
         mean = float(np.mean(train.ratings, dtype=np.float64))
-        model = MatrixFactorization(train.n_users, train.n_items, config.n_factors, mean, config.init_std,
-                                    generator=torch.Generator().manual_seed(config.seed))
+        if initial is not None:
+            model = copy.deepcopy(initial)
+            model.global_mean.fill_(mean)
+        else:
+            model = MatrixFactorization(train.n_users, train.n_items, config.n_factors, mean, config.init_std,
+                                        generator=torch.Generator().manual_seed(config.seed))
     else:
         total, count = shard.total(float(np.sum(train.ratings, dtype=np.float64)), len(train))
         model = _local_model(shard, train.n_items, config, total / count)
@@ -189,6 +210,10 @@ def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, s
                 since_progress += 1
                 if since_progress > config.patience:
                     break
+        if converged is not None and len(result.history) >= 2 and "train_loss" in record:
+            before, now = result.history[-2]["train_loss"], record["train_loss"]
+            if before - now <= converged * now:
+                break
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)

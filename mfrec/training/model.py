@@ -81,6 +81,24 @@ class MatrixFactorization(nn.Module):
 
 
 @torch.no_grad()
+def carried_over(model: MatrixFactorization, user_rows, item_rows, global_mean: float, init_std: float,
+                 seed: int) -> MatrixFactorization:
+    """A model over new user and item tables that starts where ``model`` ended: the new row
+    ``r`` is ``model``'s row ``user_rows[r]`` (``item_rows[r]`` for items), or a fresh one
+    (as a new model draws it) where that is -1. A refit on more ratings starts from it."""
+    new = MatrixFactorization(len(user_rows), len(item_rows), model.n_factors, global_mean, init_std,
+                              generator=torch.Generator().manual_seed(seed))
+    old = dict(model.named_parameters())
+    for side, rows in (("user_", user_rows), ("item_", item_rows)):
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        known = rows >= 0
+        for name, param in new.named_parameters():
+            if name.startswith(side):
+                param[known] = old[name].detach().to(param.device, param.dtype)[rows[known]]
+    return new
+
+
+@torch.no_grad()
 def rating_tables(model) -> tuple[torch.Tensor, torch.Tensor]:
     """(users, items) rows whose dot products are the rating predictions:
     (p_u, b_u, 1, mu) . (q_i, 1, b_i, 1). Each table has one more row, for an unknown user
