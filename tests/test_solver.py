@@ -214,6 +214,48 @@ def test_workers_take_items_as_they_free_up():
         workers.close()
 
 
+def test_a_failed_block_stops_the_rest():
+    """Once a block fails, blocks not yet started are not run (they would write into the model
+    after the caller has the error)."""
+    import threading
+    import time
+    workers, started, lock = Workers(2), [], threading.Lock()
+
+    def work(i):
+        with lock:
+            started.append(i)
+        time.sleep(0.01)
+        if i == 3:
+            raise ValueError("block 3 failed")
+        return i
+
+    try:
+        with pytest.raises(ValueError, match="block 3 failed"):
+            workers.map(work, ((i,) for i in range(40)))
+        seen = len(started)
+        time.sleep(0.2)
+        assert len(started) == seen and seen <= 3 + 2 * workers.n + 1
+    finally:
+        workers.close()
+
+
+def test_tiled_block_without_ratings_multiplies_to_zeros():
+    """A tiled block whose rows have no ratings here (a shard's rows, cut by every rank's
+    counts) gives zero sums, not an error."""
+    rows = torch.tensor([0, 0, 1, 5], dtype=torch.int32)
+    cols = torch.tensor([1, 40, 3, 70], dtype=torch.int32)
+    csr = Csr(rows, cols, torch.tensor([4.0, 3.0, 5.0, 2.0]), 6, 80)
+    everyone = torch.tensor([2, 2, 3, 3, 3, 2])  # what every rank's ratings count per row
+    csr.plan_blocks(everyone, tile_cols=32, max_ratings=5)
+    parts = list(csr.blocks())
+    table = torch.randn(80, 3, generator=torch.Generator().manual_seed(0))
+    empty = [part for _, part in parts if len(part.cols) == 0]
+    assert empty and all(torch.equal(part.pattern_product(table), torch.zeros(part.shape[0], 3)) for part in empty)
+    total = torch.cat([part.pattern_product(table) for _, part in parts])
+    dense = torch.zeros(6, 80).index_put_((rows.long(), cols.long()), torch.ones(4), accumulate=True)
+    assert torch.allclose(total, dense @ table, atol=1e-6)
+
+
 @pytest.mark.parametrize("solve", ["exact", "cg"])
 def test_worker_threads_give_the_one_thread_sweep(solve, monkeypatch):
     """Blocks solved on two worker threads give the serial sweep's numbers, bit for bit."""

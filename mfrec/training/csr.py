@@ -38,8 +38,9 @@ TILE_CHUNK = 1 << 18
 class Csr:
     """Ratings by row (rows = one side, columns = the other), compact enough for 25M+ ratings.
 
-    Column indices are int32 (two bytes on a CPU when there are at most 65,536 columns,
-    widened per block when multiplied); half-star ratings are stored as one-byte codes.
+    Column indices are int32 (two bytes on a CPU when there are at most 65,536 columns, or
+    counted from their tile's first column when tiles are at most that wide; widened per
+    block when multiplied); half-star ratings are stored as one-byte codes.
     """
 
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, ratings: torch.Tensor, n_rows: int, n_cols: int):
@@ -110,20 +111,21 @@ class Csr:
         compact = tiled and self.cols.dtype != torch.uint16 and self.cols.device.type == "cpu" and \
             tile_cols <= 2**16 and len(self.cols) > BLOCK_RATINGS
         cols_out = torch.empty(len(self.cols), dtype=torch.uint16) if compact else self.cols
-        self.plan = []  # per block: first and last row, first and last rating, tiles
+        plan = []  # per block: first and last row, first and last rating, tiles
         for first, last in zip(self.block_starts[:-1], self.block_starts[1:]):
             lo, hi = int(self.crow[first]), int(self.crow[last])
             if tiled:
                 tiles = self._tile(first, last, int(tile_cols), cols_out)
-                # The block's temporaries, else kept by the allocator (at 25M ratings the by-movie
-                # matrix's regrouping peaked 135 MB higher without this; it costs 0.4 s).
-                release_free_memory()
+                if len(self.cols) > BLOCK_RATINGS:
+                    # The block's temporaries, else kept by the allocator (at 25M ratings the
+                    # by-movie matrix's regrouping peaked 135 MB higher; 0.4 s in all).
+                    release_free_memory()
             else:
                 tiles = [(self.crow[first:last + 1] - lo, 0, hi - lo, 0, self.shape[1])]
-            self.plan.append((first, last, lo, hi, tiles))
-        self.cols = cols_out
+            plan.append((first, last, lo, hi, tiles))
+        self.plan, self.cols = plan, cols_out
         # The pattern products' values, one float a rating of the largest block, shared by the blocks.
-        self.ones = torch.ones(max(hi - lo for _, _, lo, hi, _ in self.plan), device=self.cols.device)
+        self.ones = torch.ones(max(hi - lo for _, _, lo, hi, _ in plan), device=self.cols.device)
 
     @staticmethod
     def tile_width(table_width: int, element_size: int = 4) -> int:
@@ -135,8 +137,9 @@ class Csr:
         writing tile-local column indices into ``cols_out``; returns each tile's (row
         pointers, first and last rating, first and last column).
 
-        A counting placement, ``TILE_CHUNK`` ratings at a time: its temporaries are a chunk's
-        and one byte a rating of the block, however large the block."""
+        A counting placement, ``TILE_CHUNK`` ratings at a time: its temporaries are a chunk's,
+        a copy of the block's rating codes (and of its column indices when they are regrouped
+        in place) and a count per tile and row."""
         lo, hi = int(self.crow[first]), int(self.crow[last])
         n_rows, device = last - first, self.cols.device
         n_tiles = (self.shape[1] + width - 1) // width
@@ -171,7 +174,7 @@ class Csr:
             # A rating's place: its tile's next free slot plus its rank among the chunk's in that tile.
             shift = free - torch.searchsorted(ordered, every_tile)
             dest = shift[ordered.long()] + torch.arange(len(order), device=device)
-            local = cols.sub_(tile * width)[order]
+            local = (cols - tile * width)[order]
             out[dest] = local.to(torch.uint16).view(torch.int16) if two_bytes else local.to(out.dtype)
             self.ratings[lo:hi][dest] = codes[start:start + len(order)][order]
             free += torch.bincount(ordered, minlength=n_tiles)
@@ -182,6 +185,9 @@ class Csr:
                 torch.cumsum(per_tile_rows[t], 0, out=crow[1:])
                 tiles.append((crow, start, start + count, t * width, min((t + 1) * width, self.shape[1])))
             start += count
+        if not tiles:  # rows without ratings (a shard's): one empty tile, so products are zeros
+            tiles.append((torch.zeros(n_rows + 1, dtype=self.crow.dtype, device=device), 0, 0, 0,
+                          min(width, self.shape[1])))
         return tiles
 
     def blocks(self):
@@ -233,7 +239,7 @@ class Block:
     def residuals(self, offset: float, col_bias: torch.Tensor) -> torch.Tensor:
         """Per rating (in storage order), ``r - offset - col_bias[col]``."""
         values = self.gather(col_bias).neg_().sub_(offset)
-        if self.ratings.dtype == values.dtype:
+        if self.ratings.dtype == values.dtype or values.device.type != "cpu":
             return values.add_(self.ratings, alpha=self.scale)
         # One-byte codes are cast a chunk at a time: adding them at once makes a float copy of them all.
         for start in range(0, len(values), BUILD_CHUNK):

@@ -6,7 +6,6 @@ objects would cost more than the arithmetic.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import random
@@ -91,7 +90,7 @@ def fit(
     start:
         A model to continue from instead of a new one (:func:`~mfrec.training.model.carried_over`
         maps a fitted model onto new tables), with the data's tables and ``config.n_factors``;
-        its global mean becomes the data's. One process only.
+        its global mean becomes the data's, and the fit trains it in place. One process only.
     converged:
         Stop once a sweep lowers the training loss by at most this fraction of it (compared
         from the second sweep on); ``epochs`` stays the most it runs.
@@ -152,7 +151,7 @@ def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, s
     if shard is None:
         mean = float(np.mean(train.ratings, dtype=np.float64))
         if initial is not None:
-            model = copy.deepcopy(initial)
+            model = initial
             model.global_mean.fill_(mean)
         else:
             model = MatrixFactorization(train.n_users, train.n_items, config.n_factors, mean, config.init_std,

@@ -2,8 +2,9 @@
 
 glibc's allocator keeps what a process frees for reuse. Building a 25M-rating matrix frees
 hundreds of MB of temporaries between allocations that stay, and without this they would
-count in the process's resident memory until it ends; ``malloc_trim`` returns them (a
-fraction of a millisecond). Elsewhere (another C library, another system) it does nothing.
+count in the process's resident memory until it ends; ``malloc_trim`` returns them
+(milliseconds; callers use it at 25M-rating scale, not per small block). Elsewhere (another
+C library, another system) it does nothing.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ solves fewer blocks. A small problem runs on one thread.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -56,15 +57,24 @@ class Workers:
             with torch.inference_mode(inference), torch.set_grad_enabled(grad):
                 return fn(*item)
 
-        # Items are taken as workers free up (two queued per worker), not all at once as
-        # Executor.map does: a block holds its own temporaries (its widened column indices:
-        # 100 MB for every block of 25M ratings at once).
+        # Items are taken as workers free up (at most two per worker, running or waiting), not
+        # all at once as Executor.map does: a block holds its own temporaries (its widened
+        # column indices: 100 MB for every block of 25M ratings at once).
         results, pending = [], collections.deque()
-        for item in items:
-            if len(pending) >= 2 * self.n:
+        try:
+            for item in items:
+                if len(pending) >= 2 * self.n:
+                    results.append(pending.popleft().result())
+                pending.append(self._pool.submit(call, item))
+            while pending:
                 results.append(pending.popleft().result())
-            pending.append(self._pool.submit(call, item))
-        results.extend(future.result() for future in pending)
+        except BaseException:
+            # Nothing more runs once one has failed: the rest would write into the model after
+            # the caller has seen the error.
+            for future in pending:
+                future.cancel()
+            concurrent.futures.wait(pending)
+            raise
         return results
 
     def close(self) -> None:
