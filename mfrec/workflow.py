@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
-import numpy as np
 import pandas as pd
 
 from mfrec.data.ids import IdIndex, Interactions
@@ -19,7 +18,7 @@ from mfrec.evaluation.validation import Validation
 from mfrec.serving.bundle import Bundle, RankingConfig
 from mfrec.serving.recommender import Recommender
 from mfrec.training.config import TrainConfig
-from mfrec.training.fit import fit
+from mfrec.training.fit import fit, loss_drop
 from mfrec.training.model import carried_over
 from mfrec.training.parallel import threads_for
 from mfrec.training.search import Choice, SearchConfig, choose
@@ -130,14 +129,15 @@ def served_model(outcome: TrainOutcome, train: pd.DataFrame, val: pd.DataFrame, 
     config, ranking = outcome.config, outcome.ranking
     users, items = IdIndex(ratings["userId"]), IdIndex(ratings["movieId"])
     data = Interactions.from_frame(ratings, users, items)
-    settled = _settled_at(outcome.history, outcome.best_epoch)
+    drop = loss_drop(outcome.history, outcome.best_epoch)  # how settled the evaluated fit was
+    settled = None if drop is None else max(0.0, drop)
     with threads_for(len(ratings)):
         if settled is None:
             result = fit(data, config, epochs=outcome.best_epoch)
         else:
             before = outcome.recommender.bundle
             start = carried_over(before.model, before.user_index.index(users.ids), before.item_index.index(items.ids),
-                                 float(data.ratings.mean(dtype=np.float64)), config.init_std, config.seed)
+                                 config.init_std, config.seed)
             result = fit(data, config, epochs=outcome.best_epoch, start=start, converged=settled)
         fit_on = {"ratings": int(len(ratings)), "parts": "train+val+test", "refit_all": True,
                   "sweeps": len(result.history), "continued": settled is not None}
@@ -145,11 +145,3 @@ def served_model(outcome: TrainOutcome, train: pd.DataFrame, val: pd.DataFrame, 
                               best_epoch=outcome.best_epoch, fit_on=fit_on)
     return Recommender(bundle), time.perf_counter() - started
 
-
-def _settled_at(history: list, best_epoch: int) -> float | None:
-    """How much the sweep validation chose lowered the training loss, as a fraction of it
-    (None without two sweeps' training losses)."""
-    if best_epoch < 2 or len(history) < best_epoch or "train_loss" not in history[best_epoch - 1]:
-        return None
-    before, now = history[best_epoch - 2]["train_loss"], history[best_epoch - 1]["train_loss"]
-    return max(0.0, (before - now) / now) if now > 0 else None

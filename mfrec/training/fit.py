@@ -92,8 +92,8 @@ def fit(
         maps a fitted model onto new tables), with the data's tables and ``config.n_factors``;
         its global mean becomes the data's, and the fit trains it in place. One process only.
     converged:
-        Stop once a sweep lowers the training loss by at most this fraction of it (compared
-        from the second sweep on); ``epochs`` stays the most it runs.
+        Stop once a sweep lowers the training loss by at most this fraction of it
+        (:func:`loss_drop`, from the second sweep on); ``epochs`` stays the most it runs.
     """
     if stop_on != "val_rmse" and (score_epoch is None or val is None):
         raise ConfigError(f"stopping on {stop_on} needs validation data and a score_epoch that computes it")
@@ -136,10 +136,10 @@ def fit(
             torch.use_deterministic_algorithms(was_deterministic)
 
 
-def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, stop_on, shard, initial=None,
+def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, stop_on, shard, start=None,
          converged=None) -> FitResult:
     seed_everything(config.seed)
-    start = time.perf_counter()
+    began = time.perf_counter()
 
     # int32 indices where they fit (half of int64's memory; same permutations and numbers),
     # sharing the caller's arrays instead of copying them when dtype and device allow.
@@ -150,8 +150,8 @@ def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, s
     # The mean in float64 from numpy: one summation order, whatever torch's thread count.
     if shard is None:
         mean = float(np.mean(train.ratings, dtype=np.float64))
-        if initial is not None:
-            model = initial
+        if start is not None:
+            model = start
             model.global_mean.fill_(mean)
         else:
             model = MatrixFactorization(train.n_users, train.n_items, config.n_factors, mean, config.init_std,
@@ -209,9 +209,9 @@ def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, s
                 since_progress += 1
                 if since_progress > config.patience:
                     break
-        if converged is not None and len(result.history) >= 2 and "train_loss" in record:
-            before, now = result.history[-2]["train_loss"], record["train_loss"]
-            if before - now <= converged * now:
+        if converged is not None:
+            drop = loss_drop(result.history, epoch)
+            if drop is not None and drop <= converged:
                 break
     bar.close()
     if best_state is not None:
@@ -222,8 +222,17 @@ def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, s
     model.eval()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    result.seconds = time.perf_counter() - start
+    result.seconds = time.perf_counter() - began
     return result
+
+
+def loss_drop(history: list, epoch: int) -> float | None:
+    """How much sweep ``epoch`` (1-based) lowered the training loss, as a fraction of the loss
+    after it (None without the two sweeps' training losses)."""
+    if epoch < 2 or len(history) < epoch or "train_loss" not in history[epoch - 1]:
+        return None
+    before, now = history[epoch - 2]["train_loss"], history[epoch - 1]["train_loss"]
+    return (before - now) / now if now > 0 else None
 
 
 def _state(model) -> dict:

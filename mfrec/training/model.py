@@ -81,12 +81,12 @@ class MatrixFactorization(nn.Module):
 
 
 @torch.no_grad()
-def carried_over(model: MatrixFactorization, user_rows, item_rows, global_mean: float, init_std: float,
-                 seed: int) -> MatrixFactorization:
+def carried_over(model: MatrixFactorization, user_rows, item_rows, init_std: float, seed: int) -> MatrixFactorization:
     """A model over new user and item tables that starts where ``model`` ended: the new row
     ``r`` is ``model``'s row ``user_rows[r]`` (``item_rows[r]`` for items), or a fresh one
-    (as a new model draws it) where that is -1. A refit on more ratings starts from it."""
-    new = MatrixFactorization(len(user_rows), len(item_rows), model.n_factors, global_mean, init_std,
+    (as a new model draws it) where that is -1. A refit on more ratings starts from it (and
+    sets the global mean to its ratings')."""
+    new = MatrixFactorization(len(user_rows), len(item_rows), model.n_factors, float(model.global_mean), init_std,
                               generator=torch.Generator().manual_seed(seed))
     old = dict(model.named_parameters())
     for side, rows in (("user_", user_rows), ("item_", item_rows)):

@@ -13,10 +13,9 @@ solves fewer blocks. A small problem runs on one thread.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import contextlib
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Iterable
 
 import torch
@@ -73,7 +72,7 @@ class Workers:
             # the caller has seen the error.
             for future in pending:
                 future.cancel()
-            concurrent.futures.wait(pending)
+            wait(pending)
             raise
         return results
 
