@@ -65,17 +65,41 @@ class Basis:
         coordinate (kept positive, so that it stays SPD where the approximation is not)."""
         return torch.addcmul(self.mu[None, :], counts[:, None], self.nu[None, :]).clamp_min(1e-6).reciprocal()
 
-    def shared_product(self, w: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
-        """The shared part of the rows' matrices times ``w``: ``mu w`` plus, for rows whose
-        penalty differs from the mean by ``extra``, ``extra V^T J V w``."""
-        out = w * self.mu
-        return out if extra is None else out.addcmul_(extra, w @ self.penalised)
+    def add_shared(self, out: torch.Tensor, w: torch.Tensor, extra: torch.Tensor | None,
+                   sign: float = 1.0) -> torch.Tensor:
+        """``out`` plus ``sign`` times the shared part of the rows' matrices times ``w``: ``mu w``
+        plus, for rows whose penalty differs from the mean by ``extra``, ``extra V^T J V w``
+        (in place: a block's rows x D temporaries are each a pass over memory)."""
+        out.addcmul_(w, self.mu, value=sign)
+        return out if extra is None else out.addcmul_(extra, w @ self.penalised, value=sign)
 
 
-def _outer_sum(table: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """``sum_j n_j h_j h_j^T`` over ``table``'s rows ``h_j``: the outer products of every rating
-    (divided by their number, the mean outer product per rating)."""
-    return (table * counts[:, None]).T @ table
+# Rows of a column-side table per piece of its per-sweep products, which the workers share
+# (a fixed size, so that sums come out the same for any number of workers): at k=128 over 1M
+# ratings these products took 15 % of a sweep on one thread while the others waited.
+TABLE_CHUNK = 8192
+
+
+def _outer_sum(table: torch.Tensor, counts: torch.Tensor | None, workers=None) -> torch.Tensor:
+    """``sum_j n_j h_j h_j^T`` over ``table``'s rows ``h_j`` (``n_j`` = 1 without ``counts``):
+    with counts per rating, the outer products of every rating."""
+    def piece(start):
+        rows = table[start:start + TABLE_CHUNK]
+        return (rows if counts is None else rows * counts[start:start + TABLE_CHUNK, None]).T @ rows
+
+    parts = _map(workers, piece, [(start,) for start in range(0, len(table), TABLE_CHUNK)])
+    return torch.stack(parts).sum(0) if parts else table.new_zeros(table.shape[1], table.shape[1])
+
+
+def _transform(table: torch.Tensor, matrix: torch.Tensor, workers=None) -> torch.Tensor:
+    """``table @ matrix``, pieces of rows shared by the workers."""
+    out = table.new_empty(len(table), matrix.shape[1])
+
+    def piece(start):
+        torch.matmul(table[start:start + TABLE_CHUNK], matrix, out=out[start:start + TABLE_CHUNK])
+
+    _map(workers, piece, [(start,) for start in range(0, len(table), TABLE_CHUNK)])
+    return out
 
 
 def _penalties(row_reg: torch.Tensor) -> tuple:
@@ -96,28 +120,32 @@ class _Rows:
         self.apply, self.x, self.residual, self.inverse = apply, x, residual, inverse
 
 
-def conjugate_gradient(systems: list[_Rows], steps: int) -> None:
+def conjugate_gradient(systems: list[_Rows], steps: int) -> list[list[torch.Tensor]]:
     """``steps`` preconditioned CG iterations on every row of every system (each row its own
-    step sizes), updating ``x`` and ``residual`` in place."""
+    step sizes), updating ``x`` and ``residual`` in place; returns each system's step sizes
+    (``x`` moved by ``alpha`` times the direction ``apply`` was called with, step by step)."""
     scaled = [s.residual * s.inverse for s in systems]
     directions = [z.clone() for z in scaled]
-    norms = [(s.residual * z).sum(1) for s, z in zip(systems, scaled)]
+    norms = [torch.linalg.vecdot(s.residual, z) for s, z in zip(systems, scaled)]
+    taken = [[] for _ in systems]
     for step in range(steps):
-        for s, d, rz in zip(systems, directions, norms):
+        for s, d, rz, sizes in zip(systems, directions, norms, taken):
             ad = s.apply(d)
-            curvature = (d * ad).sum(1)
+            curvature = torch.linalg.vecdot(d, ad)
             # A converged row (zero direction) takes no step rather than 0/0.
             alpha = torch.where(curvature > 0, rz / curvature.clamp_min(1e-30), torch.zeros_like(rz))
             s.x.addcmul_(alpha[:, None], d)
             s.residual.addcmul_(alpha[:, None], ad, value=-1.0)
+            sizes.append(alpha)
         if step == steps - 1:
             break
         for i, (s, d, rz) in enumerate(zip(systems, directions, norms)):
             z = s.residual * s.inverse
-            new = (s.residual * z).sum(1)
+            new = torch.linalg.vecdot(s.residual, z)
             beta = torch.where(rz > 0, new / rz.clamp_min(1e-30), torch.zeros_like(rz))
             d.mul_(beta[:, None]).add_(z)
             norms[i] = new
+    return taken
 
 
 def _diagonal(k: int, first: float, rest: float, D: int, like: torch.Tensor) -> torch.Tensor:
@@ -148,17 +176,17 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
     if w0 == 0:
         c.zero_()  # no choice loss, no choice vectors (as in the exact step)
     f = torch.cat([q, torch.ones(len(q), 1, dtype=dtype, device=device)], 1)
-    per_rating = _outer_sum(f, item_counts) / item_counts.sum().clamp_min(1.0)
+    per_rating = _outer_sum(f, item_counts, workers) / item_counts.sum().clamp_min(1.0)
     typical, extra = _penalties(row_reg)
     typical_count = float(user_counts.mean()) if typical_count is None else typical_count
     rating = Basis(_diagonal(k, typical, bias_reg, k + 1, f), per_rating, k, typical_count)
-    f_w = f @ rating.V
+    f_w = _transform(f, rating.V, workers)
     f_w_t = f_w.T  # the sampled product reads an item's features contiguously this way
     if w0 > 0:
-        gram = w0 * (q.T @ q)
+        gram = w0 * _outer_sum(q, None, workers)
         choice = Basis(gram + typical * torch.eye(k, dtype=dtype, device=device), omega * per_rating[:k, :k], k,
                        typical_count)
-        q_w = q @ choice.V
+        q_w = _transform(q, choice.V, workers)
         q_w_t = q_w.T
         offset = (w0 * (q.T @ item_choice_bias)) @ choice.V
         choice_target = w1 - omega * item_choice_bias  # per item: what a rated pair pulls towards
@@ -169,26 +197,33 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
         n = user_counts[rows]
         target = part.residuals(float(global_mean), item_bias)
 
+        moves = []  # per rating, the predictions' change along each CG direction
+
         def rating_product(v, part=part, more=more):
-            return part.product(part.dots(v, f_w_t), f_w).add_(rating.shared_product(v, more))
+            moves.append(part.dots(v, f_w_t))
+            return rating.add_shared(part.product(moves[-1], f_w), v, more)
 
         w = torch.cat([p[rows], bias[rows][:, None]], 1) @ rating.to_basis
-        residual = part.product(target - part.dots(w, f_w_t), f_w).sub_(rating.shared_product(w, more))
+        error = target - part.dots(w, f_w_t)
+        residual = rating.add_shared(part.product(error, f_w), w, more, -1.0)
         systems = [_Rows(rating_product, w, residual, rating.inverse(n))]
         if w0 > 0:
             def choice_product(v, part=part, more=more):
-                return part.product(part.dots(v, q_w_t), q_w).mul_(omega).add_(choice.shared_product(v, more))
+                return choice.add_shared(part.product(part.dots(v, q_w_t), q_w).mul_(omega), v, more)
 
             y = c[rows] @ choice.to_basis
             pulled = part.gather(choice_target) - omega * part.dots(y, q_w_t)
-            systems.append(_Rows(choice_product, y, part.product(pulled, q_w).sub_(offset).sub_(
-                choice.shared_product(y, more)), choice.inverse(n)))
-        conjugate_gradient(systems, steps)
+            residual = choice.add_shared(part.product(pulled, q_w).sub_(offset), y, more, -1.0)
+            systems.append(_Rows(choice_product, y, residual, choice.inverse(n)))
+        taken = conjugate_gradient(systems, steps)[0]
         x = w @ rating.V_t
         p[rows], bias[rows] = x[:, :k], x[:, k]
         if w0 > 0:
             c[rows] = systems[1].x @ choice.V_t
-        error = target - part.dots(w, f_w_t)
+        # The error at the new factors without another pass over the ratings: the predictions
+        # moved by each step's size times that direction's products.
+        for alpha, move in zip(taken, moves):
+            error.addcmul_(part.spread(alpha), move, value=-1.0)
         return torch.dot(error, error).to(torch.float64)
 
     return sum(_map(workers, block, by_user.blocks()), torch.zeros((), dtype=torch.float64, device=device))
@@ -219,20 +254,20 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
     # The users' features as full-width rows: f = (p, 1, 0) and g = (c, 0, 1).
     f = torch.zeros(len(p), D, dtype=dtype, device=device)
     f[:, :k], f[:, k] = p, 1.0
-    per_rating = _outer_sum(f, user_counts)
+    per_rating = _outer_sum(f, user_counts, workers)
     if implicit:
         g = torch.zeros(len(p), D, dtype=dtype, device=device)
         g[:, :k], g[:, k + 1] = c, 1.0
-        per_rating.add_(_outer_sum(g, user_counts), alpha=omega)
+        per_rating.add_(_outer_sum(g, user_counts, workers), alpha=omega)
     if distributed:  # a sum over every rank's users
         all_reduce(per_rating)
     per_rating /= item_counts.sum().clamp_min(1.0)
     typical, extra = _penalties(row_reg)
     basis = Basis(constant + _diagonal(k, typical, bias_reg, D, f), per_rating, k, float(item_counts.mean()))
-    f_w = f @ basis.V
+    f_w = _transform(f, basis.V, workers)
     f_w_t = f_w.T  # the sampled product reads a user's features contiguously this way
     if implicit:
-        g_w = g @ basis.V
+        g_w = _transform(g, basis.V, workers)
         g_w_t = g_w.T
 
     def block(first, part):
@@ -250,7 +285,7 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
 
         def product(v, part=part, more=more):
             choice = omega * part.dots(v, g_w_t) if implicit else None
-            return sums(part.dots(v, f_w_t), choice).add_(basis.shared_product(v, more))
+            return basis.add_shared(sums(part.dots(v, f_w_t), choice), v, more)
 
         x = torch.empty(m, D, dtype=dtype, device=device)
         x[:, :k], x[:, k] = factors[rows], bias[rows]
@@ -259,7 +294,7 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
         z = x @ basis.to_basis
         rating_values = target - part.dots(z, f_w_t)
         choice_values = (w1 - omega * part.dots(z, g_w_t)) if implicit else None
-        residual = sums(rating_values, choice_values).sub_(basis.shared_product(z, more))
+        residual = basis.add_shared(sums(rating_values, choice_values), z, more, -1.0)
         conjugate_gradient([_Rows(product, z, residual, basis.inverse(item_counts[rows]))], steps)
         x = z @ basis.V_t
         factors[rows], bias[rows] = x[:, :k], x[:, k]

@@ -253,22 +253,31 @@ class Block:
             torch.index_select(col_values[first:last], 0, self.cols[start:end], out=out[start:end])
         return out
 
+    def spread(self, row_values: torch.Tensor) -> torch.Tensor:
+        """Per rating (in storage order), its row's value of ``row_values``."""
+        out = torch.empty(len(self.cols), dtype=row_values.dtype, device=row_values.device)
+        for crow, start, end, _, _ in self.tiles:
+            out[start:end] = torch.repeat_interleave(row_values, crow[1:] - crow[:-1], output_size=end - start)
+        return out
+
     def product(self, values: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """Per row, the sum over its ratings of ``values * table[col]`` (sparse-dense products)."""
-        out = None
+        # Accumulated in place: ``sparse @ dense`` would zero a result, compute into another
+        # and copy it over (three passes over a block's rows x D floats, a tile).
+        out = torch.zeros(self.shape[0], table.shape[1], dtype=table.dtype, device=table.device)
         for crow, start, end, first, last in self.tiles:
-            part = self._matrix(crow, start, end, values, last - first) @ table[first:last]
-            out = part if out is None else out.add_(part)
+            out.addmm_(self._matrix(crow, start, end, values, last - first), table[first:last])
         return out
 
     def dots(self, rows: torch.Tensor, cols_t: torch.Tensor) -> torch.Tensor:
         """Per rating, the dot product of its row of ``rows`` (n_rows, D) with its column of
         ``cols_t`` (D, n_cols): sampled dense-dense products, never the rows x columns matrix."""
-        zeros = torch.zeros(len(self.cols), dtype=rows.dtype, device=rows.device)  # (beta=0 still reads them)
-        parts = [torch.sparse.sampled_addmm(self._matrix(crow, start, end, zeros, last - first), rows,
-                                            cols_t[:, first:last], beta=0.0).values()
-                 for crow, start, end, first, last in self.tiles]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        out = torch.zeros(len(self.cols), dtype=rows.dtype, device=rows.device)  # (beta=0 still reads them)
+        for crow, start, end, first, last in self.tiles:
+            # Written into ``out`` through a matrix on its slice: no copy of the tile's indices.
+            tile = self._matrix(crow, start, end, out, last - first)
+            torch.sparse.sampled_addmm(tile, rows, cols_t[:, first:last], beta=0.0, out=tile)
+        return out
 
     def _matrix(self, crow, start: int, end: int, values: torch.Tensor, n_cols: int) -> torch.Tensor:
         return torch.sparse_csr_tensor(crow, self.cols[start:end], values[start:end], (self.shape[0], n_cols),
