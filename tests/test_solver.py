@@ -152,8 +152,37 @@ def test_tiled_blocks_give_the_untiled_products():
     dots_a, dots_b = a.dots(rows, table.T), b.dots(rows, table.T)
     assert torch.isclose(dots_a.sum(), dots_b.sum(), rtol=1e-5)
     assert torch.allclose(a.product(dots_a, table), b.product(dots_b, table), atol=1e-3)
+    # A row's value spread over its ratings, in tile order: the same per-row sums, and in
+    # a product it is the row's scale of that row's result.
+    scale = torch.randn(40, generator=gen)
+    for block in (a, b):
+        spread = block.spread(scale)
+        assert torch.allclose(block.product(spread, table), scale[:, None] * block.pattern_product(table), atol=1e-4)
     with pytest.raises(RuntimeError, match="plan its blocks once"):
         tiled.plan_blocks(tile_cols=37)
+
+
+def test_cg_user_step_reports_the_error_at_its_new_factors(monkeypatch):
+    """The CG user step's squared rating error is followed through its steps (no pass over
+    the ratings after them): it is the error of the factors it wrote, over several blocks
+    of column tiles."""
+    monkeypatch.setattr(csr_module, "MIN_BLOCK_RATINGS", 256)
+    users, items, ratings = _ratings(n_users=40, n_items=300, n=3000)
+    by_user = Csr(users, items, ratings, 40, 300)
+    by_user.plan_blocks(tile_cols=37, min_blocks=4)
+    assert len(by_user.plan) >= 3 and len(by_user.plan[0][4]) > 1
+    k, reg = 6, als.row_penalties(by_user.row_counts(), 2.0, 0.5, 6).double()
+    m = _model(40, 300, k, float(ratings.mean()))
+    counts = (by_user.row_counts().double(), torch.bincount(items, minlength=300).double())
+    with torch.no_grad():
+        out = tuple(t.clone() for t in (m.user_bias, m.user_factors, m.user_choice_factors))
+        sq = cg.solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean, by_user, (2.0, 10.0),
+                            1.0, reg, 2, out, counts=counts)
+        bias, factors = out[0], out[1]
+        assert not torch.allclose(factors, m.user_factors)  # the step moved them
+        u, i = users.long(), items.long()
+        error = ratings.double() - (m.global_mean + bias[u] + m.item_bias[i] + (factors[u] * m.item_factors[i]).sum(1))
+    assert math.isclose(float(sq), float((error ** 2).sum()), rel_tol=1e-9)
 
 
 def test_wide_tiled_matrix_keeps_two_byte_columns(monkeypatch):
