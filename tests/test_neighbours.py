@@ -20,7 +20,7 @@ def pairs():
 def test_weights_are_eases_closed_form_over_the_most_rated_films(pairs, monkeypatch):
     users, items = pairs
     monkeypatch.setattr(neighbours, "CHUNK_USERS", 16)  # several dense blocks of users
-    near = neighbours.fit(users, items, 40, 30, reg=2.0, max_items=12)
+    near = neighbours.fit(*csr_from_pairs(users, items, 40), 30, reg=2.0, max_items=12)
     counts = np.bincount(items, minlength=30)
     assert len(near.items) == 12 and set(counts[near.items]) >= {counts.max()}
     assert counts[near.items].min() >= np.sort(counts)[::-1][11]  # the 12 most rated
@@ -37,7 +37,7 @@ def test_weights_are_eases_closed_form_over_the_most_rated_films(pairs, monkeypa
 
 def test_a_users_scores_sum_the_weights_of_their_rated_films(pairs):
     users, items = pairs
-    near = neighbours.fit(users, items, 40, 30, reg=1.0, max_items=20)
+    near = neighbours.fit(*csr_from_pairs(users, items, 40), 30, reg=1.0, max_items=20)
     indptr, indices = csr_from_pairs(users, items, 40)
     rows = np.array([3, 0, 39, 3])
     got = neighbours.scores(near, indptr, indices, rows, 30)

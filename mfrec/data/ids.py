@@ -34,11 +34,15 @@ class IdIndex:
 
     def index(self, ids) -> np.ndarray:
         """Row numbers of ``ids`` (int64), -1 where an id is unknown."""
-        ids = np.asarray(ids, dtype=np.int64)
+        ids = np.asarray(ids)
+        if ids.dtype.kind not in "iu":  # (integer ids are read as they are: no int64 copy of a column)
+            ids = ids.astype(np.int64)
         if len(self.ids) == 0:
             return np.full(ids.shape, -1, dtype=np.int64)
         if self._table is not None:
             table = self._table
+            if ids.size and ids.min() >= 0 and ids.max() < len(table):
+                return table[ids]  # every id within the table (a dataset's own columns): one gather
             inside = (ids >= 0) & (ids < len(table))
             return np.where(inside, table[np.where(inside, ids, 0)], -1)
         pos = np.searchsorted(self.ids, ids)
@@ -91,11 +95,15 @@ def csr_from_pairs(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.
     columns are sorted."""
     rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
     width = int(cols.max()) + 1 if len(cols) else 1
-    # One sort of (row, column) as one number: a quarter of the time of a two-key lexsort.
-    keys = np.sort(rows * width + cols)
+    # One sort of (row, column) as one number: a quarter of the time of a two-key lexsort;
+    # sorted and reduced in place (at 25M ratings each copy is 200 MB).
+    keys = rows * width
+    keys += cols
+    keys.sort()
     counts = np.bincount(rows, minlength=n_rows)
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return indptr, keys % width
+    keys %= width
+    return indptr, keys
 
 
 @dataclass

@@ -58,9 +58,8 @@ class Validation:
         fitted on the training ratings with ``reg``; kept for the last few values asked."""
         b = self.base
         if self._gram is None:  # X^T X does not depend on reg
-            users = np.repeat(np.arange(len(b.user_index)), np.diff(b.seen_indptr))
             films = neighbours.most_rated(b.seen_indices, len(b.item_index))
-            self._gram = films, neighbours.gramian(users, b.seen_indices, len(b.user_index), films, len(b.item_index))
+            self._gram = films, neighbours.gramian(b.seen_indptr, b.seen_indices, films, len(b.item_index))
         if reg not in self._near:
             near = neighbours.solve(*self._gram, reg)
             if len(self._near) >= 4:

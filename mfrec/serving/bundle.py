@@ -155,7 +155,7 @@ class Bundle:
         _, matrix = genres.genre_matrix(items["genres"].to_numpy())
         votes, total = genres.votes(matrix, u, i, ratings["rating"].to_numpy(), len(user_index), meta["rating_range"])
         if ranking.neighbour_weight > 0 and neighbours is None:
-            neighbours = neighbours_module.fit(u, i, len(user_index), len(item_index), ranking.neighbour_reg)
+            neighbours = neighbours_module.fit(indptr, indices, len(item_index), ranking.neighbour_reg)
         elif ranking.neighbour_weight == 0:
             neighbours = None
         return cls(model.cpu().eval(), user_index, item_index, items, indptr, indices, votes, total, meta,

@@ -64,31 +64,31 @@ def most_rated(item_rows: np.ndarray, n_items: int, max_items: int | None = None
     return np.sort(top[counts[top] > 0])
 
 
-def gramian(user_rows: np.ndarray, item_rows: np.ndarray, n_users: int, films: np.ndarray,
-            n_items: int) -> torch.Tensor:
-    """``X^T X`` over ``films`` (float32, M x M): how many users rated each pair, summed from
-    dense 0/1 blocks of ``CHUNK_USERS`` users (one matrix product each; exact up to 16M users)."""
+def gramian(indptr: np.ndarray, indices: np.ndarray, films: np.ndarray, n_items: int) -> torch.Tensor:
+    """``X^T X`` over ``films`` (float32, M x M): how many users rated each pair, for the users'
+    rated item rows as a CSR (``indptr``, ``indices``: :func:`mfrec.data.ids.csr_from_pairs`),
+    summed from dense 0/1 blocks of ``CHUNK_USERS`` users (one matrix product each; exact up
+    to 16M users). Temporaries are a block's: at 25M ratings, reordering every rating for
+    the blocks took a gigabyte."""
     where = torch.from_numpy(positions(films, n_items))
-    users = torch.as_tensor(np.asarray(user_rows, dtype=np.int64))
-    cols = where[torch.as_tensor(np.asarray(item_rows, dtype=np.int64))]
-    keep = cols >= 0
-    users, cols = users[keep], cols[keep]
-    order = torch.argsort(users, stable=True)
-    users, cols = users[order], cols[order]
-    bounds = torch.searchsorted(users, torch.arange(0, n_users + CHUNK_USERS, CHUNK_USERS))
-    m = len(films)
+    n_users, m = len(indptr) - 1, len(films)
     gram = torch.zeros(m, m, dtype=torch.float32)
-    block = torch.zeros(min(CHUNK_USERS, n_users), m, dtype=torch.float32)
-    for start, (lo, hi) in zip(range(0, n_users, CHUNK_USERS), zip(bounds[:-1].tolist(), bounds[1:].tolist())):
+    block = torch.zeros(min(CHUNK_USERS, max(n_users, 1)), m, dtype=torch.float32)
+    for start in range(0, n_users, CHUNK_USERS):
+        rows = min(CHUNK_USERS, n_users - start)
+        lo, hi = int(indptr[start]), int(indptr[start + rows])
         if lo == hi:
             continue
-        rows = min(CHUNK_USERS, n_users - start)
+        users = torch.repeat_interleave(torch.arange(rows), torch.from_numpy(np.diff(indptr[start:start + rows + 1])))
+        cols = where[torch.from_numpy(np.asarray(indices[lo:hi], dtype=np.int64))]
+        keep = cols >= 0
+        users, cols = users[keep], cols[keep]
         block[:rows].zero_()
-        block[users[lo:hi] - start, cols[lo:hi]] = 1.0
+        block[users, cols] = 1.0
         # X^T as a sparse matrix times X dense: the work is the block's ratings times M, not
         # its users times M^2 (most users rate a small share of the films).
-        transposed = torch.sparse_coo_tensor(torch.stack([cols[lo:hi], users[lo:hi] - start]),
-                                             torch.ones(hi - lo), (m, rows), check_invariants=False).to_sparse_csr()
+        transposed = torch.sparse_coo_tensor(torch.stack([cols, users]), torch.ones(len(cols)), (m, rows),
+                                             check_invariants=False).to_sparse_csr()
         gram.add_(transposed @ block[:rows])
     return gram
 
@@ -105,11 +105,10 @@ def solve(films: np.ndarray, gram: torch.Tensor, reg: float) -> Neighbours:
     return Neighbours(np.asarray(films, dtype=np.int64), weights.float().numpy())
 
 
-def fit(user_rows: np.ndarray, item_rows: np.ndarray, n_users: int, n_items: int, reg: float,
-        max_items: int | None = None) -> Neighbours:
-    """EASE weights from ratings given as (user row, item row) pairs."""
-    films = most_rated(item_rows, n_items, max_items)
-    return solve(films, gramian(user_rows, item_rows, n_users, films, n_items), reg)
+def fit(indptr: np.ndarray, indices: np.ndarray, n_items: int, reg: float, max_items: int | None = None) -> Neighbours:
+    """EASE weights from the users' rated item rows as a CSR (``indptr``, ``indices``)."""
+    films = most_rated(indices, n_items, max_items)
+    return solve(films, gramian(indptr, indices, films, n_items), reg)
 
 
 def scores(neighbours: Neighbours, indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray,

@@ -142,7 +142,7 @@ def _local_bundle(result, users, items, shard, frame, movies, config, ranking, b
     near = None
     if ranking.neighbour_weight > 0:
         films = neighbours.most_rated(i, len(items), counts=n_ratings)
-        gram = neighbours.gramian(u, i, len(users), films, len(items)).to(shard.device())
+        gram = neighbours.gramian(*csr_from_pairs(u, i, len(users)), films, len(items)).to(shard.device())
         torch.distributed.all_reduce(gram)
         near = neighbours.solve(films, gram.cpu(), ranking.neighbour_reg)
     bundle = Bundle.build(result.model, users, items, frame, movies, config, ranking, neighbours=near,
