@@ -162,6 +162,16 @@ def test_tiled_blocks_give_the_untiled_products():
         tiled.plan_blocks(tile_cols=37)
 
 
+def test_sampled_products_refuse_more_ratings_than_cells():
+    """A tile holding more ratings than it has cells (a pair rated again and again) is
+    refused with a message, not written past the cells torch sizes its result to."""
+    users = torch.arange(8, dtype=torch.int32).repeat_interleave(10)
+    matrix = Csr(users, torch.zeros(80, dtype=torch.int32), torch.ones(80), 8, 1)
+    _, block = next(matrix.blocks())
+    with pytest.raises(ValueError, match="more than once"):
+        block.dots(torch.randn(8, 4), torch.randn(4, 1))
+
+
 def test_cg_user_step_reports_the_error_at_its_new_factors(monkeypatch):
     """The CG user step's squared rating error is followed through its steps (no pass over
     the ratings after them): it is the error of the factors it wrote, over several blocks

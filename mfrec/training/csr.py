@@ -274,6 +274,10 @@ class Block:
         ``cols_t`` (D, n_cols): sampled dense-dense products, never the rows x columns matrix."""
         out = torch.zeros(len(self.cols), dtype=rows.dtype, device=rows.device)  # (beta=0 still reads them)
         for crow, start, end, first, last in self.tiles:
+            if end - start > self.shape[0] * (last - first):
+                # torch sizes a sampled product's result to the matrix's cells (writing past
+                # them with out=; refusing without): only repeated pairs hold more ratings.
+                raise ValueError("the ratings hold a (row, column) pair more than once: rate each pair once")
             # Written into ``out`` through a matrix on its slice: no copy of the tile's indices.
             tile = self._matrix(crow, start, end, out, last - first)
             torch.sparse.sampled_addmm(tile, rows, cols_t[:, first:last], beta=0.0, out=tile)
