@@ -87,7 +87,7 @@ def _outer_sum(table: torch.Tensor, counts: torch.Tensor | None, workers=None) -
         rows = table[start:start + TABLE_CHUNK]
         return (rows if counts is None else rows * counts[start:start + TABLE_CHUNK, None]).T @ rows
 
-    parts = _map(workers, piece, [(start,) for start in range(0, len(table), TABLE_CHUNK)])
+    parts = _map(workers, piece, _pieces(table))
     return torch.stack(parts).sum(0) if parts else table.new_zeros(table.shape[1], table.shape[1])
 
 
@@ -98,8 +98,13 @@ def _transform(table: torch.Tensor, matrix: torch.Tensor, workers=None) -> torch
     def piece(start):
         torch.matmul(table[start:start + TABLE_CHUNK], matrix, out=out[start:start + TABLE_CHUNK])
 
-    _map(workers, piece, [(start,) for start in range(0, len(table), TABLE_CHUNK)])
+    _map(workers, piece, _pieces(table))
     return out
+
+
+def _pieces(table: torch.Tensor) -> list:
+    """The first row of each ``TABLE_CHUNK``-row piece of ``table``, as work items."""
+    return [(start,) for start in range(0, len(table), TABLE_CHUNK)]
 
 
 def _penalties(row_reg: torch.Tensor) -> tuple:

@@ -227,8 +227,9 @@ class Block:
 
     def pattern_product(self, table: torch.Tensor) -> torch.Tensor:
         """Per row, the sum of ``table`` rows over that row's rated columns."""
-        ones = self.ones[:len(self.cols)] if self.ones is not None and len(self.ones) >= len(self.cols) and \
-            self.ones.dtype == table.dtype else torch.ones(len(self.cols), dtype=table.dtype, device=table.device)
+        # The matrix's shared ones (as long as its largest block) where their type fits the table's.
+        ones = self.ones[:len(self.cols)] if self.ones is not None and self.ones.dtype == table.dtype else \
+            torch.ones(len(self.cols), dtype=table.dtype, device=table.device)
         return self.product(ones, table)
 
     def residual_product(self, offset: float, col_bias: torch.Tensor, table: torch.Tensor) -> tuple:
