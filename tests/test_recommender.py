@@ -319,3 +319,33 @@ def test_distinct_is_numpy_unique_by_a_sort(values):
 
     got = distinct(values)
     assert got.dtype == values.dtype and np.array_equal(got, np.unique(values))
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "mostly_masked"])
+@pytest.mark.parametrize("n_items,k", [(9742, 10), (61132, 100), (5000, 10), (700, 10), (64 * 80 + 13, 10), (50, 60)])
+def test_top_k_by_chunk_maxima_is_torch_topk(kind, n_items, k):
+    """Ranking's top-k (chunk maxima first, on the CPU) gives torch.topk's values, descending,
+    at distinct columns holding those values: ties, seen films (-inf) and a tail past the
+    last whole chunk included; small catalogues and large k take torch.topk itself."""
+    import torch
+
+    from mfrec.serving.scoring import CHUNK, top_k
+
+    g = torch.Generator().manual_seed(n_items + k)
+    rows = 17
+    if kind == "ties":
+        scores = torch.randint(0, 4, (rows, n_items), generator=g).float()
+    else:
+        scores = torch.randn(rows, n_items, generator=g)
+    if kind == "mostly_masked":
+        scores[torch.rand(rows, n_items, generator=g) < 0.999] = -torch.inf
+    values, columns = top_k(scores, k)
+    expected = torch.topk(scores, min(k, n_items), dim=1).values
+    assert torch.equal(values, expected)
+    assert torch.equal(scores.gather(1, columns), values)
+    assert all(len(set(row.tolist())) == len(row) for row in columns)
+    assert columns.dtype == torch.int64 and int(columns.max()) < n_items
+    if n_items // CHUNK >= 8 * k:  # the chunked path ran: a block's view of a larger buffer too
+        buffer = torch.full((rows + 3, n_items), -1.0)
+        buffer[:rows] = scores
+        assert torch.equal(top_k(buffer[:rows], k)[0], expected)
