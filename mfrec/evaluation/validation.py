@@ -52,6 +52,7 @@ class Validation:
                                                     rates, prior))
         self._near = {}  # neighbour_reg -> (films, the sampled users' neighbour scores): model-free
         self._gram = None
+        self._moved = None  # (item rows in score-column order, seen lists in that order): films first
 
     def neighbour_scores(self, reg: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(films with weights, the sampled users' neighbour scores over them) of EASE weights
@@ -60,6 +61,14 @@ class Validation:
         if self._gram is None:  # X^T X does not depend on reg
             films = neighbours.most_rated(b.seen_indices, len(b.item_index))
             self._gram = films, neighbours.gramian(b.seen_indptr, b.seen_indices, films, len(b.item_index))
+            # Scores with the neighbour term put its films in the first columns, where the
+            # term is one dense add: index_add_ into scattered columns cost about 6 ns a
+            # score added, an eighth of the search's ranking time at 62k films.
+            rest = np.setdiff1d(np.arange(len(b.item_index)), films, assume_unique=True)
+            order = np.concatenate([films, rest])
+            place = np.empty_like(order)
+            place[order] = np.arange(len(order))
+            self._moved = torch.from_numpy(order), place[b.seen_indices]
         if reg not in self._near:
             near = neighbours.solve(*self._gram, reg)
             if len(self._near) >= 4:
@@ -82,15 +91,20 @@ class Validation:
         rows = scoring.ranking_rows(model, self._users, weight, None, taste)
         table = scoring.ranking_table(model, weight, self._genres if with_genres else None)
         near_weight = float(ranking.neighbour_weight)
-        films, near = self.neighbour_scores(ranking.neighbour_reg) if near_weight > 0 else (None, None)
+        seen, order = self.base.seen_indices, None
+        if near_weight > 0:
+            films, near = self.neighbour_scores(ranking.neighbour_reg)
+            order, seen = self._moved
+            table = table[:, order]
         top, blocks = [], scoring.ScoreBlocks(len(rows), table.shape[1])
         for block in blocks.slices():  # a block of scores that stays in the cache
             scores = blocks.product(rows[block], table)
-            if near is not None:
-                scores.index_add_(1, films, near[block].to(scores.dtype), alpha=near_weight)
-            scoring.mask_seen(scores, self.base.seen_indptr, self.base.seen_indices, self.ranked[block])
+            if order is not None:
+                scores[:, :len(films)].add_(near[block].to(scores.dtype), alpha=near_weight)
+            scoring.mask_seen(scores, self.base.seen_indptr, seen, self.ranked[block])
             top.append(scoring.top_k(scores, K)[1])
-        return metrics.per_user(torch.cat(top).numpy(), self.relevant, K)[2]
+        top = torch.cat(top) if order is None else order[torch.cat(top)]
+        return metrics.per_user(top.numpy(), self.relevant, K)[2]
 
 
 # A gain counts when it exceeds this many standard errors of the mean per-user difference: the
