@@ -64,6 +64,54 @@ def test_known_users_lists_are_the_ranking_computed_on_request(trained_small, mo
     assert ranker.known_lists(False) is None
 
 
+def test_ranking_on_worker_threads_is_the_ranking_on_one(trained_small, monkeypatch):
+    """Evaluation and batch rank spans of users on worker threads (torch one-threaded): the
+    same top-k as ranking on the caller's thread, for known users (the neighbour term's
+    scores a span at a time) and for new customers with their own rated films, over many
+    spans, answered in the order asked."""
+    import threading
+
+    import torch
+
+    from mfrec.data.ids import csr_from_pairs
+
+    monkeypatch.setenv("MFREC_THREADS", "2")
+    monkeypatch.setattr(ranker_module, "NEIGHBOUR_ROWS", 250)  # spans of two blocks (214 users)
+    ranker = Recommender(trained_small.recommender.bundle).ranker
+    assert ranker.bundle.neighbours is not None and ranker.ranking.neighbour_weight > 0
+    names = []
+    real_span = ranker._rank_span
+    monkeypatch.setattr(ranker, "_rank_span", lambda *a: names.append(threading.current_thread().name) or real_span(*a))
+    rows = np.arange(len(ranker.bundle.user_index))[::-1].copy()
+    rng = np.random.default_rng(0)
+    n_customers = 300
+    customers = np.repeat(np.arange(n_customers), 5)
+    films = rng.integers(0, ranker.n_items, len(customers))
+    folded = ranker.fold_in(customers, films, rng.choice([1.0, 3.0, 5.0], len(customers)), n_customers)
+    seen = csr_from_pairs(customers, films, n_customers)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        alone = [ranker._rank(rows[i:i + 1], 10, True) for i in range(len(rows))]  # one user a call
+        indptr, indices = seen
+        alone_folded = [ranker._rank(np.zeros(1, np.int64), 10, True, folded[i:i + 1],
+                                     (np.array([0, indptr[i + 1] - indptr[i]]), indices[indptr[i]:indptr[i + 1]]))
+                        for i in range(n_customers)]
+        for args, each in (((rows, 10, True), alone),
+                           ((np.zeros(n_customers, np.int64), 10, True, folded, seen), alone_folded)):
+            names.clear()
+            one = ranker._rank(*args)
+            assert names and set(names) == {threading.current_thread().name}
+            names.clear()
+            many = ranker._rank(*args, parallel=True)
+            assert len(names) >= 2 and all(name.startswith("mfrec-block") for name in names)
+            assert torch.get_num_threads() == 2  # restored
+            _same_ranking(*many, *one)
+            _same_ranking(*many, np.concatenate([i for i, _ in each]), np.concatenate([v for _, v in each]))
+    finally:
+        torch.set_num_threads(before)
+
+
 def _same_ranking(idx, val, ref_idx, ref_val, tol=1e-6):
     """Equal scores (to ``tol``: matrix products of different batch shapes may round
     differently); items may swap places only where their scores tie to within ``tol``."""

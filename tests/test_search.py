@@ -114,11 +114,18 @@ def test_bad_search_settings_are_named(bad, message):
         SearchConfig(**bad)
 
 
-def test_validation_ranks_as_evaluation_does(trained_small, small_split):
+@pytest.mark.parametrize("span_rows", [1024, 64])
+def test_validation_ranks_as_evaluation_does(trained_small, small_split, span_rows, monkeypatch):
     """The search's NDCG is the test metric's computation on other ratings: scored on the
-    test split, it gives the evaluated model's test NDCG@10 exactly."""
+    test split, it gives the evaluated model's test NDCG@10 exactly (its users in one span,
+    or in many ranked on worker threads)."""
+    from mfrec.evaluation import validation as validation_module
+
+    monkeypatch.setattr(validation_module, "SPAN_ROWS", span_rows)
+    monkeypatch.setenv("MFREC_THREADS", "2")
     train, val, test, movies = small_split
     rec, ranking = trained_small.recommender, trained_small.ranking
+    assert ranking.neighbour_weight > 0  # its scores' columns come first in validation's ranking
     seen = pd.concat([train, val], ignore_index=True)
     validation = Validation(seen, test, movies, rec.user_index, rec.item_index, trained_small.config, max_users=10**6)
     assert math.isclose(validation.ndcg(rec.model, ranking), evaluate(rec, seen, test)["test_ndcg_at_10"],

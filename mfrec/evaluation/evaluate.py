@@ -46,7 +46,7 @@ def evaluate(rec: Recommender, train: pd.DataFrame, test: pd.DataFrame, k: int =
     def top_items(rows, kk):
         steps = range(0, max(len(rows), 1), PROGRESS_USERS)  # one (empty) step for no users
         bar = tqdm(steps, desc="evaluate", unit="block", leave=False, disable=not show or len(steps) < 2)
-        return np.concatenate([rec.ranker.top_items(rows[s:s + PROGRESS_USERS], kk)[0] for s in bar])
+        return np.concatenate([rec.ranker.top_items(rows[s:s + PROGRESS_USERS], kk, parallel=True)[0] for s in bar])
 
     ranking = metrics.ranking_metrics(top_items, users, relevant, k)
     out.update({f"test_{name}": value for name, value in ranking.items()})
@@ -116,5 +116,5 @@ def fold_in_ndcg(rec: Recommender, told_from: pd.DataFrame, heldout: pd.DataFram
     folded = rec.ranker.fold_in(customers, rec.item_index.index(movie_ids), ratings, len(users),
                                unrated_weight, genre_weight)
     seen = csr_from_pairs(np.concatenate(seen_rows), np.concatenate(seen_cols), len(users))
-    ranked, _ = rec.ranker.top_items(np.zeros(len(users), np.int64), k, True, folded, seen)
+    ranked, _ = rec.ranker.top_items(np.zeros(len(users), np.int64), k, True, folded, seen, parallel=True)
     return metrics.ranking_metrics(lambda rows, kk: ranked, users, relevant, k)[f"ndcg_at_{k}"]

@@ -24,6 +24,8 @@ from mfrec.serving.bundle import Bundle, RankingConfig
 from mfrec.training.model import MatrixFactorization
 
 K = 10
+# Validation users ranked per job of the worker threads.
+SPAN_ROWS = 1024
 
 
 class Validation:
@@ -96,14 +98,20 @@ class Validation:
             films, near = self.neighbour_scores(ranking.neighbour_reg)
             order, seen = self._moved
             table = table[:, order]
-        top, blocks = [], scoring.ScoreBlocks(len(rows), table.shape[1])
-        for block in blocks.slices():  # a block of scores that stays in the cache
-            scores = blocks.product(rows[block], table)
-            if order is not None:
-                scores[:, :len(films)].add_(near[block].to(scores.dtype), alpha=near_weight)
-            scoring.mask_seen(scores, self.base.seen_indptr, seen, self.ranked[block])
-            top.append(scoring.top_k(scores, K)[1])
-        top = torch.cat(top) if order is None else order[torch.cat(top)]
+
+        def rank(span, blocks):
+            top = []
+            for block in blocks.slices(span):  # a block of scores that stays in the cache
+                scores = blocks.product(rows[block], table)
+                if order is not None:
+                    scores[:, :len(films)].add_(near[block].to(scores.dtype), alpha=near_weight)
+                scoring.mask_seen(scores, self.base.seen_indptr, seen, self.ranked[block])
+                top.append(scoring.top_k(scores, K)[1])
+            return torch.cat(top)
+
+        top = torch.cat(scoring.in_spans(len(rows), table.shape[1], rank, SPAN_ROWS, parallel=True))
+        if order is not None:
+            top = order[top]
         return metrics.per_user(top.numpy(), self.relevant, K)[2]
 
 

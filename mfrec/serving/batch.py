@@ -78,7 +78,7 @@ def _block(rec, rows: np.ndarray, ids: np.ndarray, items_out: np.ndarray, k: int
     idx = np.empty((len(rows), width), np.int64)
     val = np.empty((len(rows), width), np.float32)
     if n_known:
-        idx[known], val[known] = rec.ranker.top_items(rows[known], k, exclude_seen)
+        idx[known], val[known] = rec.ranker.top_items(rows[known], k, exclude_seen, parallel=True)
     if n_known < len(rows):  # the popular list, scored by its rating counts as over REST
         popular = rec.ranker.popular_order[:width]
         idx[~known] = popular

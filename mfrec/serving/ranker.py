@@ -25,7 +25,7 @@ from mfrec.training.model import predict_ratings, rating_tables
 LIST_LENGTH = 100
 LIST_SCORES = 100_000_000
 LIST_ENTRIES = 10_000_000
-# Known users whose neighbour scores are computed together while ranking.
+# Users ranked together: one sparse product of neighbour scores, one job for a worker thread.
 NEIGHBOUR_ROWS = 1024
 
 
@@ -111,19 +111,17 @@ class Ranker:
         return np.where(known_item, score, 0.0).astype(np.float32)
 
     def top_items(self, user_rows: np.ndarray, k: int, exclude_seen: bool = True,
-                  folded: scoring.FoldedUsers | None = None, extra_seen: tuple | None = None) -> tuple:
+                  folded: scoring.FoldedUsers | None = None, extra_seen: tuple | None = None,
+                  parallel: bool = False) -> tuple:
         """Top-k (item rows, scores) per known user row, or per ``folded`` new customer (their
-        rated films in ``extra_seen``, CSR by customer)."""
+        rated films in ``extra_seen``, CSR by customer). ``parallel``: rank on worker threads
+        (:func:`~mfrec.training.parallel.job_workers`), for offline callers -- evaluation, batch
+        -- that own the process's threads; a REST request ranks on its own."""
         if folded is None and extra_seen is None:
             listed = _sliced(self.known_lists(exclude_seen), user_rows, k, self.n_items)
             if listed is not None:
                 return listed
-        return self._rank(user_rows, k, exclude_seen, folded, extra_seen)
-
-    def rank(self, user_rows: np.ndarray, k: int, exclude_seen: bool = True) -> tuple:
-        """Top-k (item rows, scores) of these known users, ranked now (no lists built for
-        everyone: what validation during training needs)."""
-        return self._rank(np.asarray(user_rows, dtype=np.int64), k, exclude_seen)
+        return self._rank(user_rows, k, exclude_seen, folded, extra_seen, parallel)
 
     def known_lists(self, exclude_seen: bool = True) -> tuple | None:
         """Every known user's top ``LIST_LENGTH``, ranked once; None when the model is too large."""
@@ -182,46 +180,54 @@ class Ranker:
                 np.concatenate([values.numpy() for values, _ in parts]))
 
     @torch.no_grad()
-    def _rank(self, user_rows: np.ndarray, k: int, exclude_seen: bool, folded=None, extra_seen=None) -> tuple:
-        """Score every item for each row, mask the seen ones, take the top k."""
+    def _rank(self, user_rows: np.ndarray, k: int, exclude_seen: bool, folded=None, extra_seen=None,
+              parallel: bool = False) -> tuple:
+        """Score every item for each row, mask the seen ones, take the top k: in spans of about
+        ``NEIGHBOUR_ROWS`` rows, on worker threads when ``parallel`` and the model is on the CPU."""
+        width = min(k, self.n_items)
+        if len(user_rows) == 0:
+            return np.zeros((0, width), np.int64), np.zeros((0, width), np.float32)
+        model = self.bundle.model
+        with_genres = self.ranking.genre_weight > 0 if folded is None else folded.genre_taste is not None
+        table = self.table(with_genres)  # what every span shares, built before the workers start
+        known = self.known_rows if folded is None else None
+        near = self.neighbourhood if self.bundle.neighbours is not None else None
+        parts = scoring.in_spans(
+            len(user_rows), self.n_items,
+            lambda span, blocks: self._rank_span(user_rows, span, blocks, table, known, near, k, exclude_seen,
+                                                 folded, extra_seen),
+            NEIGHBOUR_ROWS, parallel and model.item_factors.device.type == "cpu")
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _rank_span(self, user_rows, span: slice, blocks: scoring.ScoreBlocks, table, known, near, k: int,
+                   exclude_seen: bool, folded, extra_seen) -> tuple:
         b, out_idx, out_val = self.bundle, [], []
-        blocks = scoring.ScoreBlocks(len(user_rows), self.n_items)
-        # Known users' neighbour scores, for a run of blocks at a time: one sparse product per
-        # thousand users costs far less than one per block.
-        run = blocks.block * max(1, NEIGHBOUR_ROWS // blocks.block)
-        near_rows, near_all = None, None
-        for block in blocks.slices():
+        # Known users' neighbour scores, one sparse product for the span: one per block of ~16
+        # users costs far more.
+        near_all = None
+        if near is not None and folded is None and self.ranking.neighbour_weight > 0:
+            near_all = near(b.seen_indptr, b.seen_indices, user_rows[span], self.ranking.neighbour_weight)
+        for block in blocks.slices(span):
             rows = user_rows[block]
             if folded is None:
-                vectors = torch.from_numpy(self.known_rows[rows])
-                with_genres = self.ranking.genre_weight > 0
+                vectors = torch.from_numpy(known[rows])
             else:
                 part = folded[block]
                 vectors = scoring.ranking_rows(b.model, None, self.ranking.rating_weight, part, part.genre_taste)
-                with_genres = part.genre_taste is not None
-            scores = blocks.product(vectors, self.table(with_genres))
-            if b.neighbours is not None and (folded is not None or self.ranking.neighbour_weight > 0):
-                if folded is not None:
-                    near = part.neighbour_scores
-                else:
-                    first = block.start - block.start % run
-                    if near_rows != first:
-                        near_rows = first
-                        near_all = self.neighbourhood(b.seen_indptr, b.seen_indices, user_rows[first:first + run],
-                                                      self.ranking.neighbour_weight)
-                    near = near_all[block.start - first:block.start - first + len(rows)]
-                if near is not None:
-                    scores.index_add_(1, self.neighbourhood.columns, near.to(scores.dtype))
+            scores = blocks.product(vectors, table)
+            if near_all is not None:
+                scores.index_add_(1, near.columns, near_all[block.start - span.start:block.stop - span.start].to(scores.dtype))
+            elif near is not None and folded is not None and part.neighbour_scores is not None:
+                scores.index_add_(1, near.columns, part.neighbour_scores.to(scores.dtype))
             if exclude_seen and folded is None:
                 scores = scoring.mask_seen(scores, b.seen_indptr, b.seen_indices, rows)
             if exclude_seen and extra_seen is not None:
-                scores = scoring.mask_seen(scores, *extra_seen, np.arange(block.start, block.start + len(rows)))
+                scores = scoring.mask_seen(scores, *extra_seen, np.arange(block.start, block.stop))
             values, indices = scoring.top_k(scores, k)
             out_idx.append(indices.numpy())
             out_val.append(values.numpy())
-        if not out_idx:
-            width = min(k, self.n_items)
-            return np.zeros((0, width), np.int64), np.zeros((0, width), np.float32)
         if len(out_idx) == 1:
             return out_idx[0], out_val[0]
         return np.concatenate(out_idx), np.concatenate(out_val)

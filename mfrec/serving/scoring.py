@@ -6,10 +6,14 @@ indices; id mapping lives in :mod:`mfrec.serving.bundle`.
 
 from __future__ import annotations
 
+import queue
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
+
+from mfrec.training.parallel import job_workers
 
 # Scores computed per matrix product when ranking: about a million (4 MB) stays in the CPU's
 # cache for the top-k that reads them back; a block of 1024 users x 62k films (256 MB) made
@@ -37,9 +41,10 @@ class ScoreBlocks:
         self.n_rows, self.n_items = n_rows, n_items
         self._buffer = None
 
-    def slices(self) -> list[slice]:
-        """The blocks' rows, in order."""
-        return [slice(start, start + self.block) for start in range(0, self.n_rows, self.block)]
+    def slices(self, span: slice | None = None) -> list[slice]:
+        """The blocks' rows (of ``span``, default all), in order."""
+        start, stop = (0, self.n_rows) if span is None else (span.start, span.stop)
+        return [slice(first, min(first + self.block, stop)) for first in range(start, stop, self.block)]
 
     @torch.no_grad()
     def product(self, rows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -50,6 +55,29 @@ class ScoreBlocks:
             self._buffer = torch.empty(min(self.block, self.n_rows), table.shape[1], dtype=table.dtype,
                                        device=table.device)
         return torch.matmul(rows.to(table.dtype), table, out=self._buffer[:len(rows)])
+
+
+def in_spans(n_rows: int, n_items: int, rank: Callable, span_rows: int, parallel: bool = False) -> list:
+    """``rank(span, blocks)`` over consecutive spans of about ``span_rows`` rows (whole blocks),
+    results in span order; ``blocks`` is the :class:`ScoreBlocks` (one buffer) of the thread
+    that runs it. With ``parallel``, spans run on :func:`~mfrec.training.parallel.job_workers`
+    (on the CPU: the caller keeps to models there; REST requests rank on their own thread)."""
+    block = rows_per_block(n_items)
+    size = block * max(1, span_rows // block)
+    spans = [slice(start, min(start + size, n_rows)) for start in range(0, n_rows, size)]
+    with job_workers(len(spans) if parallel else 1) as workers:
+        free = queue.SimpleQueue()
+        for _ in range(workers.n):
+            free.put(ScoreBlocks(min(size, n_rows), n_items))
+
+        def run(span):
+            blocks = free.get()
+            try:
+                return rank(span, blocks)
+            finally:
+                free.put(blocks)
+
+        return workers.map(run, [(span,) for span in spans])
 
 
 @torch.no_grad()
