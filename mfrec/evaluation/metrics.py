@@ -60,13 +60,15 @@ def per_user(ranked: np.ndarray, relevant: list[np.ndarray], k: int = 10) -> tup
     """Each user's (precision, recall, NDCG) at ``k`` of ``ranked`` (one row of item rows per
     user of ``relevant``)."""
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    # Every (user, item) pair as one number, so that one sorted lookup finds all the hits.
-    width = int(max(ranked.max(initial=0), max((r.max(initial=0) for r in relevant), default=0))) + 1
-    relevant_keys = np.sort(np.concatenate([j * width + np.asarray(r, np.int64) for j, r in enumerate(relevant)]))
+    counts = np.fromiter(map(len, relevant), np.int64, len(relevant))
+    items = np.concatenate(relevant).astype(np.int64, copy=False) if len(relevant) else np.zeros(0, np.int64)
+    # Every (user, item) pair as one number, so that one sorted lookup finds all the hits
+    # (without a Python step per user: the search scores 5,000 users a ranking).
+    width = int(max(ranked.max(initial=0), items.max(initial=0))) + 1
+    relevant_keys = np.sort(np.repeat(np.arange(len(relevant)), counts) * width + items)
     keys = np.arange(len(relevant))[:, None] * width + ranked
     position = np.searchsorted(relevant_keys, keys).clip(max=len(relevant_keys) - 1)
     hits = (relevant_keys[position] == keys) & (ranked >= 0)
-    counts = np.array([len(r) for r in relevant])
     dcg = (hits * discounts[: ranked.shape[1]]).sum(1)
     ideal = np.cumsum(discounts)[np.minimum(counts, k) - 1]
     found = hits.sum(1)
