@@ -204,9 +204,7 @@ class Ranker:
     def _rank_span(self, user_rows, span: slice, blocks: scoring.ScoreBlocks, table, known, near, k: int,
                    exclude_seen: bool, folded, extra_seen) -> tuple:
         b, out_idx, out_val = self.bundle, [], []
-        # Known users' neighbour scores, one sparse product for the span: one per block of ~16
-        # users costs far more.
-        near_all = None
+        near_all = None  # known users' neighbour scores: one sparse product a span, not a block
         if near is not None and folded is None and self.ranking.neighbour_weight > 0:
             near_all = near(b.seen_indptr, b.seen_indices, user_rows[span], self.ranking.neighbour_weight)
         for block in blocks.slices(span):
@@ -228,9 +226,7 @@ class Ranker:
             values, indices = scoring.top_k(scores, k)
             out_idx.append(indices.numpy())
             out_val.append(values.numpy())
-        if len(out_idx) == 1:
-            return out_idx[0], out_val[0]
-        return np.concatenate(out_idx), np.concatenate(out_val)
+        return (out_idx[0], out_val[0]) if len(out_idx) == 1 else (np.concatenate(out_idx), np.concatenate(out_val))
 
 
 def _sliced(lists, rows, k: int, most: int) -> tuple | None:
