@@ -216,7 +216,8 @@ class Ranker:
                 vectors = scoring.ranking_rows(b.model, None, self.ranking.rating_weight, part, part.genre_taste)
             scores = blocks.product(vectors, table)
             if near_all is not None:
-                scores.index_add_(1, near.columns, near_all[block.start - span.start:block.stop - span.start].to(scores.dtype))
+                here = slice(block.start - span.start, block.stop - span.start)
+                scores.index_add_(1, near.columns, near_all[here].to(scores.dtype))
             elif near is not None and folded is not None and part.neighbour_scores is not None:
                 scores.index_add_(1, near.columns, part.neighbour_scores.to(scores.dtype))
             if exclude_seen and folded is None:
