@@ -115,22 +115,36 @@ def test_bad_search_settings_are_named(bad, message):
 
 
 @pytest.mark.parametrize("span_rows", [1024, 64])
-def test_validation_ranks_as_evaluation_does(trained_small, small_split, span_rows, monkeypatch):
+def test_validation_ranks_as_evaluation_does(trained_small, small_split, span_rows, monkeypatch, request):
     """The search's NDCG is the test metric's computation on other ratings: scored on the
     test split, it gives the evaluated model's test NDCG@10 exactly (its users in one span,
     or in many ranked on worker threads)."""
+    import threading
+
+    import torch
+
     from mfrec.evaluation import validation as validation_module
+    from mfrec.serving import scoring
 
     monkeypatch.setattr(validation_module, "SPAN_ROWS", span_rows)
     monkeypatch.setenv("MFREC_THREADS", "2")
+    names, real_top_k = set(), scoring.top_k
+    monkeypatch.setattr(scoring, "top_k", lambda *a: names.add(threading.current_thread().name) or real_top_k(*a))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    request.addfinalizer(lambda: torch.set_num_threads(before))
     train, val, test, movies = small_split
     rec, ranking = trained_small.recommender, trained_small.ranking
     assert ranking.neighbour_weight > 0  # its scores' columns come first in validation's ranking
     seen = pd.concat([train, val], ignore_index=True)
     validation = Validation(seen, test, movies, rec.user_index, rec.item_index, trained_small.config, max_users=10**6)
-    assert math.isclose(validation.ndcg(rec.model, ranking), evaluate(rec, seen, test)["test_ndcg_at_10"],
-                        rel_tol=1e-9)
+    names.clear()
+    got = validation.ndcg(rec.model, ranking)
+    ran_on = set(names)
+    assert math.isclose(got, evaluate(rec, seen, test)["test_ndcg_at_10"], rel_tol=1e-9)
     other = replace(ranking, rating_weight=ranking.rating_weight + 0.5)
     assert math.isclose(validation.ndcg(rec.model, other),
                         evaluate(rec.with_ranking(rating_weight=other.rating_weight), seen, test)["test_ndcg_at_10"],
                         rel_tol=1e-9)
+    if span_rows < 500:  # several spans (the split's 600-odd users): ranked on worker threads
+        assert any(name.startswith("mfrec-block") for name in ran_on)

@@ -324,3 +324,24 @@ def test_threads_setting(monkeypatch):
     monkeypatch.setenv(parallel.ENV, "many")
     with pytest.raises(ConfigError, match="MFREC_THREADS must be a whole number >= 1, got 'many'"):
         parallel.available_threads()
+
+
+def test_job_workers_take_torchs_threads_and_give_them_back(monkeypatch):
+    """A ranking's workers: two jobs get two workers with torch one-threaded, then torch as it
+    was; inside a fit's one-thread stretch a ranking runs in its caller."""
+    monkeypatch.setenv(parallel.ENV, "2")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with parallel.job_workers(2) as workers:
+            assert workers.n == 2 and torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with parallel.job_workers(1) as workers:
+            assert workers.n == 1 and torch.get_num_threads() == 2
+        with parallel.one_torch_thread():
+            with parallel.job_workers(4) as workers:
+                assert workers.n == 1
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

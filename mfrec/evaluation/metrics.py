@@ -65,8 +65,9 @@ def per_user(ranked: np.ndarray, relevant: list[np.ndarray], k: int = 10) -> tup
     # Every (user, item) pair as one number, so that one sorted lookup finds all the hits
     # (without a Python step per user: the search scores 5,000 users a ranking).
     width = int(max(ranked.max(initial=0), items.max(initial=0))) + 1
-    relevant_keys = np.sort(np.repeat(np.arange(len(relevant)), counts) * width + items)
-    keys = np.arange(len(relevant))[:, None] * width + ranked
+    owners = np.arange(len(relevant), dtype=np.int64)
+    relevant_keys = np.sort(np.repeat(owners, counts) * width + items)
+    keys = owners[:, None] * width + ranked
     position = np.searchsorted(relevant_keys, keys).clip(max=len(relevant_keys) - 1)
     hits = (relevant_keys[position] == keys) & (ranked >= 0)
     dcg = (hits * discounts[: ranked.shape[1]]).sum(1)

@@ -131,7 +131,9 @@ def job_workers(n_jobs: int):
     :func:`available_threads` allows), at most ``n_jobs``, with torch one-threaded for the
     duration (restored after); the caller, torch as it is, when that is one. Ranking takes
     this: its operations last a fraction of a millisecond, too short for torch's threads to
-    share (at 25M ratings, two workers ranked every user 1.7x faster than torch's two threads)."""
+    share (at 25M ratings, two workers ranked every user 1.7x faster than torch's two threads).
+    torch's thread count is the caller thread's and the process's default: one caller at a
+    time (evaluation, batch, the search), never REST requests, which rank on their own."""
     n = min(n_jobs, torch.get_num_threads(), available_threads())
     if n <= 1:
         yield SERIAL
