@@ -12,6 +12,7 @@ not depend on the model (their genre taste) is computed once.
 from __future__ import annotations
 
 import copy
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -54,23 +55,13 @@ class Validation:
                                                     rates, prior))
         self._near = {}  # neighbour_reg -> (films, the sampled users' neighbour scores): model-free
         self._gram = None
-        self._moved = None  # (item rows in score-column order, seen lists in that order): films first
 
     def neighbour_scores(self, reg: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(films with weights, the sampled users' neighbour scores over them) of EASE weights
         fitted on the training ratings with ``reg``; kept for the last few values asked."""
         b = self.base
         if self._gram is None:  # X^T X does not depend on reg
-            films = neighbours.most_rated(b.seen_indices, len(b.item_index))
-            self._gram = films, neighbours.gramian(b.seen_indptr, b.seen_indices, films, len(b.item_index))
-            # Scores with the neighbour term put its films in the first columns, where the
-            # term is one dense add: index_add_ into scattered columns cost about 6 ns a
-            # score added, an eighth of the search's ranking time at 62k films.
-            rest = np.setdiff1d(np.arange(len(b.item_index)), films, assume_unique=True)
-            order = np.concatenate([films, rest])
-            place = np.empty_like(order)
-            place[order] = np.arange(len(order))
-            self._moved = torch.from_numpy(order), place[b.seen_indices]
+            self._gram = self._films, neighbours.gramian(b.seen_indptr, b.seen_indices, self._films, len(b.item_index))
         if reg not in self._near:
             near = neighbours.solve(*self._gram, reg)
             if len(self._near) >= 4:
@@ -78,6 +69,23 @@ class Validation:
             self._near[reg] = (torch.from_numpy(near.items),
                                neighbours.scores(near, b.seen_indptr, b.seen_indices, self.ranked, len(b.item_index)))
         return self._near[reg]
+
+    @cached_property
+    def _films(self) -> np.ndarray:
+        """The neighbour term's films (item rows, ascending)."""
+        return neighbours.most_rated(self.base.seen_indices, len(self.base.item_index))
+
+    @cached_property
+    def _films_first(self) -> tuple[torch.Tensor, np.ndarray]:
+        """(item rows in score-column order, the seen lists in that order): with the neighbour
+        term its films come first, where the term is one dense add (index_add_ into scattered
+        columns cost about 6 ns a score added, an eighth of the search's ranking time at 62k films)."""
+        b = self.base
+        order = np.concatenate([self._films, np.setdiff1d(np.arange(len(b.item_index)), self._films,
+                                                          assume_unique=True)])
+        place = np.empty_like(order)
+        place[order] = np.arange(len(order))
+        return torch.from_numpy(order), place[b.seen_indices]
 
     def ndcg(self, model, ranking: RankingConfig) -> float:
         """NDCG@10 of ``recommend`` for the (sampled) validation users."""
@@ -96,7 +104,7 @@ class Validation:
         seen, order = self.base.seen_indices, None
         if near_weight > 0:
             films, near = self.neighbour_scores(ranking.neighbour_reg)
-            order, seen = self._moved
+            order, seen = self._films_first
             table = table[:, order]
 
         def rank(span, blocks):

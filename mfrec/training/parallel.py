@@ -117,12 +117,8 @@ def workers_for(device: torch.device, n_ratings: int, distributed: bool = False)
     if device.type != "cpu" or distributed:
         yield Workers(1)
         return
-    workers = Workers(available_threads() if n_ratings >= SMALL_RATINGS else 1)
-    try:
-        with one_torch_thread():
-            yield workers
-    finally:
-        workers.close()
+    with _one_threaded(available_threads() if n_ratings >= SMALL_RATINGS else 1) as workers:
+        yield workers
 
 
 @contextlib.contextmanager
@@ -134,10 +130,17 @@ def job_workers(n_jobs: int):
     share (at 25M ratings, two workers ranked every user 1.7x faster than torch's two threads).
     torch's thread count is the caller thread's and the process's default: one caller at a
     time (evaluation, batch, the search), never REST requests, which rank on their own."""
-    n = min(n_jobs, torch.get_num_threads(), available_threads())
-    if n <= 1:
+    n = n_jobs if n_jobs <= 1 else min(n_jobs, torch.get_num_threads(), available_threads())
+    if n <= 1:  # (a REST request's ranking: nothing asked of the environment)
         yield SERIAL
         return
+    with _one_threaded(n) as workers:
+        yield workers
+
+
+@contextlib.contextmanager
+def _one_threaded(n: int):
+    """``n`` workers, torch one-threaded while they exist (restored after)."""
     workers = Workers(n)
     try:
         with one_torch_thread():
