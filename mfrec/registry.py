@@ -8,8 +8,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -139,6 +142,12 @@ def register(model_uri: str, name: str, held_out: dict, prepare_key: str, run_id
     """
     check_champion_metric(metric)
     client = mlflow.MlflowClient()
+    with champion_lock(client, name):
+        return _register(client, model_uri, name, held_out, prepare_key, run_id, data_sha256, description, tags,
+                         metric)
+
+
+def _register(client, model_uri, name, held_out, prepare_key, run_id, data_sha256, description, tags, metric):
     measured = {k: float(v) for k, v in held_out.items() if k in CHAMPION_METRICS and math.isfinite(float(v))}
     version = mlflow.register_model(model_uri, name, tags={**{k: repr(v) for k, v in measured.items()},
                                                             "prepare_key": prepare_key, "champion_metric": metric,
@@ -151,30 +160,7 @@ def register(model_uri: str, name: str, held_out: dict, prepare_key: str, run_id
             "mfrec: a matrix-factorisation recommender (pyfunc; tasks predict, recommend, similar, fold_in). "
             "Alias champion: the best version by a held-out metric (champion_metric; each version's tag "
             "champion_decision says which) on the same prepared data."))
-    try:
-        champion = client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
-        champion = None
-    value = measured.get(metric)
-    lower = CHAMPION_METRICS[metric] == "lower"
-    if value is None:
-        promote, reason = False, (f"{metric} was not measured for this model (implicit feedback has no ratings "
-                                  "to predict): choose another champion_metric")
-    elif champion is None:
-        promote, reason = True, f"no champion yet ({metric} {value:.4f})"
-    elif "prepare_key" not in champion.tags:
-        promote, reason = False, (f"champion v{champion.version} has no prepare_key tag (registered by an older "
-                                  "mfrec, which compared models across splits): move the alias by hand")
-    elif not prepare_key or champion.tags["prepare_key"] != prepare_key:
-        promote, reason = False, (f"champion v{champion.version} was evaluated on other prepared data "
-                                  "(another dataset or split)")
-    elif metric not in champion.tags:
-        promote, reason = False, f"champion v{champion.version} has no {metric} tag to compare with"
-    else:
-        best = float(champion.tags[metric])
-        promote = value < best if lower else value > best
-        sign = ("<" if promote else ">=") if lower else (">" if promote else "<=")
-        reason = f"{metric} {value:.4f} {sign} champion v{champion.version}'s {best:.4f}"
+    promote, reason = _decide(_champion(client, name), measured.get(metric), prepare_key, metric)
     if promote:
         client.set_registered_model_alias(name, "champion", version.version)
     decision = f"{'promoted' if promote else 'kept champion'}: {reason}"
@@ -182,3 +168,78 @@ def register(model_uri: str, name: str, held_out: dict, prepare_key: str, run_id
     client.set_tag(run_id, "mfrec.champion_decision", decision)
     client.set_tag(run_id, "mfrec.registered_version", str(version.version))
     return {"version": int(version.version), "promoted": promote, "decision": decision, "metric": metric}
+
+
+# How long a registration waits for another's lock, and the age at which a lock is taken to be
+# left by a killed process (a lock lives for the few calls of one registration).
+LOCK_WAIT_S, LOCK_STALE_S = 300.0, 600.0
+
+
+@contextmanager
+def champion_lock(client, name: str):
+    """Hold the registered model ``<name>.champion-lock`` while a registration reads and moves
+    alias ``champion``: MLflow's registry has no compare-and-set, and two pipelines registering
+    at once would both see the same champion and the later write would win, better or not.
+    Creating a registered model is atomic in every backend (its name is unique), so the lock
+    works for a sqlite file and a shared server alike."""
+    lock = f"{name}.champion-lock"
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            client.create_registered_model(lock, description=f"held while mfrec moves alias champion of {name}")
+            break
+        except MlflowException as error:
+            # Taken; or taken and released while the store looked the holder up after a refusal.
+            if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
+                raise
+        try:
+            held = client.get_registered_model(lock)
+        except MlflowException:
+            continue  # released meanwhile
+        age = time.time() - held.creation_timestamp / 1000
+        if age > LOCK_STALE_S:
+            _drop(client, lock)
+        elif time.monotonic() > deadline:
+            raise MlflowException(f"registered model {lock!r} (a lock) has been held for {age:.0f} s: if no mfrec "
+                                  f"pipeline is registering a model, delete it (MlflowClient()."
+                                  f"delete_registered_model({lock!r})) and run again")
+        else:
+            time.sleep(0.05 + 0.1 * random.random())
+    try:
+        yield
+    finally:
+        _drop(client, lock)
+
+
+def _drop(client, lock: str) -> None:
+    try:
+        client.delete_registered_model(lock)
+    except MlflowException:  # already gone (a waiter took it for stale)
+        pass
+
+
+def _champion(client, name: str):
+    try:
+        return client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+
+
+def _decide(champion, value: float | None, prepare_key: str, metric: str) -> tuple[bool, str]:
+    """Whether a model measuring ``value`` on ``prepare_key`` takes the alias from ``champion``."""
+    if value is None:
+        return False, (f"{metric} was not measured for this model (implicit feedback has no ratings to predict): "
+                       "choose another champion_metric")
+    if champion is None:
+        return True, f"no champion yet ({metric} {value:.4f})"
+    if "prepare_key" not in champion.tags:
+        return False, (f"champion v{champion.version} has no prepare_key tag (registered by an older mfrec, "
+                       "which compared models across splits): move the alias by hand")
+    if not prepare_key or champion.tags["prepare_key"] != prepare_key:
+        return False, f"champion v{champion.version} was evaluated on other prepared data (another dataset or split)"
+    if metric not in champion.tags:
+        return False, f"champion v{champion.version} has no {metric} tag to compare with"
+    best, lower = float(champion.tags[metric]), CHAMPION_METRICS[metric] == "lower"
+    promote = value < best if lower else value > best
+    sign = ("<" if promote else ">=") if lower else (">" if promote else "<=")
+    return promote, f"{metric} {value:.4f} {sign} champion v{champion.version}'s {best:.4f}"

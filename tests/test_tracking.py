@@ -80,6 +80,50 @@ def test_the_champion_is_challenged_only_on_the_same_prepared_data(tmp_path, mon
         challenge(0.1, 0.9, "split-A", metric="accuracy")
 
 
+def test_pipelines_registering_at_once_leave_the_best_as_champion(tmp_path, monkeypatch):
+    """Registrations at once (pipelines side by side into one store) race to create and move
+    the alias: none fails, and the alias ends on the best figure, whose version says promoted."""
+    import threading
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
+        uri = mlflow.pyfunc.log_model(name="m", python_model=_Constant(), pip_requirements=["mlflow"]).model_uri
+    registry.register(uri, "mfrec", {}, "", run.info.run_id)  # the registered model exists; no alias yet
+    for rounds in range(3):  # the best figure starts at another place among the threads each round
+        if rounds:
+            client.delete_registered_model_alias("mfrec", "champion")
+        figures = [0.30 + 0.01 * ((7 * i + rounds) % 8) for i in range(8)]
+        start, results, errors = threading.Barrier(len(figures)), {}, []
+
+        def challenge(ndcg):
+            start.wait()
+            try:
+                results[ndcg] = registry.register(uri, "mfrec", {"test_ndcg_at_10": ndcg}, "split-A", run.info.run_id)
+            except Exception as error:  # noqa: BLE001 -- collected: a thread's exception would be lost
+                errors.append(error)
+
+        threads = [threading.Thread(target=challenge, args=(f,)) for f in figures]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        best = results[max(figures)]
+        champion = client.get_model_version_by_alias("mfrec", "champion")
+        assert int(champion.version) == best["version"] and best["promoted"], [r["decision"] for r in results.values()]
+    assert [m.name for m in client.search_registered_models()] == ["mfrec"]  # the lock is gone
+
+    client.create_registered_model("mfrec.champion-lock")  # as a pipeline killed mid-registration leaves it
+    monkeypatch.setattr(registry, "LOCK_WAIT_S", 0.5)
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"'mfrec.champion-lock' \(a lock\).*delete it"):
+        registry.register(uri, "mfrec", {"test_ndcg_at_10": 0.5}, "split-A", run.info.run_id)
+    monkeypatch.setattr(registry, "LOCK_STALE_S", 0.0)  # old enough to be taken for a dead holder's
+    assert registry.register(uri, "mfrec", {"test_ndcg_at_10": 0.5}, "split-A", run.info.run_id)["promoted"]
+    assert [m.name for m in client.search_registered_models()] == ["mfrec"]
+
+
 def test_a_cpu_torch_index_goes_into_the_logged_requirements(tmp_path, monkeypatch, trained_small):
     """MFREC_TORCH_INDEX_URL makes the logged model ask for that index's torch build (what
     `mlflow models build-docker` and virtualenv/uv environments then install)."""
