@@ -9,8 +9,9 @@ values are used as given. The search never looks at the test split.
   validation RMSE chooses its sweep count, as in every fit. Optuna's TPE sampler (seeded)
   proposes the trials; the first is the prior (``PRIOR``: values a hand search once found on
   ml-latest-small), so the search can only improve on it.
-- The ranking weights do not change the fit: each trial scores a small grid of them on its
-  model (rating weight first, then genre weight), which costs a few rankings, not fits.
+- The ranking weights do not change the fit: each trial that may still be chosen scores a
+  small grid of them on its model (rating weight first, then genre weight), which costs a few
+  rankings, not fits; one already outside the RMSE tolerance keeps their starting values.
 - ``objective="ndcg"`` (default: ``recommend`` is the main task) keeps the trial with the best
   validation NDCG@10 among those whose validation RMSE is within ``RMSE_TOLERANCE`` of the
   best trial's, so ranking gains never cost rating accuracy; ``"rmse"`` keeps the lowest
@@ -176,7 +177,7 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
     for params in starts:
         study.enqueue_trial(params)
     budget = search.trials if space else 1  # nothing to sample: one fit, whose ranking weights are chosen
-    trials, fits, leader, stopped = [], {}, -math.inf, f"{budget} trial{'s' if budget > 1 else ''}"
+    trials, fits, stopped = [], {}, f"{budget} trial{'s' if budget > 1 else ''}"
     show = config.progress if config.progress is not None else sys.stderr.isatty()
     bar = tqdm(total=budget, desc="search", unit="trial", disable=not show, leave=False)
     for number in range(budget):
@@ -195,7 +196,14 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
             row.update(best_epoch=result.best_epoch, val_rmse=result.best_val_rmse)
             if neighbour is None:
                 ranking, neighbour = _neighbour_term(validation, result.model, ranking)
-            weights, per_user = _ranking_weights(validation, result.model, ranking)
+            start_weights = ranking.with_prior()
+            per_user = validation.ndcg_per_user(result.model, start_weights)
+            weights = {n: getattr(start_weights, n) for n in ranking.auto_fields()}
+            # A trial whose RMSE is already out of the tolerance can never be chosen: its
+            # ranking weights are not worth a grid of rankings.
+            row["state"] = state
+            if config.implicit or number in _choosable([*trials, row], search.objective):
+                weights, per_user = _ranking_weights(validation, result.model, ranking, per_user)
             row["params"] = {**params, **weights, **neighbour}
             row["val_ndcg_at_10"] = float(per_user.mean())
             row["_per_user"] = per_user
@@ -204,11 +212,9 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
         if state == "pruned":
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
-            value = _value(row, trials, search.objective, config.implicit)
-            study.tell(trial, value)
-            if number == 0 or value > leader:  # memory for two models, not one per trial
-                fits = {n: f for n, f in fits.items() if n == 0}
-                fits[number], leader = result, value
+            study.tell(trial, _value(row, trials, search.objective, config.implicit))
+            fits[number] = result  # kept while the trial can still be chosen
+            fits = {n: f for n, f in fits.items() if n in _choosable(trials, search.objective, config.implicit)}
         if on_trial is not None:
             on_trial(row, result)
         bar.update(1)
@@ -287,13 +293,13 @@ def _neighbour_term(validation: Validation, model, ranking: RankingConfig) -> tu
     return replace(ranking, **chosen), chosen
 
 
-def _ranking_weights(validation: Validation, model, ranking: RankingConfig) -> tuple[dict, np.ndarray]:
+def _ranking_weights(validation: Validation, model, ranking: RankingConfig,
+                     scores: np.ndarray) -> tuple[dict, np.ndarray]:
     """The ``auto`` ranking weights that rank ``model`` best on validation (rating weight over
     its grid, then genre weight at that rating weight; a move away from the prior only when
     :func:`clearly_better`), and the validation users' NDCG@10 with them (the neighbour term
-    as :func:`_neighbour_term` chose it)."""
+    as :func:`_neighbour_term` chose it). ``scores``: the users' NDCG@10 at the prior."""
     current = ranking.with_prior()
-    scores = validation.ndcg_per_user(model, current)
     for name, grid in (("rating_weight", RATING_WEIGHTS), ("genre_weight", GENRE_WEIGHTS)):
         if name not in ranking.auto_fields():
             continue
@@ -363,6 +369,26 @@ def _best(trials: list, objective: str, implicit: bool = False) -> dict:
             best = start
         picks.append(best)
     return max(picks, key=lambda t: (t["val_ndcg_at_10"], -t["trial"]))
+
+
+def _choosable(trials: list, objective: str, implicit: bool = False) -> set:
+    """The finished trials :func:`_best` may still choose however later trials turn out: a
+    group's best RMSE only falls, so a trial once outside its tolerance stays out (implicit
+    feedback: the starting point and the best NDCG so far; objective RMSE: the lowest)."""
+    complete = [t for t in trials if t["state"] == "complete" and (implicit or math.isfinite(t["val_rmse"]))]
+    if objective == "rmse":
+        return {min(complete, key=lambda t: (t["val_rmse"], t["trial"]))["trial"]} if complete else set()
+    groups = {}
+    for t in complete:
+        groups.setdefault(t["params"].get("n_factors"), []).append(t)
+    keep = set()
+    for group in groups.values():
+        if implicit:
+            keep |= {group[0]["trial"], max(group, key=lambda t: (t["val_ndcg_at_10"], -t["trial"]))["trial"]}
+        else:
+            best_rmse = min(t["val_rmse"] for t in group)
+            keep |= {t["trial"] for t in group if t["val_rmse"] <= best_rmse + RMSE_TOLERANCE}
+    return keep
 
 
 def _format(value) -> str:
