@@ -321,7 +321,8 @@ def test_a_fold_in_fit_that_is_not_finite_names_the_customer(trained_small):
     assert len(rec.fold_in([7], [10**9], [5.0], k=3).to_frame()) == 3  # no known film: the popular list
 
 
-def test_popularity_baseline_ranks_each_users_unseen_films_by_count(small_split):
+@pytest.mark.parametrize("k", [1, 12, 400])
+def test_popularity_baseline_ranks_each_users_unseen_films_by_count(small_split, k):
     """The popularity baseline (no loop over users) against the plain rule, user by user: the
     most-rated films the user has not rated, ties by movieId, -1 past the last unseen one."""
     from mfrec.data.ids import IdIndex
@@ -333,10 +334,10 @@ def test_popularity_baseline_ranks_each_users_unseen_films_by_count(small_split)
     counts = train["movieId"].value_counts()
     order = sorted(items.ids, key=lambda m: (-counts[m], m))
     rows = np.array([0, 5, 17, len(users) - 1, 5])
-    top = ranker.top_items(rows, 12)
+    top = ranker.top_items(rows, k)
     for row, got in zip(rows, top):
         seen = set(train.loc[train["userId"] == users.ids[row], "movieId"])
-        assert [items.ids[i] for i in got] == [m for m in order if m not in seen][:12]
+        assert [items.ids[i] for i in got] == [m for m in order if m not in seen][:k]
     tiny = pd.DataFrame({"userId": [1, 1, 2], "movieId": [10, 20, 10], "rating": [4.0, 3.0, 5.0]})
     tiny_ranker = PopularityRanker(tiny, IdIndex(tiny["userId"]), IdIndex(tiny["movieId"]))
     assert tiny_ranker.top_items(np.array([0, 1]), 2).tolist() == [[-1, -1], [1, -1]]
@@ -355,6 +356,15 @@ def test_popularity_baseline_with_a_film_seen_twice_and_unknown_rows():
     assert [items.ids[i] for i in ranker.top_items(np.array([0]), 2)[0]] == [40, 30]
     with pytest.raises(ValueError, match="known users"):
         ranker.top_items(np.array([-1]), 2)
+    # Users who rated exactly the most popular films (one of them one film twice): the next ones.
+    crowd = pd.DataFrame({"userId": [9] * 10 + [8] * 4 + [7] * 3,
+                          "movieId": [10, 20, 30, 40, 50, 10, 20, 30, 10, 20] + [10, 10, 20, 30] + [10, 20, 30],
+                          "rating": 3.0})
+    users, items = IdIndex(crowd["userId"]), IdIndex(crowd["movieId"])
+    popular = PopularityRanker(crowd, users, items)
+    for k in (1, 2, 3):
+        for fan in popular.top_items(users.index(np.array([7, 8])), k):
+            assert [items.ids[i] for i in fan if i >= 0] == [40, 50][:k]
 
 
 @pytest.mark.parametrize("values", [np.array([], np.int64), np.array([7], np.int32),

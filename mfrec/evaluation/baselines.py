@@ -38,9 +38,12 @@ def bias_predictions(train: pd.DataFrame, test: pd.DataFrame, reg: float = 5.0, 
     bu, bi = np.zeros(len(users)), np.zeros(len(items))
     nu = np.bincount(u, minlength=len(users))
     ni = summed(np.bincount(i, minlength=len(items)))
+    centred, residual = r - mu, np.empty_like(r)  # one buffer: at 25M ratings each temporary is 200 MB
     for _ in range(iterations):
-        bi = summed(np.bincount(i, r - mu - bu[u], minlength=len(items))) / (ni + reg)
-        bu = np.bincount(u, r - mu - bi[i], minlength=len(users)) / (nu + reg)
+        np.subtract(centred, np.take(bu, u, out=residual), out=residual)
+        bi = summed(np.bincount(i, residual, minlength=len(items))) / (ni + reg)
+        np.subtract(centred, np.take(bi, i, out=residual), out=residual)
+        bu = np.bincount(u, residual, minlength=len(users)) / (nu + reg)
     tu = users.index(test["userId"].to_numpy())
     ti = items.index(test["movieId"].to_numpy())
     pred = mu + np.where(tu >= 0, bu[np.maximum(tu, 0)], 0) + np.where(ti >= 0, bi[np.maximum(ti, 0)], 0)
@@ -83,9 +86,13 @@ class PopularityRanker:
         lengths = self.indptr[rows + 1] - starts
         owner = np.repeat(np.arange(len(rows)), lengths)
         offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        places = self.position[self.indices[np.repeat(starts, lengths) + offsets]]
+        # A seen item counts below only if s_m - m < k, so s_m < k + n - 1 (n: the user's seen
+        # count): the rest, most of a user's at 25M ratings, are dropped before the sort.
+        keep = places < np.repeat(lengths + (k - 1), lengths)
         # Each user's distinct places, sorted (user and place as one number), then s_m - m:
         # sorted overall, as it never decreases within a user.
-        keys = distinct(owner * (n_items + 1) + self.position[self.indices[np.repeat(starts, lengths) + offsets]])
+        keys = distinct(owner[keep] * (n_items + 1) + places[keep])
         owner = keys // (n_items + 1)
         first = np.searchsorted(owner, np.arange(len(rows)))
         keys -= np.arange(len(keys)) - first[owner]
