@@ -148,3 +148,20 @@ def test_validation_ranks_as_evaluation_does(trained_small, small_split, span_ro
                         rel_tol=1e-9)
     if span_rows < 500:  # several spans (the split's 600-odd users): ranked on worker threads
         assert any(name.startswith("mfrec-block") for name in ran_on)
+
+
+def test_a_trial_outside_the_rmse_tolerance_is_never_choosable():
+    """Such a trial skips the grid of ranking weights: a group's best RMSE only falls, so it
+    can never come back within the tolerance (objective RMSE: only the lowest can be chosen)."""
+    from mfrec.training.search import _choosable
+
+    def row(n, rmse, state="complete", **params):
+        return {"trial": n, "state": state, "val_rmse": rmse, "params": params}
+
+    trials = [row(0, 0.90), row(1, 0.80), row(2, math.nan, "pruned"), row(3, 0.80 + RMSE_TOLERANCE), row(4, math.nan),
+              row(5, 0.81)]
+    assert _choosable(trials, "ndcg") == {1, 3}
+    assert _choosable(trials, "rmse") == {1}
+    sized = [row(0, 0.90, n_factors=8), row(1, 0.80, n_factors=16), row(2, 0.93, n_factors=8)]
+    assert _choosable(sized, "ndcg") == {0, 1}
+    assert _choosable([], "rmse") == set()

@@ -177,7 +177,7 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
     for params in starts:
         study.enqueue_trial(params)
     budget = search.trials if space else 1  # nothing to sample: one fit, whose ranking weights are chosen
-    trials, fits, stopped = [], {}, f"{budget} trial{'s' if budget > 1 else ''}"
+    trials, fits, leader, stopped = [], {}, -math.inf, f"{budget} trial{'s' if budget > 1 else ''}"
     show = config.progress if config.progress is not None else sys.stderr.isatty()
     bar = tqdm(total=budget, desc="search", unit="trial", disable=not show, leave=False)
     for number in range(budget):
@@ -212,9 +212,11 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
         if state == "pruned":
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
-            study.tell(trial, _value(row, trials, search.objective, config.implicit))
-            fits[number] = result  # kept while the trial can still be chosen
-            fits = {n: f for n, f in fits.items() if n in _choosable(trials, search.objective, config.implicit)}
+            value = _value(row, trials, search.objective, config.implicit)
+            study.tell(trial, value)
+            if number == 0 or value > leader:  # memory for two models, not one per trial
+                fits = {n: f for n, f in fits.items() if n == 0}
+                fits[number], leader = result, value
         if on_trial is not None:
             on_trial(row, result)
         bar.update(1)
@@ -371,24 +373,18 @@ def _best(trials: list, objective: str, implicit: bool = False) -> dict:
     return max(picks, key=lambda t: (t["val_ndcg_at_10"], -t["trial"]))
 
 
-def _choosable(trials: list, objective: str, implicit: bool = False) -> set:
-    """The finished trials :func:`_best` may still choose however later trials turn out: a
-    group's best RMSE only falls, so a trial once outside its tolerance stays out (implicit
-    feedback: the starting point and the best NDCG so far; objective RMSE: the lowest)."""
-    complete = [t for t in trials if t["state"] == "complete" and (implicit or math.isfinite(t["val_rmse"]))]
+def _choosable(trials: list, objective: str) -> set:
+    """The finished trials (with ratings) that :func:`_best` may still choose however later
+    trials turn out: a group's best RMSE only falls, so a trial once outside its tolerance
+    stays out (objective RMSE: only the lowest)."""
+    complete = [t for t in trials if t["state"] == "complete" and math.isfinite(t["val_rmse"])]
     if objective == "rmse":
         return {min(complete, key=lambda t: (t["val_rmse"], t["trial"]))["trial"]} if complete else set()
     groups = {}
     for t in complete:
         groups.setdefault(t["params"].get("n_factors"), []).append(t)
-    keep = set()
-    for group in groups.values():
-        if implicit:
-            keep |= {group[0]["trial"], max(group, key=lambda t: (t["val_ndcg_at_10"], -t["trial"]))["trial"]}
-        else:
-            best_rmse = min(t["val_rmse"] for t in group)
-            keep |= {t["trial"] for t in group if t["val_rmse"] <= best_rmse + RMSE_TOLERANCE}
-    return keep
+    best_rmse = {size: min(t["val_rmse"] for t in group) for size, group in groups.items()}
+    return {t["trial"] for t in complete if t["val_rmse"] <= best_rmse[t["params"].get("n_factors")] + RMSE_TOLERANCE}
 
 
 def _format(value) -> str:
