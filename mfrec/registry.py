@@ -177,12 +177,12 @@ LOCK_WAIT_S, LOCK_STALE_S = 300.0, 600.0
 
 @contextmanager
 def champion_lock(client, name: str):
-    """Hold the registered model ``<name>.champion-lock`` while a registration reads and moves
+    """Hold the registered model ``<name>_champion_lock`` while a registration reads and moves
     alias ``champion``: MLflow's registry has no compare-and-set, and two pipelines registering
     at once would both see the same champion and the later write would win, better or not.
     Creating a registered model is atomic in every backend (its name is unique), so the lock
     works for a sqlite file and a shared server alike."""
-    lock = f"{name}.champion-lock"
+    lock = f"{name}_champion_lock"  # a valid name wherever the model's is (Unity Catalog: no "-")
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:
         try:

@@ -115,9 +115,9 @@ def test_pipelines_registering_at_once_leave_the_best_as_champion(tmp_path, monk
         assert int(champion.version) == best["version"] and best["promoted"], [r["decision"] for r in results.values()]
     assert [m.name for m in client.search_registered_models()] == ["mfrec"]  # the lock is gone
 
-    client.create_registered_model("mfrec.champion-lock")  # as a pipeline killed mid-registration leaves it
+    client.create_registered_model("mfrec_champion_lock")  # as a pipeline killed mid-registration leaves it
     monkeypatch.setattr(registry, "LOCK_WAIT_S", 0.5)
-    with pytest.raises(mlflow.exceptions.MlflowException, match=r"'mfrec.champion-lock' \(a lock\).*delete it"):
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"'mfrec_champion_lock' \(a lock\).*delete it"):
         registry.register(uri, "mfrec", {"test_ndcg_at_10": 0.5}, "split-A", run.info.run_id)
     monkeypatch.setattr(registry, "LOCK_STALE_S", 0.0)  # old enough to be taken for a dead holder's
     assert registry.register(uri, "mfrec", {"test_ndcg_at_10": 0.5}, "split-A", run.info.run_id)["promoted"]
