@@ -10,8 +10,10 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -170,9 +172,12 @@ def _register(client, model_uri, name, held_out, prepare_key, run_id, data_sha25
     return {"version": int(version.version), "promoted": promote, "decision": decision, "metric": metric}
 
 
-# How long a registration waits for another's lock, and the age at which a lock is taken to be
-# left by a killed process (a lock lives for the few calls of one registration).
-LOCK_WAIT_S, LOCK_STALE_S = 300.0, 600.0
+# How long a registration waits for another's lock, and how long one lock must be seen held
+# (by the waiter's own clock) to be taken for a killed pipeline's: a lock lives for the few
+# calls of one registration.
+LOCK_WAIT_S, LOCK_STALE_S = 900.0, 600.0
+# What "exists" and "not found" are called by MLflow's own stores and by Databricks'.
+_TAKEN, _GONE = {"RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"}, {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
 
 
 @contextmanager
@@ -180,49 +185,71 @@ def champion_lock(client, name: str):
     """Hold the registered model ``<name>_champion_lock`` while a registration reads and moves
     alias ``champion``: MLflow's registry has no compare-and-set, and two pipelines registering
     at once would both see the same champion and the later write would win, better or not.
-    Creating a registered model is atomic in every backend (its name is unique), so the lock
-    works for a sqlite file and a shared server alike."""
+    Creating a registered model is atomic in the database stores (a unique name), directly or
+    behind a tracking server. The lock carries its holder's ``owner`` tag, so a create whose
+    answer was lost (the client retries it) is recognised, and only the holder releases it."""
     lock = f"{name}_champion_lock"  # a valid name wherever the model's is (Unity Catalog: no "-")
-    deadline = time.monotonic() + LOCK_WAIT_S
+    owner = uuid.uuid4().hex
+    started, seen = time.monotonic(), {}  # seen: another owner's lock -> when first seen held
     while True:
         try:
-            client.create_registered_model(lock, description=f"held while mfrec moves alias champion of {name}")
+            client.create_registered_model(lock, tags={"owner": owner},
+                                           description=f"held while mfrec moves alias champion of {name}")
             break
         except MlflowException as error:
             # Taken; or taken and released while the store looked the holder up after a refusal.
-            if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
+            if error.error_code not in _TAKEN | _GONE:
                 raise
-        try:
-            held = client.get_registered_model(lock)
-        except MlflowException:
-            continue  # released meanwhile
-        age = time.time() - held.creation_timestamp / 1000
-        if age > LOCK_STALE_S:
-            _drop(client, lock)
-        elif time.monotonic() > deadline:
-            raise MlflowException(f"registered model {lock!r} (a lock) has been held for {age:.0f} s: if no mfrec "
-                                  f"pipeline is registering a model, delete it (MlflowClient()."
+        holder = _owner(client, lock)
+        if holder == owner:  # our create went through; its answer was lost and the retry refused
+            break
+        now = time.monotonic()
+        if holder is not None and now - seen.setdefault(holder, now) > LOCK_STALE_S:
+            _release(client, lock, holder, strict=True)  # a killed pipeline's
+            continue
+        if now - started > LOCK_WAIT_S:
+            raise MlflowException(f"registered model {lock!r} (a lock) stayed held for {LOCK_WAIT_S:.0f} s: if no "
+                                  f"mfrec pipeline is registering a model, delete it (MlflowClient()."
                                   f"delete_registered_model({lock!r})) and run again")
-        else:
-            time.sleep(0.05 + 0.1 * random.random())
+        time.sleep(0.05 + 0.1 * random.random())
     try:
         yield
     finally:
-        _drop(client, lock)
+        _release(client, lock, owner)
 
 
-def _drop(client, lock: str) -> None:
+def _owner(client, lock: str):
+    """The lock's holder (its ``owner`` tag; "" without one), or None when there is no lock."""
     try:
-        client.delete_registered_model(lock)
-    except MlflowException:  # already gone (a waiter took it for stale)
-        pass
+        return client.get_registered_model(lock).tags.get("owner", "")
+    except MlflowException as error:
+        if error.error_code in _GONE:
+            return None
+        raise
+
+
+def _release(client, lock: str, owner: str, strict: bool = False) -> None:
+    """Delete the lock if ``owner`` still holds it. ``strict``: a failure (e.g. no permission to
+    delete another user's lock) raises instead of being reported."""
+    try:
+        if _owner(client, lock) == owner:
+            client.delete_registered_model(lock)
+    except MlflowException as error:
+        if error.error_code in _GONE:
+            return
+        if strict:
+            raise MlflowException(f"could not delete the stale lock {lock!r}: {error.message}") from error
+        print(f"mfrec: could not release the lock {lock!r} ({error.message}); delete it "
+              f"(MlflowClient().delete_registered_model({lock!r}))", file=sys.stderr)
 
 
 def _champion(client, name: str):
     try:
         return client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
-        return None
+    except MlflowException as error:
+        if error.error_code in _GONE | {"INVALID_PARAMETER_VALUE"}:  # no alias (the stores' way of saying so)
+            return None
+        raise  # an error must not read as "no champion yet": a worse model would be promoted
 
 
 def _decide(champion, value: float | None, prepare_key: str, metric: str) -> tuple[bool, str]:

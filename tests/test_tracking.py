@@ -119,8 +119,13 @@ def test_pipelines_registering_at_once_leave_the_best_as_champion(tmp_path, monk
     monkeypatch.setattr(registry, "LOCK_WAIT_S", 0.5)
     with pytest.raises(mlflow.exceptions.MlflowException, match=r"'mfrec_champion_lock' \(a lock\).*delete it"):
         registry.register(uri, "mfrec", {"test_ndcg_at_10": 0.5}, "split-A", run.info.run_id)
-    monkeypatch.setattr(registry, "LOCK_STALE_S", 0.0)  # old enough to be taken for a dead holder's
+    monkeypatch.setattr(registry, "LOCK_STALE_S", 0.0)  # seen held long enough to be taken for a dead holder's
     assert registry.register(uri, "mfrec", {"test_ndcg_at_10": 0.5}, "split-A", run.info.run_id)["promoted"]
+    assert [m.name for m in client.search_registered_models()] == ["mfrec"]
+    # A holder whose lock was taken over does not release the next holder's.
+    with registry.champion_lock(client, "mfrec"):
+        registry._release(client, "mfrec_champion_lock", "an-earlier-holder")
+        assert client.get_registered_model("mfrec_champion_lock").tags["owner"]
     assert [m.name for m in client.search_registered_models()] == ["mfrec"]
 
 
