@@ -196,14 +196,9 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
             row.update(best_epoch=result.best_epoch, val_rmse=result.best_val_rmse)
             if neighbour is None:
                 ranking, neighbour = _neighbour_term(validation, result.model, ranking)
-            start_weights = ranking.with_prior()
-            per_user = validation.ndcg_per_user(result.model, start_weights)
-            weights = {n: getattr(start_weights, n) for n in ranking.auto_fields()}
-            # A trial whose RMSE is already out of the tolerance can never be chosen: its
-            # ranking weights are not worth a grid of rankings.
-            row["state"] = state
-            if config.implicit or number in _choosable([*trials, row], search.objective):
-                weights, per_user = _ranking_weights(validation, result.model, ranking, per_user)
+            # A trial already outside the RMSE tolerance can never be chosen: no grid for it.
+            grid = config.implicit or number in _choosable([*trials, {**row, "state": state}], search.objective)
+            weights, per_user = _ranking_weights(validation, result.model, ranking, grid)
             row["params"] = {**params, **weights, **neighbour}
             row["val_ndcg_at_10"] = float(per_user.mean())
             row["_per_user"] = per_user
@@ -296,13 +291,14 @@ def _neighbour_term(validation: Validation, model, ranking: RankingConfig) -> tu
 
 
 def _ranking_weights(validation: Validation, model, ranking: RankingConfig,
-                     scores: np.ndarray) -> tuple[dict, np.ndarray]:
+                     search_grid: bool = True) -> tuple[dict, np.ndarray]:
     """The ``auto`` ranking weights that rank ``model`` best on validation (rating weight over
     its grid, then genre weight at that rating weight; a move away from the prior only when
     :func:`clearly_better`), and the validation users' NDCG@10 with them (the neighbour term
-    as :func:`_neighbour_term` chose it). ``scores``: the users' NDCG@10 at the prior."""
+    as :func:`_neighbour_term` chose it). Without ``search_grid``: the prior's."""
     current = ranking.with_prior()
-    for name, grid in (("rating_weight", RATING_WEIGHTS), ("genre_weight", GENRE_WEIGHTS)):
+    scores = validation.ndcg_per_user(model, current)
+    for name, grid in (("rating_weight", RATING_WEIGHTS), ("genre_weight", GENRE_WEIGHTS)) if search_grid else ():
         if name not in ranking.auto_fields():
             continue
         candidates = [replace(current, **{name: value}) for value in grid if value != getattr(current, name)]
@@ -354,18 +350,13 @@ def _best(trials: list, objective: str, implicit: bool = False) -> dict:
     group's best (implicit feedback: all), unless it is not :func:`clearly_better` than the
     group's first trial (its starting point): noise should not move a choice. Then the group
     whose pick ranks best."""
-    complete = [t for t in trials if t["state"] == "complete" and (implicit or math.isfinite(t["val_rmse"]))]
+    complete = _complete(trials, implicit)
     if not complete:
         raise ConfigError("no trial of the settings search finished; raise search_trials or search_seconds")
     if objective == "rmse":
         return min(complete, key=lambda t: (t["val_rmse"], t["trial"]))
-    groups = {}
-    for t in complete:  # in trial order: a group's first trial is its starting point
-        groups.setdefault(t["params"].get("n_factors"), []).append(t)
     picks = []
-    for group in groups.values():
-        best_rmse = min(t["val_rmse"] for t in group)
-        near = group if implicit else [t for t in group if t["val_rmse"] <= best_rmse + RMSE_TOLERANCE]
+    for group, near in _near(complete, implicit):
         best, start = max(near, key=lambda t: (t["val_ndcg_at_10"], -t["trial"])), group[0]
         if start in near and best is not start and not clearly_better(best["_per_user"], start["_per_user"]):
             best = start
@@ -377,14 +368,27 @@ def _choosable(trials: list, objective: str) -> set:
     """The finished trials (with ratings) that :func:`_best` may still choose however later
     trials turn out: a group's best RMSE only falls, so a trial once outside its tolerance
     stays out (objective RMSE: only the lowest)."""
-    complete = [t for t in trials if t["state"] == "complete" and math.isfinite(t["val_rmse"])]
+    complete = _complete(trials)
     if objective == "rmse":
-        return {min(complete, key=lambda t: (t["val_rmse"], t["trial"]))["trial"]} if complete else set()
-    groups = {}
+        return {_best(complete, objective)["trial"]} if complete else set()
+    return {t["trial"] for _, near in _near(complete) for t in near}
+
+
+def _complete(trials: list, implicit: bool = False) -> list:
+    """The finished trials (with a validation RMSE, unless implicit feedback, which has none)."""
+    return [t for t in trials if t["state"] == "complete" and (implicit or math.isfinite(t["val_rmse"]))]
+
+
+def _near(complete: list, implicit: bool = False) -> list:
+    """(group, near) per ``n_factors``: the group's trials in trial order (the first is its
+    starting point), and those within the tolerance of its best RMSE (implicit: all)."""
+    groups, out = {}, []
     for t in complete:
         groups.setdefault(t["params"].get("n_factors"), []).append(t)
-    best_rmse = {size: min(t["val_rmse"] for t in group) for size, group in groups.items()}
-    return {t["trial"] for t in complete if t["val_rmse"] <= best_rmse[t["params"].get("n_factors")] + RMSE_TOLERANCE}
+    for group in groups.values():
+        limit = math.inf if implicit else min(t["val_rmse"] for t in group) + RMSE_TOLERANCE
+        out.append((group, [t for t in group if implicit or t["val_rmse"] <= limit]))
+    return out
 
 
 def _format(value) -> str:
