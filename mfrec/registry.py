@@ -144,27 +144,22 @@ def register(model_uri: str, name: str, held_out: dict, prepare_key: str, run_id
     """
     check_champion_metric(metric)
     client = mlflow.MlflowClient()
-    with champion_lock(client, name):
-        return _register(client, model_uri, name, held_out, prepare_key, run_id, data_sha256, description, tags,
-                         metric)
-
-
-def _register(client, model_uri, name, held_out, prepare_key, run_id, data_sha256, description, tags, metric):
     measured = {k: float(v) for k, v in held_out.items() if k in CHAMPION_METRICS and math.isfinite(float(v))}
-    version = mlflow.register_model(model_uri, name, tags={**{k: repr(v) for k, v in measured.items()},
-                                                            "prepare_key": prepare_key, "champion_metric": metric,
-                                                            "data_sha256": data_sha256, "run_id": run_id,
-                                                            **(tags or {})})
-    if description:
-        client.update_model_version(name, version.version, description=description)
-    if not client.get_registered_model(name).description:
-        client.update_registered_model(name, description=(
-            "mfrec: a matrix-factorisation recommender (pyfunc; tasks predict, recommend, similar, fold_in). "
-            "Alias champion: the best version by a held-out metric (champion_metric; each version's tag "
-            "champion_decision says which) on the same prepared data."))
-    promote, reason = _decide(_champion(client, name), measured.get(metric), prepare_key, metric)
-    if promote:
-        client.set_registered_model_alias(name, "champion", version.version)
+    with champion_lock(client, name):  # from the version to the alias: one registration at a time
+        version = mlflow.register_model(model_uri, name, tags={**{k: repr(v) for k, v in measured.items()},
+                                                                "prepare_key": prepare_key, "champion_metric": metric,
+                                                                "data_sha256": data_sha256, "run_id": run_id,
+                                                                **(tags or {})})
+        if description:
+            client.update_model_version(name, version.version, description=description)
+        if not client.get_registered_model(name).description:
+            client.update_registered_model(name, description=(
+                "mfrec: a matrix-factorisation recommender (pyfunc; tasks predict, recommend, similar, fold_in). "
+                "Alias champion: the best version by a held-out metric (champion_metric; each version's tag "
+                "champion_decision says which) on the same prepared data."))
+        promote, reason = _decide(_champion(client, name), measured.get(metric), prepare_key, metric)
+        if promote:
+            client.set_registered_model_alias(name, "champion", version.version)
     decision = f"{'promoted' if promote else 'kept champion'}: {reason}"
     client.set_model_version_tag(name, version.version, "champion_decision", decision)
     client.set_tag(run_id, "mfrec.champion_decision", decision)
