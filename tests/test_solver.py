@@ -345,3 +345,61 @@ def test_job_workers_take_torchs_threads_and_give_them_back(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("in_order", [False, True])
+def test_workers_build_the_one_thread_matrix(monkeypatch, in_order):
+    """Built by three workers -- each placing a part of the ratings, then tiling whole blocks --
+    a matrix holds the same columns, rating codes, row pointers and tiles, in the same order,
+    as built in one thread (rows sorted or not; parts that split rows and chunks)."""
+    monkeypatch.setattr(csr_module, "BLOCK_RATINGS", 600)
+    monkeypatch.setattr(csr_module, "BUILD_CHUNK", 53)
+    monkeypatch.setattr(csr_module, "TILE_CHUNK", 71)
+    gen = torch.Generator().manual_seed(8)
+    n_rows, n_cols, n = 90, 500, 2000
+    rows = torch.randint(0, n_rows, (n,), generator=gen, dtype=torch.int32)
+    rows = torch.sort(rows).values if in_order else rows
+    cols = torch.randint(0, n_cols, (n,), generator=gen, dtype=torch.int32)
+    ratings = torch.randint(1, 11, (n,), generator=gen).float() * 0.5
+    workers = Workers(3)
+    try:
+        one = Csr(rows, cols, ratings, n_rows, n_cols)
+        three = Csr(rows, cols, ratings, n_rows, n_cols, workers)
+        assert torch.equal(one.cols, three.cols) and torch.equal(one.ratings, three.ratings)
+        assert torch.equal(one.crow, three.crow)
+        one.plan_blocks(tile_cols=64, min_blocks=4)
+        three.plan_blocks(tile_cols=64, min_blocks=4, workers=workers)
+    finally:
+        workers.close()
+    assert len(one.plan) > 3 and torch.equal(one.cols, three.cols) and torch.equal(one.ratings, three.ratings)
+    for a, b in zip(one.plan, three.plan):
+        assert a[:4] == b[:4] and len(a[4]) == len(b[4]) > 1
+        for tile_a, tile_b in zip(a[4], b[4]):
+            assert torch.equal(tile_a[0], tile_b[0]) and tile_a[1:] == tile_b[1:]
+    # ... and the ratings are each row's, in input order within a row.
+    order = torch.argsort(rows, stable=True)
+    plain = Csr(rows, cols, ratings, n_rows, n_cols, workers=None)
+    assert torch.equal(plain.cols.long(), cols[order].long()) and torch.equal(plain.ratings.float() * plain.scale,
+                                                                              ratings[order])
+
+
+def test_fits_of_one_data_set_share_its_matrices():
+    """The settings search's trials hand fit one dict: the first fit builds the rating matrices
+    into it, later fits with the same layout reuse them (same objects) and give the models a
+    fit of their own would; another layout (CG's) replaces them."""
+    users, items, ratings = _ratings(n_users=80, n_items=50, n=1500)
+    data = Interactions(users.numpy(), items.numpy(), ratings.numpy(), 80, 50)
+    base = TrainConfig(n_factors=4, epochs=3, progress=False).with_prior()
+    store = {}
+    first = fit(data, base, matrices=store)
+    (layout, built), = store.items()
+    for reg in (base.reg, 7.0):
+        config = TrainConfig(n_factors=4, epochs=3, progress=False, reg=reg).with_prior()
+        shared, own = fit(data, config, matrices=store), fit(data, config)
+        assert store == {layout: built} and store[layout] is built
+        for name, value in own.model.state_dict().items():
+            assert torch.equal(value, shared.model.state_dict()[name]), name
+        assert [r["train_loss"] for r in own.history] == [r["train_loss"] for r in shared.history]
+    assert torch.equal(first.model.user_factors, fit(data, base).model.user_factors)
+    fit(data, TrainConfig(n_factors=4, epochs=3, progress=False, als_solve="cg").with_prior(), matrices=store)
+    assert list(store) != [layout] and len(store) == 1

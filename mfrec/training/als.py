@@ -287,18 +287,42 @@ class AlsSolver:
     each side solved as ``config.solve`` says (``exact`` or ``cg``)."""
 
     def __init__(self, model: MatrixFactorization, users: torch.Tensor, items: torch.Tensor,
-                 ratings: torch.Tensor, config, shard: Shard | None = None, workers: Workers = SERIAL):
+                 ratings: torch.Tensor, config, shard: Shard | None = None, workers: Workers = SERIAL,
+                 matrices: dict | None = None):
         self.model = model
         self.config = config
         self.shard = shard  # this rank's users, when the ranks hold shards of users
         self.workers = workers
         n_users, n_items = model.user_factors.shape[0], model.item_factors.shape[0]
-        self.by_user = Csr(users, items, ratings, n_users, n_items)
-        self.by_item = Csr(items, users, ratings, n_items, n_users)
+        # ``matrices``: the caller's store for fits of one data set (the search's trials), which
+        # reuse the matrices built for the same layout instead of sorting the ratings again.
+        layout = (n_users, n_items, len(ratings), str(ratings.device), config.solve, workers.n,
+                  self._table_width("users"), self._table_width("items"))
+        built = matrices.get(layout) if matrices is not None and shard is None else None
+        if built is None:
+            built = self._build(users, items, ratings, n_users, n_items)
+            if matrices is not None and shard is None:
+                matrices.clear()
+                matrices[layout] = built
+        self.by_user, self.by_item, counts = built
         n = torch.tensor(float(len(ratings)), dtype=torch.float64, device=ratings.device)
         self.n_ratings = float(all_reduce(n)[0]) if shard else float(n)
+        dtype = model.user_factors.dtype
+        # A user's penalty scales against the mean user of the whole training set.
+        self.user_mean_count = self.n_ratings / shard.n_users if shard else float(counts[0].double().mean())
+        self.user_reg = row_penalties(counts[0], config.reg, config.reg_exponent, config.n_factors,
+                                      self.user_mean_count).to(dtype)
+        # Ratings per user (this rank's) and per item (every rank's): the CG preconditioner's.
+        self.counts = tuple(c.to(dtype) for c in counts)
+        self.item_reg = row_penalties(counts[1], config.reg, config.reg_exponent, config.n_factors).to(dtype)
+
+    def _build(self, users, items, ratings, n_users: int, n_items: int) -> tuple:
+        """(by-user matrix, by-item matrix, (ratings per user, per item)), blocks planned."""
+        shard, workers = self.shard, self.workers
+        by_user = Csr(users, items, ratings, n_users, n_items, workers)
+        by_item = Csr(items, users, ratings, n_items, n_users, workers)
         counts = []
-        for csr, side in ((self.by_user, "users"), (self.by_item, "items")):
+        for csr, side in ((by_user, "users"), (by_item, "items")):
             rows = csr.row_counts()
             if shard and side == "items":
                 # Ranks cut the items into the same blocks (their block sums are all-reduced
@@ -311,17 +335,10 @@ class AlsSolver:
             # as many ratings as one block of a single worker.
             csr.plan_blocks(rows if shard and side == "items" else None, tile,
                             min_blocks=4 * workers.n if workers.n > 1 else 1,
-                            max_ratings=(csr_module.CG_BLOCK_RATINGS if config.solve == "cg"
-                                         else csr_module.BLOCK_RATINGS) // workers.n)
+                            max_ratings=(csr_module.CG_BLOCK_RATINGS if self.config.solve == "cg"
+                                         else csr_module.BLOCK_RATINGS) // workers.n, workers=workers)
             counts.append(rows)
-        dtype = model.user_factors.dtype
-        # A user's penalty scales against the mean user of the whole training set.
-        self.user_mean_count = self.n_ratings / shard.n_users if shard else float(counts[0].double().mean())
-        self.user_reg = row_penalties(counts[0], config.reg, config.reg_exponent, config.n_factors,
-                                      self.user_mean_count).to(dtype)
-        # Ratings per user (this rank's) and per item (every rank's): the CG preconditioner's.
-        self.counts = tuple(c.to(dtype) for c in counts)
-        self.item_reg = row_penalties(counts[1], config.reg, config.reg_exponent, config.n_factors).to(dtype)
+        return by_user, by_item, tuple(counts)
 
     def _table_width(self, side: str) -> int:
         """Columns of the widest table a step of ``side`` multiplies its ratings with."""

@@ -3,6 +3,7 @@ sparse products ALS needs."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -43,7 +44,8 @@ class Csr:
     block when multiplied); half-star ratings are stored as one-byte codes.
     """
 
-    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, ratings: torch.Tensor, n_rows: int, n_cols: int):
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, ratings: torch.Tensor, n_rows: int, n_cols: int,
+                 workers=None):
         n, device = len(ratings), ratings.device
         if not len(rows) == len(cols) == n:
             raise ValueError(f"rows, columns and ratings differ in length: {len(rows)}, {len(cols)}, {n}")
@@ -63,7 +65,7 @@ class Csr:
         code_dtype = torch.uint8 if self.scale == 0.5 else torch.float32
         self.cols = torch.empty(n, dtype=col_dtype, device=device)
         self.ratings = torch.empty(n, dtype=code_dtype, device=device)
-        _fill(self.cols, self.ratings, rows, cols, ratings, crow, self.scale)
+        _fill(self.cols, self.ratings, rows, cols, ratings, crow, self.scale, workers)
         if n > BLOCK_RATINGS:
             release_free_memory()  # the sort's temporaries
         self.crow = crow.to(index_dtype)
@@ -77,7 +79,7 @@ class Csr:
         return self.crow[1:].long() - self.crow[:-1].long()
 
     def plan_blocks(self, row_counts: torch.Tensor | None = None, tile_cols: int | None = None,
-                    min_blocks: int = 1, max_ratings: int | None = None) -> None:
+                    min_blocks: int = 1, max_ratings: int | None = None, workers=None) -> None:
         """Cut the rows into blocks of at most ``BLOCK_ROWS`` rows and ``BLOCK_RATINGS`` ratings
         (or ``max_ratings``; a row with more ratings is a block of its own), and into
         ``min_blocks`` or more while each keeps ``MIN_BLOCK_RATINGS``. Ranks holding shards of one matrix pass the
@@ -111,18 +113,17 @@ class Csr:
         compact = tiled and self.cols.dtype != torch.uint16 and self.cols.device.type == "cpu" and \
             tile_cols <= 2**16 and len(self.cols) > BLOCK_RATINGS
         cols_out = torch.empty(len(self.cols), dtype=torch.uint16) if compact else self.cols
-        plan = []  # per block: first and last row, first and last rating, tiles
-        for first, last in zip(self.block_starts[:-1], self.block_starts[1:]):
+        def block(first: int, last: int) -> tuple:  # first and last row, first and last rating, tiles
             lo, hi = int(self.crow[first]), int(self.crow[last])
-            if tiled:
-                tiles = self._tile(first, last, int(tile_cols), cols_out)
-                if len(self.cols) > BLOCK_RATINGS:
-                    # The block's temporaries, else kept by the allocator (at 25M ratings the
-                    # by-movie matrix's regrouping peaked 135 MB higher; 0.4 s in all).
-                    release_free_memory()
-            else:
-                tiles = [(self.crow[first:last + 1] - lo, 0, hi - lo, 0, self.shape[1])]
-            plan.append((first, last, lo, hi, tiles))
+            if tiled:  # blocks regroup their own ratings: the workers' writes never meet
+                return first, last, lo, hi, self._tile(first, last, int(tile_cols), cols_out)
+            return first, last, lo, hi, [(self.crow[first:last + 1] - lo, 0, hi - lo, 0, self.shape[1])]
+
+        plan = _map(workers, block, zip(self.block_starts[:-1], self.block_starts[1:]))
+        if tiled and len(self.cols) > BLOCK_RATINGS:
+            # The blocks' temporaries, else kept by the allocator (at 25M ratings the by-movie
+            # matrix's regrouping peaked 135 MB higher).
+            release_free_memory()
         self.plan, self.cols = plan, cols_out
         # The pattern products' values, one float a rating of the largest block, shared by the blocks.
         self.ones = torch.ones(max(hi - lo for _, _, lo, hi, _ in plan), device=self.cols.device)
@@ -289,19 +290,34 @@ class Block:
                                        check_invariants=False)
 
 
-def _fill(out_cols, out_codes, rows, cols, ratings, crow, scale) -> None:
+def _fill(out_cols, out_codes, rows, cols, ratings, crow, scale, workers=None) -> None:
     """Write columns and rating codes in row order (stable: equal rows keep their input order).
 
     Input sorted by row (prepared data is, by user) is copied as is; otherwise a counting sort
     places each chunk's ratings at its rows' next free slots, without an n-sized permutation.
+    Each worker places one contiguous part of the input, from slots that follow the earlier
+    parts' ratings of each row: the same result as one pass.
     """
     n = len(ratings)
+    in_order = n < 2 or bool(torch.all(rows[1:] >= rows[:-1]))
+    parts = min(workers.n if workers is not None else 1, max(1, n // (BLOCK_RATINGS // 2)))
+    bounds = [n * p // parts for p in range(parts + 1)]
+    fill = crow[:-1].clone()  # next free slot of each row, for each part in turn
+    fills = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        fills.append(fill.clone() if not in_order else None)
+        if not in_order and end < n:
+            fill += torch.bincount(rows[start:end].to(torch.long), minlength=len(fill))
+    _map(workers, functools.partial(_fill_part, out_cols, out_codes, rows, cols, ratings, scale, in_order),
+                zip(bounds[:-1], bounds[1:], fills))
+
+
+def _fill_part(out_cols, out_codes, rows, cols, ratings, scale, in_order, begin, end, fill) -> None:
+    """:func:`_fill` of input ratings ``begin:end``, from ``fill`` (each row's first free slot)."""
     # uint16 has no index_put: write through an int16 view (same bits).
     cols_out = out_cols.view(torch.int16) if out_cols.dtype == torch.uint16 else out_cols
-    in_order = n < 2 or bool(torch.all(rows[1:] >= rows[:-1]))
-    fill = crow[:-1].clone()  # next free slot of each row
-    for start in range(0, n, BUILD_CHUNK):
-        part = slice(start, start + BUILD_CHUNK)
+    for start in range(begin, end, BUILD_CHUNK):
+        part = slice(start, min(start + BUILD_CHUNK, end))
         if in_order:
             out_cols[part] = cols[part]
             out_codes[part] = ratings[part] / scale
@@ -314,6 +330,11 @@ def _fill(out_cols, out_codes, rows, cols, ratings, crow, scale) -> None:
         cols_out[dest] = cols[part][order].to(out_cols.dtype).view(cols_out.dtype)
         out_codes[dest] = (ratings[part][order] / scale).to(out_codes.dtype)
         fill += torch.bincount(chunk_rows, minlength=len(fill))
+
+
+def _map(workers, fn, items) -> list:
+    """``fn(*item)`` for each item, on ``workers`` (:class:`mfrec.training.parallel.Workers`) if given."""
+    return workers.map(fn, items) if workers is not None else [fn(*item) for item in items]
 
 
 def _half_stars(ratings: torch.Tensor) -> bool:

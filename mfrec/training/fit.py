@@ -24,8 +24,12 @@ from mfrec.training.adam import AdamSolver
 from mfrec.training.als import AlsSolver
 from mfrec.training.config import TrainConfig
 from mfrec.training.model import MatrixFactorization, predict_ratings, rating_tables
-from mfrec.training.parallel import workers_for
+from mfrec.training.parallel import Workers, workers_for
 from mfrec.training.shards import Shard
+
+
+# Validation ratings scored per task (a few MB of temporaries).
+VAL_CHUNK = 1 << 17
 
 
 @dataclass
@@ -58,6 +62,7 @@ def fit(
     shard: Optional[Shard] = None,
     start: Optional[MatrixFactorization] = None,
     converged: Optional[float] = None,
+    matrices: Optional[dict] = None,
 ) -> FitResult:
     """Fit a model on ``train``; with ``val``, stop early on validation RMSE (or ``stop_on``)
     and keep the best epoch.
@@ -94,6 +99,10 @@ def fit(
     converged:
         Stop once a sweep lowers the training loss by at most this fraction of it
         (:func:`loss_drop`, from the second sweep on); ``epochs`` stays the most it runs.
+    matrices:
+        A dict the caller keeps across fits of the same ``train`` (the settings search's
+        trials): ALS builds its rating matrices (sorting every rating twice) on the first fit
+        and reuses them on the next ones with the same layout.
     """
     if stop_on != "val_rmse" and (score_epoch is None or val is None):
         raise ConfigError(f"stopping on {stop_on} needs validation data and a score_epoch that computes it")
@@ -130,14 +139,14 @@ def fit(
     try:
         with workers_for(device, len(train), distributed=shard is not None) as workers:
             return _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, stop_on, shard, start,
-                        converged)
+                        converged, matrices)
     finally:
         if switch:
             torch.use_deterministic_algorithms(was_deterministic)
 
 
 def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, stop_on, shard, start=None,
-         converged=None) -> FitResult:
+         converged=None, matrices=None) -> FitResult:
     seed_everything(config.seed)
     began = time.perf_counter()
 
@@ -161,7 +170,7 @@ def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, s
         model = _local_model(shard, train.n_items, config, total / count)
     model = model.to(device)
     if config.solver == "als":
-        solver = AlsSolver(model, users, items, ratings, config, shard=shard, workers=workers)
+        solver = AlsSolver(model, users, items, ratings, config, shard=shard, workers=workers, matrices=matrices)
         del users, items, ratings
     else:
         solver = AdamSolver(model, users, items, ratings, config, device, index_dtype)
@@ -184,12 +193,12 @@ def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, s
         if val is not None and not config.implicit:
             model.eval()
             with torch.no_grad():
-                pred = predict_ratings(rating_tables(model), val_users, val_items, config.rating_range)
-                if shard is None:
-                    record["val_rmse"] = float(torch.sqrt(torch.mean((pred - val_ratings) ** 2)))
-                else:  # every rank's validation ratings
-                    squares, count = shard.total(float(torch.sum((pred - val_ratings).double() ** 2)), len(pred))
-                    record["val_rmse"] = math.sqrt(squares / count)
+                squares = _squared_error(rating_tables(model), val_users, val_items, val_ratings, config.rating_range,
+                                         workers)
+                count = len(val_ratings)
+                if shard is not None:  # every rank's validation ratings
+                    squares, count = shard.total(squares, count)
+                record["val_rmse"] = math.sqrt(squares / count)
             bar.set_postfix(loss=f"{train_loss:.4f}", val_rmse=f"{record['val_rmse']:.4f}")
         else:
             bar.set_postfix(loss=f"{train_loss:.4f}")
@@ -233,6 +242,18 @@ def loss_drop(history: list, epoch: int) -> float | None:
         return None
     before, now = history[epoch - 2]["train_loss"], history[epoch - 1]["train_loss"]
     return (before - now) / now if now > 0 else None
+
+
+def _squared_error(tables: tuple, users, items, ratings, rating_range, workers: Workers) -> float:
+    """The sum of squared prediction errors, ``VAL_CHUNK`` ratings at a time on the workers
+    (torch is one-threaded during a fit), added in chunk order: the same sum at any worker
+    count, and temporaries of a chunk, not of the whole validation split."""
+    def chunk(start: int) -> float:
+        part = slice(start, start + VAL_CHUNK)
+        pred = predict_ratings(tables, users[part], items[part], rating_range)
+        return float(torch.sum((pred - ratings[part]).double() ** 2))
+
+    return sum(workers.map(chunk, ((start,) for start in range(0, len(ratings), VAL_CHUNK))), 0.0)
 
 
 def _state(model) -> dict:

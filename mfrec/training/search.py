@@ -178,7 +178,8 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
         study.enqueue_trial(params)
     budget = search.trials if space else 1  # nothing to sample: one fit, whose ranking weights are chosen
     trials, fits, leader, stopped = [], {}, -math.inf, f"{budget} trial{'s' if budget > 1 else ''}"
-    show = config.progress if config.progress is not None else sys.stderr.isatty()
+    show, implicit = config.progress if config.progress is not None else sys.stderr.isatty(), config.implicit
+    matrices = {}  # the trials' rating matrices (fit's), built by the first
     bar = tqdm(total=budget, desc="search", unit="trial", disable=not show, leave=False)
     for number in range(budget):
         trial = study.ask()
@@ -188,7 +189,7 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
         cfg = replace(config, **{**{n: fixed[n] for n in config.auto_fields()}, **params}, progress=False)
         state, result, history = "complete", None, []
         try:
-            result = fit(tr, cfg, val=va, **_hooks(trial, validation, ranking, curve, history, config.implicit))
+            result = fit(tr, cfg, va, matrices=matrices, **_hooks(trial, validation, ranking, curve, history, implicit))
         except optuna.TrialPruned:
             state = "pruned"
         row["_history"] = history
