@@ -35,6 +35,24 @@ def test_weights_are_eases_closed_form_over_the_most_rated_films(pairs, monkeypa
     assert np.all(near.weights.diagonal() == 0)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_gramian_counts_each_pair_of_films_exactly_on_any_number_of_workers(pairs, monkeypatch, threads):
+    """X^T X summed over blocks of users shared by the workers: every co-rating count exact."""
+    users, items = pairs
+    monkeypatch.setattr(neighbours, "CHUNK_USERS", 7)  # six blocks, split between the workers
+    monkeypatch.setenv("MFREC_THREADS", str(threads))
+    films = neighbours.most_rated(items, 30, 15)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gram = neighbours.gramian(*csr_from_pairs(users, items, 40), films, 30)
+    finally:
+        torch.set_num_threads(before)
+    x = np.zeros((40, 30), dtype=np.float32)
+    x[users, items] = 1.0
+    assert gram.dtype == torch.float32 and np.array_equal(gram.numpy(), x[:, films].T @ x[:, films])
+
+
 def test_a_users_scores_sum_the_weights_of_their_rated_films(pairs):
     users, items = pairs
     near = neighbours.fit(*csr_from_pairs(users, items, 40), 30, reg=1.0, max_items=20)
