@@ -41,7 +41,8 @@ class Csr:
 
     Column indices are int32 (two bytes on a CPU when there are at most 65,536 columns, or
     counted from their tile's first column when tiles are at most that wide; widened per
-    block when multiplied); half-star ratings are stored as one-byte codes.
+    block when multiplied); half-star ratings are stored as one-byte codes. ``workers`` (a
+    :class:`~mfrec.training.parallel.Workers`, or None: the caller's thread) share the build.
     """
 
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, ratings: torch.Tensor, n_rows: int, n_cols: int,
@@ -113,6 +114,7 @@ class Csr:
         compact = tiled and self.cols.dtype != torch.uint16 and self.cols.device.type == "cpu" and \
             tile_cols <= 2**16 and len(self.cols) > BLOCK_RATINGS
         cols_out = torch.empty(len(self.cols), dtype=torch.uint16) if compact else self.cols
+
         def block(first: int, last: int) -> tuple:  # first and last row, first and last rating, tiles
             lo, hi = int(self.crow[first]), int(self.crow[last])
             if tiled:  # blocks regroup their own ratings: the workers' writes never meet
@@ -309,7 +311,7 @@ def _fill(out_cols, out_codes, rows, cols, ratings, crow, scale, workers=None) -
         if not in_order and end < n:
             fill += torch.bincount(rows[start:end].to(torch.long), minlength=len(fill))
     _map(workers, functools.partial(_fill_part, out_cols, out_codes, rows, cols, ratings, scale, in_order),
-                zip(bounds[:-1], bounds[1:], fills))
+         zip(bounds[:-1], bounds[1:], fills))
 
 
 def _fill_part(out_cols, out_codes, rows, cols, ratings, scale, in_order, begin, end, fill) -> None:
