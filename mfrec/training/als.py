@@ -296,14 +296,14 @@ class AlsSolver:
         n_users, n_items = model.user_factors.shape[0], model.item_factors.shape[0]
         # ``matrices``: the caller's store for fits of one data set (the search's trials), which
         # reuse the matrices built for the same layout instead of sorting the ratings again.
+        store = {} if matrices is None or shard is not None else matrices
         layout = (n_users, n_items, len(ratings), str(ratings.device), config.solve, workers.n,
                   self._table_width("users"), self._table_width("items"))
-        built = matrices.get(layout) if matrices is not None and shard is None else None
+        built = store.get(layout)
         if built is None:
             built = self._build(users, items, ratings, n_users, n_items)
-            if matrices is not None and shard is None:
-                matrices.clear()
-                matrices[layout] = built
+            store.clear()
+            store[layout] = built
         self.by_user, self.by_item, counts = built
         n = torch.tensor(float(len(ratings)), dtype=torch.float64, device=ratings.device)
         self.n_ratings = float(all_reduce(n)[0]) if shard else float(n)

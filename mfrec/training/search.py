@@ -177,9 +177,8 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
     for params in starts:
         study.enqueue_trial(params)
     budget = search.trials if space else 1  # nothing to sample: one fit, whose ranking weights are chosen
-    trials, fits, leader, stopped = [], {}, -math.inf, f"{budget} trial{'s' if budget > 1 else ''}"
-    show, implicit = config.progress if config.progress is not None else sys.stderr.isatty(), config.implicit
-    matrices = {}  # the trials' rating matrices (fit's), built by the first
+    trials, fits, matrices, leader, stopped = [], {}, {}, -math.inf, f"{budget} trial{'s' if budget > 1 else ''}"
+    show = config.progress if config.progress is not None else sys.stderr.isatty()
     bar = tqdm(total=budget, desc="search", unit="trial", disable=not show, leave=False)
     for number in range(budget):
         trial = study.ask()
@@ -189,7 +188,8 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
         cfg = replace(config, **{**{n: fixed[n] for n in config.auto_fields()}, **params}, progress=False)
         state, result, history = "complete", None, []
         try:
-            result = fit(tr, cfg, va, matrices=matrices, **_hooks(trial, validation, ranking, curve, history, implicit))
+            result = fit(tr, cfg, va, matrices=matrices,  # (the trials' rating matrices, built by the first)
+                         **_hooks(trial, validation, ranking, curve, history, config.implicit))
         except optuna.TrialPruned:
             state = "pruned"
         row["_history"] = history
