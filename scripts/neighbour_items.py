@@ -29,7 +29,7 @@ from mfrec.serving import neighbours  # noqa: E402
 from mfrec.serving.bundle import RankingConfig  # noqa: E402
 from mfrec.training.config import TrainConfig  # noqa: E402
 from mfrec.training.fit import fit  # noqa: E402
-from mfrec.training.search import NEIGHBOUR_REGS, NEIGHBOUR_WEIGHTS  # noqa: E402
+from mfrec.evaluation.weights import NEIGHBOUR_REGS, NEIGHBOUR_WEIGHTS  # noqa: E402
 
 
 def main() -> None:

@@ -69,7 +69,7 @@ def test_a_users_scores_sum_the_weights_of_their_rated_films(pairs):
 def test_the_search_turns_the_term_on_only_when_validation_ranks_clearly_better(trained_small):
     """On ml-latest-small validation prefers the neighbour term by far (test NDCG@10 0.26 ->
     0.31 in docs/results.md): the search chose a weight and its reg from the grids."""
-    from mfrec.training.search import NEIGHBOUR_REGS, NEIGHBOUR_WEIGHTS
+    from mfrec.evaluation.weights import NEIGHBOUR_REGS, NEIGHBOUR_WEIGHTS
 
     ranking = trained_small.ranking
     assert ranking.neighbour_weight in NEIGHBOUR_WEIGHTS[1:] and ranking.neighbour_reg in NEIGHBOUR_REGS

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from functools import cached_property
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -91,36 +92,66 @@ class Validation:
         """NDCG@10 of ``recommend`` for the (sampled) validation users."""
         return float(np.mean(self.ndcg_per_user(model, ranking)))
 
-    @torch.no_grad()
     def ndcg_per_user(self, model, ranking: RankingConfig) -> np.ndarray:
         """Each (sampled) validation user's NDCG@10 of ``recommend``."""
-        model = _on_cpu(model)
-        weight, genre_weight = float(ranking.rating_weight), float(ranking.genre_weight)
-        with_genres = genre_weight > 0
-        taste = self._taste * genre_weight if with_genres else None
-        rows = scoring.ranking_rows(model, self._users, weight, None, taste)
-        table = scoring.ranking_table(model, weight, self._genres if with_genres else None)
-        near_weight = float(ranking.neighbour_weight)
-        seen, order = self.base.seen_indices, None
-        if near_weight > 0:
-            films, near = self.neighbour_scores(ranking.neighbour_reg)
+        return self.ndcg_grid(model, [ranking])[0]
+
+    @torch.no_grad()
+    def ndcg_grid(self, model, rankings: Sequence[RankingConfig]) -> list[np.ndarray]:
+        """:meth:`ndcg_per_user` of each of ``rankings`` (weights of one model), in one pass.
+
+        A block's score parts that the rankings share -- the served score at the weights they
+        all have -- are computed once (the served path's :mod:`~mfrec.serving.scoring`
+        product, seen films masked); each ranking adds its own multiple of the parts whose
+        weight differs (predicted rating, genre taste, neighbour scores) before its top 10.
+        A grid of weights then costs a product per differing part, not one per ranking. One
+        ranking is scored as the served ``recommend`` scores it.
+        """
+        model, rankings = _on_cpu(model), list(rankings)
+        weights = np.array([[r.rating_weight, r.genre_weight, r.neighbour_weight] for r in rankings], np.float64)
+        varies = (weights != weights[0]).any(0)
+        shared_rating, shared_genre = (0.0 if varies[j] else float(weights[0, j]) for j in (0, 1))
+        taste = self._taste * shared_genre if shared_genre > 0 else None
+        rows = scoring.ranking_rows(model, self._users, shared_rating, None, taste)
+        table = scoring.ranking_table(model, shared_rating, self._genres if shared_genre > 0 else None)
+        parts = []  # (rows, table, each ranking's weight of it): the parts whose weight varies
+        if varies[0]:
+            parts.append((*scoring.rating_parts(model, self._users), weights[:, 0]))
+        if varies[1]:
+            parts.append((self._taste, self._genres.T.contiguous(), weights[:, 1]))
+        seen, order, near = self.base.seen_indices, None, [None] * len(rankings)
+        if (weights[:, 2] > 0).any():
             order, seen = self._films_first
             table = table[:, order]
+            parts = [(r, t[:, order], w) for r, t, w in parts]
+            near = [self.neighbour_scores(r.neighbour_reg)[1] if r.neighbour_weight > 0 else None for r in rankings]
+        alone = len(rankings) == 1  # the served score itself: no copy of it to add to
 
         def rank(span, blocks):
-            top = []
-            for block in blocks.slices(span):  # a block of scores that stays in the cache
-                scores = blocks.product(rows[block], table)
-                if order is not None:
-                    scores[:, :len(films)].add_(near[block].to(scores.dtype), alpha=near_weight)
-                scoring.mask_seen(scores, self.base.seen_indptr, seen, self.ranked[block])
-                top.append(scoring.top_k(scores, K)[1])
-            return torch.cat(top)
+            tops = [[] for _ in rankings]
+            for block in blocks.slices(span):  # blocks of scores that stay in the cache
+                shared = blocks.product(rows[block], table)
+                scoring.mask_seen(shared, self.base.seen_indptr, seen, self.ranked[block])
+                products = [blocks.product(r[block], t, slot) for slot, (r, t, _) in enumerate(parts, 1)]
+                for j, ranking in enumerate(rankings):
+                    scores = shared if alone else blocks.buffer(len(shared), shared, -1)
+                    for n, (product, (_, _, w)) in enumerate(zip(products, parts)):  # the first from shared
+                        torch.add(shared if n == 0 else scores, product, alpha=float(w[j]), out=scores)
+                    if not (alone or products):
+                        scores.copy_(shared)
+                    if near[j] is not None:  # the neighbour films' columns come first
+                        # Weighted, then added: the served sum's rounding (not a fused add).
+                        weighted = near[j][block].to(scores.dtype) * float(ranking.neighbour_weight)
+                        scores[:, :near[j].shape[1]].add_(weighted)
+                    tops[j].append(scoring.top_k(scores, K)[1])
+            return [torch.cat(top) for top in tops]
 
-        top = torch.cat(scoring.in_spans(len(rows), table.shape[1], rank, SPAN_ROWS, parallel=True))
-        if order is not None:
-            top = order[top]
-        return metrics.per_user(top.numpy(), self.relevant, K)[2]
+        spans = scoring.in_spans(len(rows), table.shape[1], rank, SPAN_ROWS, parallel=True)
+        out = []
+        for j in range(len(rankings)):
+            top = torch.cat([span[j] for span in spans])
+            out.append(metrics.per_user((top if order is None else order[top]).numpy(), self.relevant, K)[2])
+        return out
 
 
 # A gain counts when it exceeds this many standard errors of the mean per-user difference: the

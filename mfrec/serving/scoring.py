@@ -39,7 +39,7 @@ class ScoreBlocks:
     def __init__(self, n_rows: int, n_items: int):
         self.block = rows_per_block(n_items)
         self.n_rows, self.n_items = n_rows, n_items
-        self._buffer = None
+        self._buffers = {}
 
     def slices(self, span: slice | None = None) -> list[slice]:
         """The blocks' rows (of ``span``, default all), in order."""
@@ -47,14 +47,21 @@ class ScoreBlocks:
         return [slice(first, min(first + self.block, stop)) for first in range(start, stop, self.block)]
 
     @torch.no_grad()
-    def product(self, rows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """``rows @ table`` (rows: at most one block), written into the buffer."""
-        if len(rows) > self.block:
-            raise ValueError(f"{len(rows)} rows do not fit a block of {self.block}")
-        if self._buffer is None or self._buffer.dtype != table.dtype or self._buffer.device != table.device:
-            self._buffer = torch.empty(min(self.block, self.n_rows), table.shape[1], dtype=table.dtype,
-                                       device=table.device)
-        return torch.matmul(rows.to(table.dtype), table, out=self._buffer[:len(rows)])
+    def product(self, rows: torch.Tensor, table: torch.Tensor, slot: int = 0) -> torch.Tensor:
+        """``rows @ table`` (rows: at most one block), written into buffer ``slot`` (a loop
+        that keeps several blocks of scores at once gives each its slot)."""
+        return torch.matmul(rows.to(table.dtype), table, out=self.buffer(len(rows), table, slot))
+
+    def buffer(self, n_rows: int, like: torch.Tensor, slot: int = 0) -> torch.Tensor:
+        """Buffer ``slot``'s first ``n_rows`` rows, one score per column of ``like`` (its dtype
+        and device)."""
+        if n_rows > self.block:
+            raise ValueError(f"{n_rows} rows do not fit a block of {self.block}")
+        buffer = self._buffers.get(slot)
+        if buffer is None or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = self._buffers[slot] = torch.empty(min(self.block, self.n_rows), like.shape[1],
+                                                       dtype=like.dtype, device=like.device)
+        return buffer[:n_rows]
 
 
 def in_spans(n_rows: int, n_items: int, rank: Callable, span_rows: int, parallel: bool = False) -> list:
@@ -113,6 +120,17 @@ def ranking_rows(model, users: torch.Tensor | None, rating_weight: float,
         parts.append(genre_taste.to(p.dtype))
     parts.append((w * (model.global_mean + folded.bias))[:, None])
     return torch.cat(parts, 1)
+
+
+@torch.no_grad()
+def rating_parts(model, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, table) whose product is each user's predicted rating of every item less the
+    user's constant ``mu + b_u`` (a constant per row does not change a ranking): ``p_u . q_i
+    + b_i``. :func:`ranking_rows` at a rating weight ``w`` scores ``w`` times this more than
+    at weight 0, up to rounding."""
+    p, q = model.user_factors[users], model.item_factors
+    rows = torch.cat([p, torch.ones(len(p), 1, dtype=p.dtype, device=p.device)], 1)
+    return rows, torch.cat([q, model.item_bias[:, None]], 1).T.contiguous()
 
 
 def mask_seen(scores: torch.Tensor, seen_indptr: np.ndarray, seen_indices: np.ndarray, users: np.ndarray) -> torch.Tensor:

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from mfrec.data.ids import IdIndex, Interactions
 from mfrec.errors import ConfigError
 from mfrec.evaluation.validation import Validation, clearly_better
+from mfrec.evaluation.weights import neighbour_term, ranking_weights
 from mfrec.serving.bundle import RANKING_PRIOR, RankingConfig
 from mfrec.training.config import PRIOR, TrainConfig
 from mfrec.training.fit import FitResult, fit
@@ -46,10 +47,6 @@ RMSE_TOLERANCE = 0.005
 # What each searched setting may take: (low, high, log scale).
 RANGES = {"reg": (0.3, 50.0, True), "reg_exponent": (0.0, 1.0, False), "implicit_weight": (0.25, 16.0, True),
           "confidence": (1.5, 50.0, True)}
-RATING_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0)
-GENRE_WEIGHTS = (0.0, 0.05, 0.1, 0.2)
-NEIGHBOUR_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
-NEIGHBOUR_REGS = (1.0, 4.0, 16.0, 64.0)
 
 
 @dataclass(frozen=True)
@@ -196,10 +193,10 @@ def choose(train: pd.DataFrame, val: pd.DataFrame, movies: pd.DataFrame, config:
         if result is not None:
             row.update(best_epoch=result.best_epoch, val_rmse=result.best_val_rmse)
             if neighbour is None:
-                ranking, neighbour = _neighbour_term(validation, result.model, ranking)
+                ranking, neighbour = neighbour_term(validation, result.model, ranking)
             # A trial already outside the RMSE tolerance can never be chosen: no grid for it.
             grid = config.implicit or number in _choosable([*trials, {**row, "state": state}], search.objective)
-            weights, per_user = _ranking_weights(validation, result.model, ranking, grid)
+            weights, per_user = ranking_weights(validation, result.model, ranking, grid)
             row["params"] = {**params, **weights, **neighbour}
             row["val_ndcg_at_10"] = float(per_user.mean())
             row["_per_user"] = per_user
@@ -260,55 +257,6 @@ def _grid_value(spec, value):
         return min(spec, key=lambda v: abs(v - value))
     low, high, _ = spec
     return min(max(value, low), high)
-
-
-def _neighbour_term(validation: Validation, model, ranking: RankingConfig) -> tuple[RankingConfig, dict]:
-    """``ranking`` with its ``auto`` neighbour weight and reg chosen with ``model`` (the
-    search's first) at the other weights' starting values: the reg of ``NEIGHBOUR_REGS`` that
-    ranks validation best at a middle weight, then the weight of ``NEIGHBOUR_WEIGHTS`` at that
-    reg, kept only when :func:`clearly_better` than no neighbour term. The EASE weights depend
-    on the data alone, so later trials keep the choice (and choose their own rating and genre
-    weights with it). Also the choice as trial parameters, for the record."""
-    auto = [name for name in ("neighbour_weight", "neighbour_reg") if name in ranking.auto_fields()]
-    if not auto:
-        return ranking, {}
-    start = ranking.with_prior()
-
-    def scored(weight, reg):
-        return validation.ndcg_per_user(model, replace(start, neighbour_weight=weight, neighbour_reg=reg))
-
-    weight = ranking.neighbour_weight if "neighbour_weight" not in auto else NEIGHBOUR_WEIGHTS[len(NEIGHBOUR_WEIGHTS) // 2]
-    reg = ranking.neighbour_reg
-    if "neighbour_reg" in auto:
-        reg = max(NEIGHBOUR_REGS, key=lambda r: (scored(weight, r).mean(), -r))
-    if "neighbour_weight" in auto:
-        off = scored(0.0, reg)
-        best, weight = max(((scored(w, reg), w) for w in NEIGHBOUR_WEIGHTS if w > 0), key=lambda t: (t[0].mean(), -t[1]))
-        if not clearly_better(best, off):
-            weight = 0.0
-    chosen = {"neighbour_weight": weight, "neighbour_reg": reg} if weight > 0 else {"neighbour_weight": 0.0}
-    chosen = {name: value for name, value in chosen.items() if name in auto}  # without the term, no reg to record
-    return replace(ranking, **chosen), chosen
-
-
-def _ranking_weights(validation: Validation, model, ranking: RankingConfig,
-                     search_grid: bool = True) -> tuple[dict, np.ndarray]:
-    """The ``auto`` ranking weights that rank ``model`` best on validation (rating weight over
-    its grid, then genre weight at that rating weight; a move away from the prior only when
-    :func:`clearly_better`), and the validation users' NDCG@10 with them (the neighbour term
-    as :func:`_neighbour_term` chose it). Without ``search_grid``: the prior's."""
-    current = ranking.with_prior()
-    scores = validation.ndcg_per_user(model, current)
-    for name, grid in (("rating_weight", RATING_WEIGHTS), ("genre_weight", GENRE_WEIGHTS)) if search_grid else ():
-        if name not in ranking.auto_fields():
-            continue
-        candidates = [replace(current, **{name: value}) for value in grid if value != getattr(current, name)]
-        tried = [(validation.ndcg_per_user(model, c), c) for c in candidates]
-        if tried:
-            best_scores, best = max(tried, key=lambda t: t[0].mean())
-            if clearly_better(best_scores, scores):
-                scores, current = best_scores, best
-    return {name: getattr(current, name) for name in ranking.auto_fields()}, scores
 
 
 def _hooks(trial, validation: Validation, ranking: RankingConfig, curve: bool, history: list,
