@@ -18,8 +18,7 @@ from mfrec.evaluation.validation import Validation
 from mfrec.serving.bundle import Bundle, RankingConfig
 from mfrec.serving.recommender import Recommender
 from mfrec.training.config import TrainConfig
-from mfrec.training.fit import fit, loss_drop
-from mfrec.training.model import carried_over
+from mfrec.training.fit import FitResult, continued, fit, loss_drop
 from mfrec.training.parallel import threads_for
 from mfrec.training.search import Choice, SearchConfig, choose
 
@@ -43,8 +42,9 @@ def train_and_evaluate(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFram
     """Choose the ``auto`` settings (:mod:`mfrec.training.search`) and the epoch count on
     ``val``, refit on train+val, evaluate on ``test``.
 
-    The peers we compare with train on every non-test rating, so the final model does too
-    (``refit=False`` keeps the validation-phase model, trained on ``train`` only). A small
+    The peers we compare with train on every non-test rating, so the final model does too:
+    the validation-phase model continued on train+val (:func:`~mfrec.training.fit.continued`;
+    ``refit=False`` keeps the validation-phase model, trained on ``train`` only). A small
     problem runs on one thread throughout (:func:`mfrec.training.parallel.threads_for`).
     """
     with threads_for(len(train)):
@@ -79,7 +79,8 @@ def _train_and_evaluate(train, val, test, movies, config, ranking, refit, on_epo
     if refit and va is not None:
         fit_frame = pd.concat([train, val], ignore_index=True)
         users, items = IdIndex(fit_frame["userId"]), IdIndex(fit_frame["movieId"])
-        result = fit(Interactions.from_frame(fit_frame, users, items), config, epochs=first.best_epoch)
+        result = continued(first, Interactions.from_frame(fit_frame, users, items), train_users.index(users.ids),
+                           train_items.index(items.ids), config)
     finished = time.perf_counter()
     bundle = Bundle.build(result.model, users, items, fit_frame, movies, config, ranking, best_epoch=first.best_epoch)
     rec = Recommender(bundle)
@@ -96,6 +97,7 @@ def _train_and_evaluate(train, val, test, movies, config, ranking, refit, on_epo
         "refit_fit_seconds": result.seconds if result is not first else float("nan"),
         "epochs_run": len(first.history),
         "best_epoch": first.best_epoch,
+        "refit_sweeps": len(result.history) if result is not first else 0,
         "best_val_rmse": first.best_val_rmse,
     })
     if choice is not None:
@@ -112,12 +114,10 @@ def served_model(outcome: TrainOutcome, train: pd.DataFrame, val: pd.DataFrame, 
     """The model to serve, and the seconds its fit took.
 
     With ``refit_all`` it is fitted on every prepared rating (train + validation + test) with
-    the evaluated settings, continuing from the evaluated model (users and films it has keep
-    their factors; new ones start as in a new model) until a sweep lowers the training loss
-    by no more than the sweep validation chose did, at most that many sweeps: most of the
-    model is already fitted, so this costs a few sweeps, not another training (without a
-    training loss to follow, implicit feedback refits from scratch for the chosen sweep
-    count). Without ``refit_all``, the evaluated (held-out) model is served as it is. Either
+    the evaluated settings, continuing from the evaluated model
+    (:func:`~mfrec.training.fit.continued`: users and films it has keep their factors, new
+    ones start as in a new model; a few sweeps, not another training). Without
+    ``refit_all``, the evaluated (held-out) model is served as it is. Either
     way a customer's rated films are all their prepared ratings, so ``recommend`` never shows
     one of them.
     """
@@ -129,19 +129,16 @@ def served_model(outcome: TrainOutcome, train: pd.DataFrame, val: pd.DataFrame, 
     config, ranking = outcome.config, outcome.ranking
     users, items = IdIndex(ratings["userId"]), IdIndex(ratings["movieId"])
     data = Interactions.from_frame(ratings, users, items)
-    drop = loss_drop(outcome.history, outcome.best_epoch)  # how settled the evaluated fit was
-    settled = None if drop is None else max(0.0, drop)
+    before = outcome.recommender.bundle
+    # The evaluated fit as validation chose it: its model, and the sweeps that chose the count.
+    evaluated = FitResult(before.model, outcome.history, outcome.best_epoch)
     with threads_for(len(ratings)):
-        if settled is None:
-            result = fit(data, config, epochs=outcome.best_epoch)
-        else:
-            before = outcome.recommender.bundle
-            start = carried_over(before.model, before.user_index.index(users.ids), before.item_index.index(items.ids),
-                                 config.init_std, config.seed)
-            result = fit(data, config, epochs=outcome.best_epoch, start=start, converged=settled)
+        result = continued(evaluated, data, before.user_index.index(users.ids), before.item_index.index(items.ids),
+                           config)
         del data  # 12 bytes a rating the bundle's build need not hold at its peak (0.3 GB at 25M)
         fit_on = {"ratings": int(len(ratings)), "parts": "train+val+test", "refit_all": True,
-                  "sweeps": len(result.history), "continued": settled is not None}
+                  "sweeps": len(result.history),
+                  "continued": loss_drop(outcome.history, outcome.best_epoch) is not None}
         bundle = Bundle.build(result.model, users, items, ratings, movies, config, ranking,
                               best_epoch=outcome.best_epoch, fit_on=fit_on)
     return Recommender(bundle), time.perf_counter() - started

@@ -9,7 +9,7 @@ rank solves its own users, the item step all-reduces its per-item sums, and the 
 one process's up to float summation order. Then the same recipe as the library's train step
 (:func:`mfrec.workflow.train_and_evaluate`): settings left ``auto`` are chosen by the search
 on rank 0's users (as one process's search samples users on large data) and broadcast; the
-sweep count on every rank's validation ratings; the refit on train + validation; each rank
+sweep count on every rank's validation ratings; that fit continued on train + validation; each rank
 ranks its own test users and the metrics are summed over the ranks. Rank 0 gathers the user
 rows and seen lists into one recommender and writes it, with ``metrics.json``, to ``--out``.
 Backend: NCCL when every rank has a GPU, gloo otherwise (CPU).
@@ -39,7 +39,7 @@ from mfrec.serving import genres, neighbours
 from mfrec.serving.bundle import Bundle, RankingConfig
 from mfrec.serving.recommender import Recommender
 from mfrec.training.config import TrainConfig
-from mfrec.training.fit import fit
+from mfrec.training.fit import continued, fit
 from mfrec.training.model import MatrixFactorization
 from mfrec.training.parallel import threads_for
 from mfrec.training.search import SearchConfig, choose
@@ -73,7 +73,7 @@ def train_on_shards(prepared_path, config: TrainConfig, ranking: RankingConfig =
         selected = time.perf_counter()
         fit_frame = pd.concat([train, val], ignore_index=True)
         refit_bytes = TRAFFIC.bytes
-        result, users, items, shard = _fit_shard(fit_frame, config, epochs=first.best_epoch)
+        result, users, items, shard = _fit_shard(fit_frame, config, earlier=(first, users, items))
         refit_bytes = TRAFFIC.bytes - refit_bytes
         finished = time.perf_counter()
         bundle = _local_bundle(result, users, items, shard, fit_frame, movies, config, ranking, first.best_epoch)
@@ -86,8 +86,9 @@ def train_on_shards(prepared_path, config: TrainConfig, ranking: RankingConfig =
         "refit_seconds": finished - selected, "evaluate_seconds": evaluated - finished,
         "train_seconds": finished - loaded,
         "epochs_run": len(first.history), "best_epoch": first.best_epoch, "best_val_rmse": first.best_val_rmse,
+        "refit_sweeps": len(result.history),
         # The refit's all-reduced bytes (its setup's row counts included) per sweep and rank.
-        "allreduce_bytes_per_sweep": refit_bytes / max(first.best_epoch, 1),
+        "allreduce_bytes_per_sweep": refit_bytes / max(len(result.history), 1),
         "allreduce_bytes_total": TRAFFIC.bytes - before,
     })
     peaks = shard.gather(_peak_rss_bytes())
@@ -122,15 +123,22 @@ def _settings(train, val, movies, config, ranking, search) -> tuple:
     return box[0]
 
 
-def _fit_shard(frame: pd.DataFrame, config: TrainConfig, val: pd.DataFrame | None = None, epochs: int | None = None):
+def _fit_shard(frame: pd.DataFrame, config: TrainConfig, val: pd.DataFrame | None = None, earlier=None):
     """One sharded fit of ``frame`` (this rank's users): the result, this rank's user index,
-    every rank's item index and the shard."""
+    every rank's item index and the shard. With ``earlier`` -- (a fit of part of ``frame``,
+    its user index, its item index) -- it continues that fit as one process would
+    (:func:`~mfrec.training.fit.continued`)."""
     every_user = IdIndex(union(frame["userId"].to_numpy()))
     items = IdIndex(union(frame["movieId"].to_numpy()))
     users = IdIndex(frame["userId"].to_numpy())
     shard = Shard.current(every_user.index(users.ids), len(every_user))
-    va = Interactions.from_frame(val, users, items) if val is not None and len(val) else None
-    result = fit(Interactions.from_frame(frame, users, items), config, val=va, epochs=epochs, shard=shard)
+    data = Interactions.from_frame(frame, users, items)
+    if earlier is not None:
+        fitted, old_users, old_items = earlier
+        result = continued(fitted, data, old_users.index(users.ids), old_items.index(items.ids), config, shard=shard)
+    else:
+        va = Interactions.from_frame(val, users, items) if val is not None and len(val) else None
+        result = fit(data, config, val=va, shard=shard)
     return result, users, items, shard
 
 

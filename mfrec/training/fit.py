@@ -23,7 +23,7 @@ from mfrec.errors import ConfigError, TrainingError
 from mfrec.training.adam import AdamSolver
 from mfrec.training.als import AlsSolver
 from mfrec.training.config import TrainConfig
-from mfrec.training.model import MatrixFactorization, predict_ratings, rating_tables
+from mfrec.training.model import MatrixFactorization, carried_over, predict_ratings, rating_tables, with_user_rows
 from mfrec.training.parallel import Workers, workers_for
 from mfrec.training.shards import Shard
 
@@ -95,8 +95,9 @@ def fit(
         process's fit on every rank's ratings. ALS only.
     start:
         A model to continue from instead of a new one (:func:`~mfrec.training.model.carried_over`
-        maps a fitted model onto new tables), with the data's tables and ``config.n_factors``;
-        its global mean becomes the data's, and the fit trains it in place. One process only.
+        maps a fitted model onto new tables), with the data's tables and ``config.n_factors``
+        (with ``shard``: this rank's user rows); its global mean becomes the data's, and the
+        fit trains it in place.
     converged:
         Stop once a sweep lowers the training loss by at most this fraction of it
         (:func:`loss_drop`, from the second sweep on); ``epochs`` stays the most it runs.
@@ -122,10 +123,10 @@ def fit(
     if shard is not None and (config.solver != "als" or stop_on != "val_rmse"):
         raise ConfigError("training on shards of users runs ALS with early stopping on validation RMSE "
                           f"(solver={config.solver!r}, stop_on={stop_on!r}): train in one process instead")
-    if start is not None and (shard is not None or tuple(start.user_factors.shape) != (train.n_users, config.n_factors)
+    if start is not None and (tuple(start.user_factors.shape) != (train.n_users, config.n_factors)
                               or len(start.item_factors) != train.n_items):
         raise ConfigError(f"a fit continues from a model with the data's tables ({train.n_users} users, {train.n_items} "
-                          f"items, {config.n_factors} factors), in one process; got "
+                          f"items, {config.n_factors} factors); got "
                           f"{tuple(start.user_factors.shape)} users and {len(start.item_factors)} items")
     n_epochs = epochs or config.epochs
     device = torch.device(config.device)
@@ -160,15 +161,17 @@ def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, s
     # The mean in float64 from numpy: one summation order, whatever torch's thread count.
     if shard is None:
         mean = float(np.mean(train.ratings, dtype=np.float64))
-        if start is not None:
-            model = start
-            model.global_mean.fill_(mean)
-        else:
-            model = MatrixFactorization(train.n_users, train.n_items, config.n_factors, mean, config.init_std,
-                                        generator=torch.Generator().manual_seed(config.seed))
     else:
         total, count = shard.total(float(np.sum(train.ratings, dtype=np.float64)), len(train))
-        model = _local_model(shard, train.n_items, config, total / count)
+        mean = total / count
+    if start is not None:
+        model = start
+        model.global_mean.fill_(mean)
+    elif shard is None:
+        model = MatrixFactorization(train.n_users, train.n_items, config.n_factors, mean, config.init_std,
+                                    generator=torch.Generator().manual_seed(config.seed))
+    else:
+        model = _local_model(shard, train.n_items, config, mean)
     model = model.to(device)
     if config.solver == "als":
         solver = AlsSolver(model, users, items, ratings, config, shard=shard, workers=workers, matrices=matrices)
@@ -236,6 +239,29 @@ def _fit(train, config, val, n_epochs, device, on_epoch, score_epoch, workers, s
     return result
 
 
+def continued(earlier: FitResult, data: Interactions, user_rows: np.ndarray, item_rows: np.ndarray,
+              config: TrainConfig, shard: Optional[Shard] = None) -> FitResult:
+    """Fit ``data`` -- ``earlier``'s ratings and more -- with the settings and sweep count
+    validation chose for ``earlier``, continuing from its model: row ``r`` of the new user
+    (item) table starts as ``earlier``'s row ``user_rows[r]`` (``item_rows[r]``), or fresh
+    where that is -1. It stops once a sweep lowers the training loss by no more than
+    ``earlier``'s chosen sweep did, at most that many sweeps: most of the model is fitted
+    already, so this costs a few sweeps, not another training. Without a training loss to
+    follow (implicit feedback) it fits from scratch for the chosen sweep count. With ``shard``
+    (``user_rows`` for this rank's users) every rank starts as one process would."""
+    drop = loss_drop(earlier.history, earlier.best_epoch)
+    if drop is None:
+        return fit(data, config, epochs=earlier.best_epoch, shard=shard)
+    if shard is not None:  # the whole table's fresh rows, drawn as one process draws them
+        every = np.full(shard.n_users, -1, dtype=np.int64)
+        every[shard.users] = user_rows
+        user_rows = every
+    start = carried_over(earlier.model, user_rows, item_rows, config.init_std, config.seed)
+    if shard is not None:
+        start = with_user_rows(start, shard.users)
+    return fit(data, config, epochs=earlier.best_epoch, shard=shard, start=start, converged=max(0.0, drop))
+
+
 def loss_drop(history: list, epoch: int) -> float | None:
     """How much sweep ``epoch`` (1-based) lowered the training loss, as a fraction of the loss
     after it (None without the two sweeps' training losses)."""
@@ -274,8 +300,4 @@ def _local_model(shard: Shard, n_items: int, config, mean: float) -> MatrixFacto
     """The model one process would start from, with only this rank's user rows."""
     full = MatrixFactorization(shard.n_users, n_items, config.n_factors, mean, config.init_std,
                                generator=torch.Generator().manual_seed(config.seed))
-    model = MatrixFactorization(len(shard.users), n_items, config.n_factors, mean)
-    rows = torch.from_numpy(shard.users)
-    state = {name: value[rows] if name.startswith("user_") else value for name, value in full.state_dict().items()}
-    model.load_state_dict(state)
-    return model
+    return with_user_rows(full, shard.users)

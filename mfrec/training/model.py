@@ -98,6 +98,15 @@ def carried_over(model: MatrixFactorization, user_rows, item_rows, init_std: flo
     return new
 
 
+def with_user_rows(model: MatrixFactorization, rows) -> MatrixFactorization:
+    """A copy of ``model`` holding only the user rows ``rows`` (a rank's users of the whole table)."""
+    rows = torch.as_tensor(rows, dtype=torch.long)
+    part = MatrixFactorization(len(rows), len(model.item_factors), model.n_factors, float(model.global_mean))
+    part.load_state_dict({name: value[rows] if name.startswith("user_") else value
+                          for name, value in model.state_dict().items()})
+    return part
+
+
 @torch.no_grad()
 def rating_tables(model) -> tuple[torch.Tensor, torch.Tensor]:
     """(users, items) rows whose dot products are the rating predictions:
