@@ -36,9 +36,10 @@ def markdown_table(results: dict) -> str:
             f"a fit() from scratch on train+val ({mf['fit_seconds']:.3f} s) per sweep, {mf['refit_rows']:,} rows, "
             f"solver {mf['config'].get('solver', 'adam')}")
         runs = mf.get("train_seconds_runs", [mf["train_seconds"]])
+        selected = "the chosen trial's fit" if mf["select_seconds"] < 1e-3 else f"{mf['select_seconds']:.3f} s"
         add("mfrec default", "train_seconds", f"{mf['train_seconds']:.3f} s",
             f"median of {len(runs)} run(s) (first {runs[0]:.3f} s): settings search, {mf['search_trials']} trials "
-            f"({mf['search_seconds']:.3f} s), sweep count {mf['best_epoch']} ({mf['select_seconds']:.3f} s), that "
+            f"({mf['search_seconds']:.3f} s), sweep count {mf['best_epoch']} ({selected}), that "
             f"fit continued {mf['refit_sweeps']} sweeps on {mf['refit_rows']:,} rows ({mf['refit_seconds']:.3f} s)")
         add("mfrec default", "test RMSE", f"{mf['test_rmse']:.4f}", f"NDCG@10 {mf['test_ndcg_at_10']:.4f}")
     if cmp_:
