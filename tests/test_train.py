@@ -140,21 +140,30 @@ def test_als_sweep_ends_in_the_fold_in_solution(trained_small, small_split):
     assert torch.allclose(folded.choice, rec.model.user_choice_factors[row:row + 1], atol=1e-4)
 
 
-def test_served_refit_continues_from_the_evaluated_model(trained_small, small_split, served_recommender):
-    """The served refit continues the evaluated model on more ratings for a few sweeps, and a
-    model continued that way is as good on test as one refit from scratch: continuing the
-    train-only model on train + validation scores like ``trained_small``'s refit."""
+def test_fits_on_more_ratings_continue_and_score_like_a_fit_from_scratch(trained_small, small_split,
+                                                                         served_recommender):
+    """The train step's fit on train + validation continues the validation fit, and the served
+    refit the evaluated model, each for a few sweeps; a model continued that way scores on
+    test like one fitted from scratch on the same ratings for the chosen sweep count."""
+    from mfrec.serving.bundle import Bundle
+    from mfrec.serving.recommender import Recommender
+
     fit_on = served_recommender.meta["fit_on"]
     assert fit_on["continued"] and 2 <= fit_on["sweeps"] < trained_small.best_epoch
+    assert 2 <= trained_small.metrics["refit_sweeps"] < trained_small.best_epoch
     train, val, test, movies = small_split
+    seen = pd.concat([train, val], ignore_index=True)
     held = train_and_evaluate(train, val, test, movies, TrainConfig(progress=False), refit=False)
     continued, _ = served_model(held, train, val, test.iloc[:0], movies)  # every rating but test's
-    sweeps = continued.meta["fit_on"]["sweeps"]
-    assert continued.meta["fit_on"]["continued"] and 2 <= sweeps < held.best_epoch
     assert len(continued.item_index) > len(held.recommender.item_index)  # films only validation rated: new rows
-    scores = evaluate(continued, pd.concat([train, val]), test, progress=False)
-    assert scores["test_rmse"] == pytest.approx(trained_small.metrics["test_rmse"], abs=0.005)
-    assert scores["test_ndcg_at_10"] == pytest.approx(trained_small.metrics["test_ndcg_at_10"], abs=0.005)
+    users, items = IdIndex(seen["userId"]), IdIndex(seen["movieId"])
+    scratch = fit(Interactions.from_frame(seen, users, items), trained_small.config, epochs=trained_small.best_epoch)
+    assert len(scratch.history) == trained_small.best_epoch
+    bundle = Bundle.build(scratch.model, users, items, seen, movies, trained_small.config, trained_small.ranking)
+    expected = evaluate(Recommender(bundle), seen, test, progress=False)
+    for got in (trained_small.metrics, evaluate(continued, seen, test, progress=False)):
+        assert got["test_rmse"] == pytest.approx(expected["test_rmse"], abs=0.005)
+        assert got["test_ndcg_at_10"] == pytest.approx(expected["test_ndcg_at_10"], abs=0.005)
 
 
 def test_a_fit_continues_only_from_a_model_of_its_tables(small_split):

@@ -105,9 +105,13 @@ class Validation:
         product, seen films masked); each ranking adds its own multiple of the parts whose
         weight differs (predicted rating, genre taste, neighbour scores) before its top 10.
         A grid of weights then costs a product per differing part, not one per ranking. One
-        ranking is scored as the served ``recommend`` scores it.
+        ranking is scored as the served ``recommend`` scores it; in a grid, a weighting's
+        scores are its own up to rounding (summed in another order), which may swap two
+        films a bit apart.
         """
         model, rankings = _on_cpu(model), list(rankings)
+        if not rankings:
+            return []
         weights = np.array([[r.rating_weight, r.genre_weight, r.neighbour_weight] for r in rankings], np.float64)
         varies = (weights != weights[0]).any(0)
         shared_rating, shared_genre = (0.0 if varies[j] else float(weights[0, j]) for j in (0, 1))
@@ -141,8 +145,9 @@ class Validation:
                         scores.copy_(shared)
                     if near[j] is not None:  # the neighbour films' columns come first
                         # Weighted, then added: the served sum's rounding (not a fused add).
-                        weighted = near[j][block].to(scores.dtype) * float(ranking.neighbour_weight)
-                        scores[:, :near[j].shape[1]].add_(weighted)
+                        weighted = torch.mul(near[j][block], float(ranking.neighbour_weight),
+                                             out=blocks.buffer(len(shared), near[j], -2))
+                        scores[:, :near[j].shape[1]].add_(weighted.to(scores.dtype))
                     tops[j].append(scoring.top_k(scores, K)[1])
             return [torch.cat(top) for top in tops]
 

@@ -77,7 +77,8 @@ def fit(
     val:
         Optional validation ratings (unknown users/items allowed: they get bias-only predictions).
     epochs:
-        Overrides ``config.epochs`` (the refit uses the epoch count validation chose).
+        Overrides ``config.epochs`` (a fit continued on more ratings runs at most the count
+        validation chose: :func:`continued`).
     on_epoch:
         Called after every epoch with ``{"epoch", "train_loss", "val_rmse"}`` (and what
         ``score_epoch`` adds); an exception it raises stops the fit.
