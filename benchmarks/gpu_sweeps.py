@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     if args.train != "none":
         train, val, test = split_ratings(loaded.ratings, SplitConfig())
         t, _ = mfrec_benchmark(train, val, test, loaded.movies, TrainConfig(device=args.train, progress=False),
-                               repeats=1)
+                               repeats=1, scratch_fit=False)
         out["train"] = t
         print(f"{t['device']} train step + evaluation: {t['train_seconds'] + t['evaluate_seconds']:.1f} s (search "
               f"{t['search_seconds']:.1f}, sweep count {t['select_seconds']:.1f}, refit {t['refit_seconds']:.1f}, "

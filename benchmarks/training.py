@@ -128,7 +128,7 @@ def notebook_benchmark(train: pd.DataFrame, test: pd.DataFrame, epochs: int = 3,
 
 
 def mfrec_benchmark(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, movies: pd.DataFrame,
-                    config=None, repeats: int = TIMING_REPEATS) -> tuple[dict, object]:
+                    config=None, repeats: int = TIMING_REPEATS, scratch_fit: bool = True) -> tuple[dict, object]:
     """``train_and_evaluate`` (the settings search with its validation epoch choice, then
     that fit continued on train+val), run ``repeats`` times; the times are those of the run
     with the median ``train_seconds``.
@@ -137,7 +137,8 @@ def mfrec_benchmark(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, 
     the REST benchmark serves; same seed, so every run gives the same model). A sweep's time
     comes from ``fit_seconds``: one ``fit()`` from scratch on train+val with the chosen
     settings for the chosen sweep count (median of ``repeats``), what a peer's fit is
-    compared with.
+    compared with; ``scratch_fit=False`` skips it (and the figures derived from it) for
+    callers that time the train step alone.
     """
     from mfrec.data.ids import IdIndex, Interactions
     from mfrec.training.config import TrainConfig
@@ -154,14 +155,18 @@ def mfrec_benchmark(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, 
                                   "refit_fit_seconds", "evaluate_seconds")})
     median_run = sorted(runs, key=lambda r: r["train_seconds"])[(len(runs) - 1) // 2]
     m = outcome.metrics
-    frame = pd.concat([train, val], ignore_index=True)
-    data = Interactions.from_frame(frame, IdIndex(frame["userId"]), IdIndex(frame["movieId"]))
-    with threads_for(len(train)):
-        fits = sorted(fit(data, outcome.config, epochs=max(int(m["best_epoch"]), 1)).seconds
-                      for _ in range(max(1, repeats)))
-    fit_seconds = fits[(len(fits) - 1) // 2]
-    # A sweep's time: that fit (fixed settings and sweep count, no validation) per sweep.
-    sweep = fit_seconds / max(int(m["best_epoch"]), 1)
+    timed = {}
+    if scratch_fit:
+        frame = pd.concat([train, val], ignore_index=True)
+        data = Interactions.from_frame(frame, IdIndex(frame["userId"]), IdIndex(frame["movieId"]))
+        with threads_for(len(train)):
+            fits = sorted(fit(data, outcome.config, epochs=max(int(m["best_epoch"]), 1)).seconds
+                          for _ in range(max(1, repeats)))
+        fit_seconds = fits[(len(fits) - 1) // 2]
+        # A sweep's time: that fit (fixed settings and sweep count, no validation) per sweep.
+        sweep = fit_seconds / max(int(m["best_epoch"]), 1)
+        timed = {"median_epoch_seconds": sweep, "fit_seconds": fit_seconds,
+                 "ratings_per_second": (len(train) + len(val)) / sweep}
     figures = {
         "config": config.as_params(),
         "train_rows": int(len(train)),
@@ -170,8 +175,7 @@ def mfrec_benchmark(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, 
         "test_rows": int(len(test)),
         "epochs_run": int(m["epochs_run"]),
         "best_epoch": int(m["best_epoch"]),
-        "median_epoch_seconds": sweep,
-        "fit_seconds": fit_seconds,
+        **timed,
         "refit_sweeps": int(m["refit_sweeps"]),
         "search_trials": int(m.get("search_trials", 0)),
         "repeats": len(runs),
@@ -180,7 +184,6 @@ def mfrec_benchmark(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame, 
         "test_rmse": float(m["test_rmse"]),
         "test_mae": float(m["test_mae"]),
         "test_ndcg_at_10": float(m["test_ndcg_at_10"]),
-        "ratings_per_second": (len(train) + len(val)) / sweep,
         "device": outcome.device,
     }
     return figures, outcome

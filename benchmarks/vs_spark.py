@@ -36,7 +36,7 @@ def mfrec_child(prepared: str) -> dict:
     started = time.perf_counter()
     p = load_prepared(prepared)
     loaded = time.perf_counter() - started
-    figures, outcome = mfrec_benchmark(p.train, p.val, p.test, p.movies, repeats=1)
+    figures, outcome = mfrec_benchmark(p.train, p.val, p.test, p.movies, repeats=1, scratch_fit=False)
     return {**figures, "load_seconds": loaded,
             "train_and_evaluate_seconds": figures["train_seconds"] + figures["evaluate_seconds"],
             "chosen": outcome.choice.chosen() if outcome.choice is not None else None,

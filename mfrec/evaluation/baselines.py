@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mfrec.data.ids import IdIndex, csr_from_pairs, distinct
+from mfrec.data.ids import IdIndex, csr_from_pairs, csr_rows, distinct
 
 
 def _same(array):
@@ -84,14 +84,12 @@ class PopularityRanker:
         if len(rows) and (rows.min() < 0 or rows.max() >= len(self.indptr) - 1):
             raise ValueError("user rows must be known users' rows (0 to the number of users - 1)")
         n_items = len(self.order)
-        starts = self.indptr[rows]
-        lengths = self.indptr[rows + 1] - starts
-        owner = np.repeat(np.arange(len(rows)), lengths)
-        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        places = self.position[self.indices[np.repeat(starts, lengths) + offsets]]
+        owner, seen = csr_rows(self.indptr, self.indices, rows)
+        places = self.position[seen]
         # A seen item counts below only if s_m - m < k, so s_m < k + n - 1 (n: the user's seen
         # count): the rest, most of a user's at 25M ratings, are dropped before the sort.
-        keep = places < np.repeat(lengths + (k - 1), lengths)
+        lengths = self.indptr[rows + 1] - self.indptr[rows]
+        keep = places < (lengths + (k - 1))[owner]
         # Each user's distinct places, sorted (user and place as one number), then s_m - m:
         # sorted overall, as it never decreases within a user.
         keys = distinct(owner[keep] * (n_items + 1) + places[keep])

@@ -138,11 +138,14 @@ class Validation:
                 scoring.mask_seen(shared, self.base.seen_indptr, seen, self.ranked[block])
                 products = [blocks.product(r[block], t, slot) for slot, (r, t, _) in enumerate(parts, 1)]
                 for j, ranking in enumerate(rankings):
-                    scores = shared if alone else blocks.buffer(len(shared), shared, -1)
-                    for n, (product, (_, _, w)) in enumerate(zip(products, parts)):  # the first from shared
-                        torch.add(shared if n == 0 else scores, product, alpha=float(w[j]), out=scores)
-                    if not (alone or products):
-                        scores.copy_(shared)
+                    scores = shared
+                    if not alone:  # shared plus this weighting's multiples, in a buffer of its own
+                        scores = blocks.buffer(len(shared), shared, -1)
+                        base = shared
+                        for product, (_, _, w) in zip(products, parts):
+                            base = torch.add(base, product, alpha=float(w[j]), out=scores)
+                        if base is shared:  # only the neighbour term varies
+                            scores.copy_(shared)
                     if near[j] is not None:  # the neighbour films' columns come first
                         # Weighted, then added: the served sum's rounding (not a fused add).
                         weighted = torch.mul(near[j][block], float(ranking.neighbour_weight),

@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from mfrec.data.ids import csr_rows
 from mfrec.training.parallel import job_workers
 
 MAX_ITEMS = 2048
@@ -93,12 +94,8 @@ def gramian(indptr: np.ndarray, indices: np.ndarray, films: np.ndarray, n_items:
 def _rated(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, where: np.ndarray, m: int) -> sp.csr_matrix:
     """The users ``rows``' rated films among the M of ``where`` (each item row's place, or -1)
     as a sparse 0/1 float32 matrix (len(rows) x M)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    starts, ends = indptr[rows], indptr[rows + 1]
-    lengths = ends - starts
-    owner = np.repeat(np.arange(len(rows)), lengths)
-    taken = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(starts, lengths)
-    cols = where[indices[taken]]
+    owner, items = csr_rows(indptr, indices, rows)
+    cols = where[items]
     keep = cols >= 0
     crow = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(np.bincount(owner[keep], minlength=len(rows)), out=crow[1:])

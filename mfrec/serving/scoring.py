@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from mfrec.data.ids import csr_rows
 from mfrec.training.parallel import job_workers
 
 # Scores computed per matrix product when ranking: about a million (4 MB) stays in the CPU's
@@ -141,11 +142,7 @@ def mask_seen(scores: torch.Tensor, seen_indptr: np.ndarray, seen_indices: np.nd
         cols = seen_indices[seen_indptr[users[0]]:seen_indptr[users[0] + 1]]
         rows = 0
     else:
-        starts = seen_indptr[users]
-        lengths = seen_indptr[users + 1] - starts
-        rows = np.repeat(np.arange(len(users)), lengths)
-        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        cols = seen_indices[np.repeat(starts, lengths) + offsets]
+        rows, cols = csr_rows(seen_indptr, seen_indices, users)
     if target is scores:
         rows = torch.as_tensor(rows, device=scores.device)
         cols = torch.as_tensor(cols, device=scores.device)
