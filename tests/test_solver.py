@@ -403,3 +403,46 @@ def test_fits_of_one_data_set_share_its_matrices():
     assert torch.equal(first.model.user_factors, fit(data, base).model.user_factors)
     fit(data, TrainConfig(n_factors=4, epochs=3, progress=False, als_solve="cg").with_prior(), matrices=store)
     assert list(store) != [layout] and len(store) == 1
+
+
+@pytest.mark.parametrize("implicit_weight", [2.0, 0.0])
+def test_cg_sweeps_hand_on_the_predictions_they_move(monkeypatch, implicit_weight):
+    """CG's steps read the per-rating residuals and choice predictions the other side's step
+    moved (through the by-item to by-user link) instead of recomputing them: after several
+    sweeps over blocks of column tiles, with two workers, they are the model's own, and the
+    sweeps' losses are those of steps that recompute them."""
+    monkeypatch.setattr(csr_module, "MIN_BLOCK_RATINGS", 256)
+    monkeypatch.setattr(Csr, "tile_width", staticmethod(lambda width, size=4: 37))
+    users, items, ratings = _ratings(n_users=70, n_items=300, n=4000)
+    config = TrainConfig(n_factors=7, als_solve="cg", reg_exponent=0.5, implicit_weight=implicit_weight,
+                         progress=False).with_prior()
+    losses = {}
+    for tracked in (False, True):
+        m = _model(70, 300, 7, float(ratings.mean()), dtype=torch.float32)
+        workers = Workers(2)
+        solver = als.AlsSolver(m, users, items, ratings, config, workers=workers)
+        assert len(solver.by_user.plan) > 2 and len(solver.by_user.plan[0][4]) > 1
+        assert len(solver.by_item.plan) > 2 and len(solver.by_item.plan[0][4]) > 1
+        if not tracked:
+            solver.predictions = None
+        losses[tracked] = [solver.epoch() for _ in range(6)]
+        workers.close()
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    u, i = users.long(), items.long()
+    with torch.no_grad():
+        error = ratings - (m.global_mean + m.user_bias[u] + m.item_bias[i] + (m.user_factors[u] * m.item_factors[i]).sum(1))
+        choice = m.item_logit_bias[i] + (m.user_choice_factors[u] * m.item_factors[i]).sum(1)
+    # Stored in the by-user matrix's order: each rating's place there from its (user, item).
+    place = {}
+    for first, part in solver.by_user.blocks():
+        for crow, start, end, col0, _ in part.tiles:
+            rows = torch.repeat_interleave(torch.arange(part.shape[0]), crow[1:] - crow[:-1]) + first
+            cols = part.cols[start:end].long() + col0
+            for slot, pair in zip(range(part.slots.start + start, part.slots.start + end), zip(rows, cols)):
+                place[(int(pair[0]), int(pair[1]))] = slot
+    slots = torch.tensor([place[(int(a), int(b))] for a, b in zip(users, items)])
+    assert torch.allclose(solver.predictions.error[slots], error, atol=1e-4)
+    if implicit_weight:
+        assert torch.allclose(solver.predictions.choice[slots], choice, atol=1e-4)
+    else:
+        assert solver.predictions.choice is None

@@ -304,7 +304,7 @@ class AlsSolver:
             built = self._build(users, items, ratings, n_users, n_items)
             store.clear()
             store[layout] = built
-        self.by_user, self.by_item, counts = built
+        self.by_user, self.by_item, counts, link = built
         n = torch.tensor(float(len(ratings)), dtype=torch.float64, device=ratings.device)
         self.n_ratings = float(all_reduce(n)[0]) if shard else float(n)
         dtype = model.user_factors.dtype
@@ -315,12 +315,15 @@ class AlsSolver:
         # Ratings per user (this rank's) and per item (every rank's): the CG preconditioner's.
         self.counts = tuple(c.to(dtype) for c in counts)
         self.item_reg = row_penalties(counts[1], config.reg, config.reg_exponent, config.n_factors).to(dtype)
+        # CG's steps pass each other the predictions they move (this fit's own, filled by its first sweep).
+        self.predictions = cg.Predictions(link, dtype, config.implicit_weight > 0) if link is not None else None
 
     def _build(self, users, items, ratings, n_users: int, n_items: int) -> tuple:
-        """(by-user matrix, by-item matrix, (ratings per user, per item)), blocks planned."""
-        shard, workers = self.shard, self.workers
-        by_user = Csr(users, items, ratings, n_users, n_items, workers)
-        by_item = Csr(items, users, ratings, n_items, n_users, workers)
+        """(by-user matrix, by-item matrix, (ratings per user, per item), for CG the by-user
+        place of each rating of the by-item matrix), blocks planned."""
+        shard, workers, linked = self.shard, self.workers, self.config.solve == "cg"
+        by_user = Csr(users, items, ratings, n_users, n_items, workers, origin=linked)
+        by_item = Csr(items, users, ratings, n_items, n_users, workers, origin=linked)
         counts = []
         for csr, side in ((by_user, "users"), (by_item, "items")):
             rows = csr.row_counts()
@@ -338,7 +341,16 @@ class AlsSolver:
                             max_ratings=(csr_module.CG_BLOCK_RATINGS if self.config.solve == "cg"
                                          else csr_module.BLOCK_RATINGS) // workers.n, workers=workers)
             counts.append(rows)
-        return by_user, by_item, tuple(counts)
+        link = None
+        if linked:
+            place = torch.empty_like(by_user.origin)  # each input rating's place in the by-user matrix
+            for start in range(0, len(place), csr_module.BUILD_CHUNK):
+                chunk = by_user.origin[start:start + csr_module.BUILD_CHUNK]
+                place.index_copy_(0, chunk.long(), torch.arange(start, start + len(chunk), dtype=place.dtype,
+                                                                 device=place.device))
+            link = place.index_select(0, by_item.origin)
+            by_user.origin = by_item.origin = place = None
+        return by_user, by_item, tuple(counts), link
 
     def _table_width(self, side: str) -> int:
         """Columns of the widest table a step of ``side`` multiplies its ratings with."""
@@ -368,10 +380,11 @@ class AlsSolver:
                 all_reduce(constant)
             cg.solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean, self.by_item, weights,
                            cfg.bias_reg, self.item_reg, constant, cfg.cg_steps, items_out, dist, self.workers,
-                           counts=self.counts[::-1])
+                           counts=self.counts[::-1], predictions=self.predictions)
             sq_error = cg.solve_users(m.item_factors, m.item_bias, m.item_logit_bias, m.global_mean, self.by_user,
                                       weights, cfg.bias_reg, self.user_reg, cfg.cg_steps, users_out, self.workers,
-                                      counts=self.counts, typical_count=self.user_mean_count)
+                                      counts=self.counts, typical_count=self.user_mean_count,
+                                      predictions=self.predictions)
         else:
             solve_items(m.user_factors, m.user_choice_factors, m.user_bias, m.global_mean, self.by_item, cfg, dist,
                         out=items_out, row_reg=self.item_reg, workers=self.workers)

@@ -13,7 +13,7 @@ converge to the same objective (tests compare the loss with the exact steps).
 **Preconditioning in an eigenbasis.** A row's matrix is a shared part ``A0`` (penalties at
 their mean, the choice term's Gramian) plus a sum over its ``n`` ratings of outer products
 ``h h^T``, which is about ``n E`` with ``E`` the mean outer product over every rating. One
-generalised eigendecomposition per side and sweep (``D^3``, :class:`Basis`) gives a basis in
+generalised eigendecomposition per side and sweep (``D^3``, :class:`mfrec.training.linalg.Basis`) gives a basis in
 which ``A0 + n E`` is diagonal for every ``n`` at once. CG runs in it (unknowns ``w`` with
 ``x = V w``, tables ``h V``): the shared part becomes a per-coordinate scale, with no
 ``D x D`` product per step, and the preconditioner is the inverse of that diagonal. Two steps
@@ -27,51 +27,8 @@ from __future__ import annotations
 import torch
 
 from mfrec.training.csr import Csr
+from mfrec.training.linalg import Basis
 from mfrec.training.shards import all_reduce
-
-
-class Basis:
-    """A basis in which every row's approximate matrix ``shared + n per_rating`` is diagonal.
-
-    With ``B = shared + typical per_rating`` (the matrix of a row with the typical count;
-    positive definite whenever either part is), a generalised eigendecomposition (float64)
-    gives ``V`` with ``V^T B V = I`` and ``V^T per_rating V = diag(nu)``, so ``V^T shared V =
-    diag(mu)``, ``mu = 1 - typical nu``, and a row with ``n`` ratings has ``diag(mu + n nu)``.
-    ``to_basis = B V`` maps row vectors ``x`` to ``w = x B V`` (``x = w V^T``);
-    ``penalised = V^T J V`` for the factor coordinates ``J`` (the first ``k``).
-    """
-
-    def __init__(self, shared: torch.Tensor, per_rating: torch.Tensor, k: int, typical: float):
-        dtype, device, D = shared.dtype, shared.device, shared.shape[0]
-        a, e = shared.double().cpu(), per_rating.double().cpu()
-        a, e = (a + a.T) / 2, (e + e.T) / 2
-        b = a + typical * e
-        # A little ridge keeps B positive definite (an unused coordinate, factors still at zero).
-        b += torch.eye(D, dtype=torch.float64) * (1e-9 * float(b.diagonal().abs().max()) + 1e-12)
-        lower_inverse = torch.linalg.solve_triangular(torch.linalg.cholesky(b), torch.eye(D, dtype=torch.float64),
-                                                      upper=False)
-        nu, u = torch.linalg.eigh(lower_inverse @ e @ lower_inverse.T)
-        v = lower_inverse.T @ u
-
-        def cast(t):
-            return t.to(dtype=dtype, device=device).contiguous()
-
-        self.V, self.V_t, self.to_basis = cast(v), cast(v.T), cast(b @ v)
-        self.nu, self.mu = cast(nu), cast(1.0 - typical * nu)
-        self.penalised = cast(v[:k].T @ v[:k])
-
-    def inverse(self, counts: torch.Tensor) -> torch.Tensor:
-        """The preconditioner of rows with ``counts`` ratings: ``1 / (mu + n nu)`` per
-        coordinate (kept positive, so that it stays SPD where the approximation is not)."""
-        return torch.addcmul(self.mu[None, :], counts[:, None], self.nu[None, :]).clamp_min(1e-6).reciprocal()
-
-    def add_shared(self, out: torch.Tensor, w: torch.Tensor, extra: torch.Tensor | None,
-                   sign: float = 1.0) -> torch.Tensor:
-        """``out`` plus ``sign`` times the shared part of the rows' matrices times ``w``: ``mu w``
-        plus, for rows whose penalty differs from the mean by ``extra``, ``extra V^T J V w``
-        (in place: a block's rows x D temporaries are each a pass over memory)."""
-        out.addcmul_(w, self.mu, value=sign)
-        return out if extra is None else out.addcmul_(extra, w @ self.penalised, value=sign)
 
 
 # Rows of a column-side table per piece of its per-sweep products, which the workers share
@@ -116,33 +73,65 @@ def _penalties(row_reg: torch.Tensor) -> tuple:
     return typical, (row_reg - typical)[:, None]
 
 
+class Predictions:
+    """Per rating, in the by-user matrix's storage order, the rating residual ``r - mu - b_u -
+    b_i - p_u.q_i`` and the choice prediction ``c_u.q_i + d_i`` at the current factors.
+
+    Each step moves the predictions by its CG step sizes times products it computes anyway,
+    so the other side's step starts from these instead of a pass over the ratings per system
+    to recompute them (four of a sweep's twenty). ``link`` is, per rating of the by-item
+    matrix's storage, its place in the by-user one. Empty (``ready`` False) until the first
+    item step has filled them.
+    """
+
+    def __init__(self, link: torch.Tensor, dtype: torch.dtype, choice: bool):
+        self.link = link
+        self.error = torch.empty(len(link), dtype=dtype, device=link.device)
+        self.choice = torch.empty(len(link), dtype=dtype, device=link.device) if choice else None
+        self.ready = False
+
+
+def _moved(values: torch.Tensor, part, taken: list, moves: list, sign: float) -> torch.Tensor:
+    """``values`` (per rating) plus ``sign`` times each CG step's size times its moves (in place)."""
+    for alpha, move in zip(taken, moves):
+        values.addcmul_(part.spread(alpha), move, value=sign)
+    return values
+
+
 class _Rows:
     """A block of rows whose systems ``A x = b`` CG solves together: ``apply(V)`` is ``A V``
-    row by row; ``x`` the current solutions (warm start), ``residual`` ``b - A x`` and
+    row by row and ``curvature(V)`` each row's ``v . A v`` (without ``A V``'s product over the
+    ratings); ``x`` the current solutions (warm start), ``residual`` ``b - A x`` and
     ``inverse`` each row's diagonal preconditioner."""
 
-    def __init__(self, apply, x: torch.Tensor, residual: torch.Tensor, inverse: torch.Tensor):
-        self.apply, self.x, self.residual, self.inverse = apply, x, residual, inverse
+    def __init__(self, apply, curvature, x: torch.Tensor, residual: torch.Tensor, inverse: torch.Tensor):
+        self.apply, self.curvature, self.x, self.residual, self.inverse = apply, curvature, x, residual, inverse
 
 
 def conjugate_gradient(systems: list[_Rows], steps: int) -> list[list[torch.Tensor]]:
     """``steps`` preconditioned CG iterations on every row of every system (each row its own
-    step sizes), updating ``x`` and ``residual`` in place; returns each system's step sizes
-    (``x`` moved by ``alpha`` times the direction ``apply`` was called with, step by step)."""
+    step sizes), updating ``x`` in place; returns each system's step sizes (``x`` moved by
+    ``alpha`` times the direction ``apply`` or ``curvature`` was called with, step by step).
+
+    The last step needs only each row's ``d . A d``, not ``A d``: no later step reads the
+    residual (left as it was before that step), so it saves a product over the ratings per
+    system, a sixth of a two-step sweep's passes over them."""
     scaled = [s.residual * s.inverse for s in systems]
     directions = [z.clone() for z in scaled]
     norms = [torch.linalg.vecdot(s.residual, z) for s, z in zip(systems, scaled)]
     taken = [[] for _ in systems]
     for step in range(steps):
+        last = step == steps - 1
         for s, d, rz, sizes in zip(systems, directions, norms, taken):
-            ad = s.apply(d)
-            curvature = torch.linalg.vecdot(d, ad)
+            ad = None if last else s.apply(d)
+            curvature = s.curvature(d) if last else torch.linalg.vecdot(d, ad)
             # A converged row (zero direction) takes no step rather than 0/0.
             alpha = torch.where(curvature > 0, rz / curvature.clamp_min(1e-30), torch.zeros_like(rz))
             s.x.addcmul_(alpha[:, None], d)
-            s.residual.addcmul_(alpha[:, None], ad, value=-1.0)
+            if ad is not None:
+                s.residual.addcmul_(alpha[:, None], ad, value=-1.0)
             sizes.append(alpha)
-        if step == steps - 1:
+        if last:
             break
         for i, (s, d, rz) in enumerate(zip(systems, directions, norms)):
             z = s.residual * s.inverse
@@ -161,7 +150,7 @@ def _diagonal(k: int, first: float, rest: float, D: int, like: torch.Tensor) -> 
 
 def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user: Csr, weights: tuple,
                 bias_reg: float, row_reg: torch.Tensor, steps: int, out: tuple, workers=None, *,
-                counts: tuple, typical_count: float | None = None):
+                counts: tuple, typical_count: float | None = None, predictions: Predictions | None = None):
     """The user step by CG, warm-started from and written into ``out = (bias, p, c)``.
 
     Rating system of user u, unknowns ``x = (p_u, b_u)``: ``sum over rated f f^T + diag(reg_u,
@@ -169,8 +158,9 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
     ``c_u``: ``(w1 - w0) sum over rated q q^T + w0 Q^T Q + reg_u I``, right side
     ``sum over rated (w1 - (w1 - w0) d_i) q_i - w0 Q^T d``. ``counts`` are (ratings per user,
     per item) as floats; ``typical_count`` the ratings of a typical user (default: the mean of
-    these users'; a rank of a sharded fit passes every rank's mean). Returns the squared
-    rating error at the new factors.
+    these users'; a rank of a sharded fit passes every rank's mean). ``predictions`` (ready),
+    when given, are read instead of recomputed and moved to the new factors. Returns the
+    squared rating error at the new factors.
     """
     q = item_factors
     k, dtype, device = q.shape[1], q.dtype, q.device
@@ -194,49 +184,69 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
         q_w = _transform(q, choice.V, workers)
         q_w_t = q_w.T
         offset = (w0 * (q.T @ item_choice_bias)) @ choice.V
-        choice_target = w1 - omega * item_choice_bias  # per item: what a rated pair pulls towards
+
+    tracked = predictions is not None and predictions.ready
 
     def block(first, part):
         rows = slice(first, first + part.shape[0])
         more = extra[rows] if extra is not None else None
         n = user_counts[rows]
-        target = part.residuals(float(global_mean), item_bias)
-
-        moves = []  # per rating, the predictions' change along each CG direction
+        moves, choice_moves = [], []  # per rating, the predictions' change along each CG direction
 
         def rating_product(v, part=part, more=more):
             moves.append(part.dots(v, f_w_t))
             return rating.add_shared(part.product(moves[-1], f_w), v, more)
 
+        def rating_curvature(v, part=part, more=more):
+            moves.append(part.dots(v, f_w_t))
+            return part.row_sums(moves[-1].square()).add_(rating.shared_form(v, more))
+
         w = torch.cat([p[rows], bias[rows][:, None]], 1) @ rating.to_basis
-        error = target - part.dots(w, f_w_t)
+        # (A view of the tracked residuals: moved in place below.)
+        error = predictions.error[part.slots] if tracked else \
+            part.residuals(float(global_mean), item_bias).sub_(part.dots(w, f_w_t))
         residual = rating.add_shared(part.product(error, f_w), w, more, -1.0)
-        systems = [_Rows(rating_product, w, residual, rating.inverse(n))]
+        systems = [_Rows(rating_product, rating_curvature, w, residual, rating.inverse(n))]
         if w0 > 0:
             def choice_product(v, part=part, more=more):
-                return choice.add_shared(part.product(part.dots(v, q_w_t), q_w).mul_(omega), v, more)
+                choice_moves.append(part.dots(v, q_w_t))
+                return choice.add_shared(part.product(choice_moves[-1], q_w).mul_(omega), v, more)
+
+            def choice_curvature(v, part=part, more=more):
+                choice_moves.append(part.dots(v, q_w_t))
+                return part.row_sums(choice_moves[-1].square()).mul_(omega).add_(choice.shared_form(v, more))
 
             y = c[rows] @ choice.to_basis
-            pulled = part.gather(choice_target) - omega * part.dots(y, q_w_t)
+            predicted = predictions.choice[part.slots] if tracked else \
+                part.gather(item_choice_bias).add_(part.dots(y, q_w_t))
+            pulled = torch.mul(predicted, -omega).add_(w1)  # what a rated pair pulls towards, less its prediction
             residual = choice.add_shared(part.product(pulled, q_w).sub_(offset), y, more, -1.0)
-            systems.append(_Rows(choice_product, y, residual, choice.inverse(n)))
-        taken = conjugate_gradient(systems, steps)[0]
+            systems.append(_Rows(choice_product, choice_curvature, y, residual, choice.inverse(n)))
+        taken = conjugate_gradient(systems, steps)
         x = w @ rating.V_t
         p[rows], bias[rows] = x[:, :k], x[:, k]
         if w0 > 0:
             c[rows] = systems[1].x @ choice.V_t
         # The error at the new factors without another pass over the ratings: the predictions
         # moved by each step's size times that direction's products.
-        for alpha, move in zip(taken, moves):
-            error.addcmul_(part.spread(alpha), move, value=-1.0)
+        _moved(error, part, taken[0], moves, -1.0)
+        if predictions is not None and not tracked:
+            predictions.error[part.slots] = error
+        if w0 > 0 and predictions is not None:
+            _moved(predicted, part, taken[1], choice_moves, 1.0)
+            if not tracked:
+                predictions.choice[part.slots] = predicted
         return torch.dot(error, error).to(torch.float64)
 
-    return sum(_map(workers, block, by_user.blocks()), torch.zeros((), dtype=torch.float64, device=device))
+    total = sum(_map(workers, block, by_user.blocks()), torch.zeros((), dtype=torch.float64, device=device))
+    if predictions is not None:
+        predictions.ready = True
+    return total
 
 
 def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr, weights: tuple, bias_reg: float,
                 row_reg: torch.Tensor, constant: torch.Tensor, steps: int, out: tuple, distributed: bool = False,
-                workers=None, *, counts: tuple):
+                workers=None, *, counts: tuple, predictions: Predictions | None = None):
     """The item step by CG, warm-started from and written into ``out = (q, b_i, d_i)``.
 
     Item i's unknowns ``z = (q_i, b_i, d_i)``; its matrix sums, over the users who rated it,
@@ -244,7 +254,7 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
     ``constant`` (``w0`` times every user's ``g g^T``: :func:`mfrec.training.als._item_constant`
     without its prior) and ``diag(reg_i, bias_reg, bias_reg)``; right side ``sum r~ f + w1
     sum g``. ``counts`` are (ratings per item, over every rank's users; per user of this
-    rank) as floats.
+    rank) as floats. ``predictions``: as in :func:`solve_users` (filled here when not ready).
     """
     p, c = user_factors, user_choice
     k, dtype, device = p.shape[1], p.dtype, p.device
@@ -274,12 +284,13 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
     if implicit:
         g_w = _transform(g, basis.V, workers)
         g_w_t = g_w.T
+    tracked = predictions is not None and predictions.ready
 
     def block(first, part):
         m = part.shape[0]
         rows = slice(first, first + m)
         more = extra[rows] if extra is not None else None
-        target = part.residuals(float(global_mean), user_bias)
+        moves, choice_moves = [], []  # per rating, the predictions' change along each CG direction
 
         def sums(rating_values, choice_values):
             """Per item, sum over its ratings of rating_values f + choice_values g (in the basis)."""
@@ -289,24 +300,50 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
             return all_reduce(data)[0] if distributed else data
 
         def product(v, part=part, more=more):
-            choice = omega * part.dots(v, g_w_t) if implicit else None
-            return basis.add_shared(sums(part.dots(v, f_w_t), choice), v, more)
+            moves.append(part.dots(v, f_w_t))
+            if implicit:
+                choice_moves.append(part.dots(v, g_w_t))
+            return basis.add_shared(sums(moves[-1], omega * choice_moves[-1] if implicit else None), v, more)
+
+        def curvature(v, part=part, more=more):
+            moves.append(part.dots(v, f_w_t))
+            squares = moves[-1].square()
+            if implicit:
+                choice_moves.append(part.dots(v, g_w_t))
+                squares.addcmul_(choice_moves[-1], choice_moves[-1], value=omega)
+            data = part.row_sums(squares)
+            return (all_reduce(data)[0] if distributed else data).add_(basis.shared_form(v, more))
 
         x = torch.empty(m, D, dtype=dtype, device=device)
         x[:, :k], x[:, k] = factors[rows], bias[rows]
         if implicit:
             x[:, k + 1] = choice_bias[rows]
         z = x @ basis.to_basis
-        rating_values = target - part.dots(z, f_w_t)
-        choice_values = (w1 - omega * part.dots(z, g_w_t)) if implicit else None
+        # This block's ratings' places in the by-user order of the tracked predictions.
+        # (index_select and index_copy_: several times faster than indexing with [] here)
+        slots = predictions.link[part.slots].long() if predictions is not None else None
+        if tracked:
+            rating_values = predictions.error.index_select(0, slots)
+            predicted = predictions.choice.index_select(0, slots) if implicit else None
+        else:
+            rating_values = part.residuals(float(global_mean), user_bias).sub_(part.dots(z, f_w_t))
+            predicted = part.dots(z, g_w_t) if implicit else None
+        choice_values = torch.mul(predicted, -omega).add_(w1) if implicit else None
         residual = basis.add_shared(sums(rating_values, choice_values), z, more, -1.0)
-        conjugate_gradient([_Rows(product, z, residual, basis.inverse(item_counts[rows]))], steps)
+        taken = conjugate_gradient([_Rows(product, curvature, z, residual, basis.inverse(item_counts[rows]))],
+                                   steps)[0]
         x = z @ basis.V_t
         factors[rows], bias[rows] = x[:, :k], x[:, k]
         if implicit:
             choice_bias[rows] = x[:, k + 1]
+        if predictions is not None:
+            predictions.error.index_copy_(0, slots, _moved(rating_values, part, taken, moves, -1.0))
+            if implicit:
+                predictions.choice.index_copy_(0, slots, _moved(predicted, part, taken, choice_moves, 1.0))
 
     _map(workers, block, by_item.blocks())
+    if predictions is not None:
+        predictions.ready = True
     return factors, bias, choice_bias
 
 

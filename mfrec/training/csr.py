@@ -44,10 +44,12 @@ class Csr:
     counted from their tile's first column when tiles are at most that wide; widened per
     block when multiplied); half-star ratings are stored as one-byte codes. ``workers`` (a
     :class:`~mfrec.training.parallel.Workers`, or None: the caller's thread) share the build.
+    With ``origin``, ``self.origin`` holds each stored rating's position in the input (int32),
+    kept through tiling: how two matrices of the same ratings map onto each other.
     """
 
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, ratings: torch.Tensor, n_rows: int, n_cols: int,
-                 workers=None):
+                 workers=None, origin: bool = False):
         n, device = len(ratings), ratings.device
         if not len(rows) == len(cols) == n:
             raise ValueError(f"rows, columns and ratings differ in length: {len(rows)}, {len(cols)}, {n}")
@@ -67,7 +69,8 @@ class Csr:
         code_dtype = torch.uint8 if self.scale == 0.5 else torch.float32
         self.cols = torch.empty(n, dtype=col_dtype, device=device)
         self.ratings = torch.empty(n, dtype=code_dtype, device=device)
-        _fill(self.cols, self.ratings, rows, cols, ratings, crow, self.scale, workers)
+        self.origin = torch.empty(n, dtype=torch.int32, device=device) if origin else None
+        _fill(self.cols, self.ratings, self.origin, rows, cols, ratings, crow, self.scale, workers)
         if n > BLOCK_RATINGS:
             release_free_memory()  # the sort's temporaries
         self.crow = crow.to(index_dtype)
@@ -170,6 +173,7 @@ class Csr:
         tile_counts = per_tile_rows.sum(1)
         free = torch.cumsum(tile_counts, 0) - tile_counts  # next free slot of each tile
         codes = self.ratings[lo:hi].clone()
+        origin = self.origin[lo:hi].clone() if self.origin is not None else None
         # uint16 has no index_put: write through an int16 view (same bits).
         two_bytes = cols_out.dtype == torch.uint16
         out = cols_out[lo:hi].view(torch.int16) if two_bytes else cols_out[lo:hi]
@@ -183,6 +187,8 @@ class Csr:
             local = (cols - tile * width)[order]
             out[dest] = local.to(torch.uint16).view(torch.int16) if two_bytes else local.to(out.dtype)
             self.ratings[lo:hi][dest] = codes[start:start + len(order)][order]
+            if origin is not None:
+                self.origin[lo:hi][dest] = origin[start:start + len(order)][order]
             free += torch.bincount(ordered, minlength=n_tiles)
         tiles, start = [], 0
         for t, count in enumerate(tile_counts.tolist()):
@@ -202,7 +208,7 @@ class Csr:
             self.plan_blocks()
         for first, last, lo, hi, tiles in self.plan:
             yield first, Block(self.cols[lo:hi], self.ratings[lo:hi], self.scale, (last - first, self.shape[1]), tiles,
-                               self.ones)
+                               self.ones, lo)
 
     def whole(self) -> "Block":
         """The whole matrix as one block (it must not be tiled)."""
@@ -222,14 +228,17 @@ class Block:
 
     A tile is (row pointers, first and last of the block's ratings, first and last column);
     its column indices count from the tile's first column, so it multiplies a slice of the
-    column-side table. An untiled block is one tile.
+    column-side table. An untiled block is one tile. ``slots`` are its ratings' places in the
+    matrix's storage.
     """
 
-    def __init__(self, cols, ratings, scale: float, shape: tuple, tiles: list, ones: torch.Tensor | None = None):
+    def __init__(self, cols, ratings, scale: float, shape: tuple, tiles: list, ones: torch.Tensor | None = None,
+                 first_slot: int = 0):
         # Two-byte column indices are widened once per block: a solver multiplies it many times.
         self.cols = cols.to(tiles[0][0].dtype) if cols.dtype == torch.uint16 else cols
         self.ratings, self.scale, self.shape, self.tiles = ratings, scale, shape, tiles
         self.ones = ones  # a read-only vector of ones at least as long, shared by the blocks (or None)
+        self.slots = slice(first_slot, first_slot + len(cols))
 
     def pattern_product(self, table: torch.Tensor) -> torch.Tensor:
         """Per row, the sum of ``table`` rows over that row's rated columns."""
@@ -276,6 +285,10 @@ class Block:
             out.addmm_(self._matrix(crow, start, end, values, last - first), table[first:last])
         return out
 
+    def row_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """Per row, the sum of ``values`` (one per rating) over its ratings."""
+        return self.product(values, torch.ones(self.shape[1], 1, dtype=values.dtype, device=values.device))[:, 0]
+
     def dots(self, rows: torch.Tensor, cols_t: torch.Tensor) -> torch.Tensor:
         """Per rating, the dot product of its row of ``rows`` (n_rows, D) with its column of
         ``cols_t`` (D, n_cols): sampled dense-dense products, never the rows x columns matrix."""
@@ -295,8 +308,9 @@ class Block:
                                        check_invariants=False)
 
 
-def _fill(out_cols, out_codes, rows, cols, ratings, crow, scale, workers=None) -> None:
-    """Write columns and rating codes in row order (stable: equal rows keep their input order).
+def _fill(out_cols, out_codes, out_origin, rows, cols, ratings, crow, scale, workers=None) -> None:
+    """Write columns and rating codes (and, unless ``out_origin`` is None, each one's input
+    position) in row order (stable: equal rows keep their input order).
 
     Input sorted by row (prepared data is, by user) is copied as is; otherwise a counting sort
     places each chunk's ratings at its rows' next free slots, without an n-sized permutation.
@@ -313,11 +327,11 @@ def _fill(out_cols, out_codes, rows, cols, ratings, crow, scale, workers=None) -
         fills.append(fill.clone() if not in_order else None)
         if not in_order and end < n:
             fill += torch.bincount(rows[start:end].to(torch.long), minlength=len(fill))
-    _map(workers, functools.partial(_fill_part, out_cols, out_codes, rows, cols, ratings, scale, in_order),
+    _map(workers, functools.partial(_fill_part, out_cols, out_codes, out_origin, rows, cols, ratings, scale, in_order),
          zip(bounds[:-1], bounds[1:], fills))
 
 
-def _fill_part(out_cols, out_codes, rows, cols, ratings, scale, in_order, begin, end, fill) -> None:
+def _fill_part(out_cols, out_codes, out_origin, rows, cols, ratings, scale, in_order, begin, end, fill) -> None:
     """:func:`_fill` of input ratings ``begin:end``, from ``fill`` (each row's first free slot)."""
     # uint16 has no index_put: write through an int16 view (same bits).
     cols_out = out_cols.view(torch.int16) if out_cols.dtype == torch.uint16 else out_cols
@@ -326,6 +340,8 @@ def _fill_part(out_cols, out_codes, rows, cols, ratings, scale, in_order, begin,
         if in_order:
             out_cols[part] = cols[part]
             out_codes[part] = ratings[part] / scale
+            if out_origin is not None:
+                torch.arange(part.start, part.stop, dtype=torch.int32, device=rows.device, out=out_origin[part])
             continue
         chunk_rows = rows[part].to(torch.long)
         order = torch.argsort(chunk_rows, stable=True)
@@ -334,6 +350,8 @@ def _fill_part(out_cols, out_codes, rows, cols, ratings, scale, in_order, begin,
         dest = fill[sorted_rows] + rank
         cols_out[dest] = cols[part][order].to(out_cols.dtype).view(cols_out.dtype)
         out_codes[dest] = (ratings[part][order] / scale).to(out_codes.dtype)
+        if out_origin is not None:
+            out_origin[dest] = (order + start).to(torch.int32)
         fill += torch.bincount(chunk_rows, minlength=len(fill))
 
 

@@ -1,4 +1,5 @@
-"""Batched small dense algebra for the ALS steps: SPD solves and packed symmetric matrices."""
+"""Batched small dense algebra for the ALS steps: SPD solves, packed symmetric matrices, and
+the eigenbasis the CG steps run in."""
 
 from __future__ import annotations
 
@@ -74,3 +75,52 @@ def unpack_into(A: torch.Tensor, packed_t: torch.Tensor) -> None:
 def packed(matrix: torch.Tensor) -> torch.Tensor:
     """The upper triangle of a D x D matrix in packed order, as a (D(D+1)/2, 1) column."""
     return matrix.flatten()[upper_positions(matrix.shape[0], matrix.device)][:, None]
+
+
+class Basis:
+    """A basis in which every row's approximate matrix ``shared + n per_rating`` is diagonal.
+
+    With ``B = shared + typical per_rating`` (the matrix of a row with the typical count;
+    positive definite whenever either part is), a generalised eigendecomposition (float64)
+    gives ``V`` with ``V^T B V = I`` and ``V^T per_rating V = diag(nu)``, so ``V^T shared V =
+    diag(mu)``, ``mu = 1 - typical nu``, and a row with ``n`` ratings has ``diag(mu + n nu)``.
+    ``to_basis = B V`` maps row vectors ``x`` to ``w = x B V`` (``x = w V^T``);
+    ``penalised = V^T J V`` for the factor coordinates ``J`` (the first ``k``).
+    """
+
+    def __init__(self, shared: torch.Tensor, per_rating: torch.Tensor, k: int, typical: float):
+        dtype, device, D = shared.dtype, shared.device, shared.shape[0]
+        a, e = shared.double().cpu(), per_rating.double().cpu()
+        a, e = (a + a.T) / 2, (e + e.T) / 2
+        b = a + typical * e
+        # A little ridge keeps B positive definite (an unused coordinate, factors still at zero).
+        b += torch.eye(D, dtype=torch.float64) * (1e-9 * float(b.diagonal().abs().max()) + 1e-12)
+        lower_inverse = torch.linalg.solve_triangular(torch.linalg.cholesky(b), torch.eye(D, dtype=torch.float64),
+                                                      upper=False)
+        nu, u = torch.linalg.eigh(lower_inverse @ e @ lower_inverse.T)
+        v = lower_inverse.T @ u
+
+        def cast(t):
+            return t.to(dtype=dtype, device=device).contiguous()
+
+        self.V, self.V_t, self.to_basis = cast(v), cast(v.T), cast(b @ v)
+        self.nu, self.mu = cast(nu), cast(1.0 - typical * nu)
+        self.penalised = cast(v[:k].T @ v[:k])
+
+    def inverse(self, counts: torch.Tensor) -> torch.Tensor:
+        """The preconditioner of rows with ``counts`` ratings: ``1 / (mu + n nu)`` per
+        coordinate (kept positive, so that it stays SPD where the approximation is not)."""
+        return torch.addcmul(self.mu[None, :], counts[:, None], self.nu[None, :]).clamp_min(1e-6).reciprocal()
+
+    def add_shared(self, out: torch.Tensor, w: torch.Tensor, extra: torch.Tensor | None,
+                   sign: float = 1.0) -> torch.Tensor:
+        """``out`` plus ``sign`` times the shared part of the rows' matrices times ``w``: ``mu w``
+        plus, for rows whose penalty differs from the mean by ``extra``, ``extra V^T J V w``
+        (in place: a block's rows x D temporaries are each a pass over memory)."""
+        out.addcmul_(w, self.mu, value=sign)
+        return out if extra is None else out.addcmul_(extra, w @ self.penalised, value=sign)
+
+    def shared_form(self, w: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        """Per row, ``w`` times the shared part of its matrix times ``w`` (see :meth:`add_shared`)."""
+        form = (w * w) @ self.mu
+        return form if extra is None else form.addcmul_(extra[:, 0], torch.linalg.vecdot(w, w @ self.penalised))
