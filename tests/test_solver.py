@@ -350,8 +350,9 @@ def test_job_workers_take_torchs_threads_and_give_them_back(monkeypatch):
 @pytest.mark.parametrize("in_order", [False, True])
 def test_workers_build_the_one_thread_matrix(monkeypatch, in_order):
     """Built by three workers -- each placing a part of the ratings, then tiling whole blocks --
-    a matrix holds the same columns, rating codes, row pointers and tiles, in the same order,
-    as built in one thread (rows sorted or not; parts that split rows and chunks)."""
+    a matrix holds the same columns, rating codes, row pointers, tiles and input positions
+    (``origin``), in the same order, as built in one thread (rows sorted or not; parts that
+    split rows and chunks); each stored rating's origin is the input rating it holds."""
     monkeypatch.setattr(csr_module, "BLOCK_RATINGS", 600)
     monkeypatch.setattr(csr_module, "BUILD_CHUNK", 53)
     monkeypatch.setattr(csr_module, "TILE_CHUNK", 71)
@@ -363,15 +364,24 @@ def test_workers_build_the_one_thread_matrix(monkeypatch, in_order):
     ratings = torch.randint(1, 11, (n,), generator=gen).float() * 0.5
     workers = Workers(3)
     try:
-        one = Csr(rows, cols, ratings, n_rows, n_cols)
-        three = Csr(rows, cols, ratings, n_rows, n_cols, workers)
+        one = Csr(rows, cols, ratings, n_rows, n_cols, origin=True)
+        three = Csr(rows, cols, ratings, n_rows, n_cols, workers, origin=True)
         assert torch.equal(one.cols, three.cols) and torch.equal(one.ratings, three.ratings)
+        assert torch.equal(one.origin, three.origin)
         assert torch.equal(one.crow, three.crow)
         one.plan_blocks(tile_cols=64, min_blocks=4)
         three.plan_blocks(tile_cols=64, min_blocks=4, workers=workers)
     finally:
         workers.close()
     assert len(one.plan) > 3 and torch.equal(one.cols, three.cols) and torch.equal(one.ratings, three.ratings)
+    assert torch.equal(one.origin, three.origin)
+    assert torch.equal(torch.sort(one.origin).values, torch.arange(n, dtype=one.origin.dtype))
+    for first, part in three.blocks():
+        for crow, start, end, col0, _ in part.tiles:
+            at = three.origin[part.slots][start:end].long()
+            stored_rows = torch.repeat_interleave(torch.arange(part.shape[0]), (crow[1:] - crow[:-1]).long()) + first
+            assert torch.equal(rows[at].long(), stored_rows) and torch.equal(cols[at].long(), part.cols[start:end].long() + col0)
+            assert torch.equal(ratings[at], part.ratings[start:end].float() * three.scale)
     for a, b in zip(one.plan, three.plan):
         assert a[:4] == b[:4] and len(a[4]) == len(b[4]) > 1
         for tile_a, tile_b in zip(a[4], b[4]):
@@ -410,24 +420,28 @@ def test_cg_sweeps_hand_on_the_predictions_they_move(monkeypatch, implicit_weigh
     """CG's steps read the per-rating residuals and choice predictions the other side's step
     moved (through the by-item to by-user link) instead of recomputing them: after several
     sweeps over blocks of column tiles, with two workers, they are the model's own, and the
-    sweeps' losses are those of steps that recompute them."""
+    sweeps' losses are those of steps that recompute them; a write to the model between
+    sweeps has them recomputed."""
     monkeypatch.setattr(csr_module, "MIN_BLOCK_RATINGS", 256)
     monkeypatch.setattr(Csr, "tile_width", staticmethod(lambda width, size=4: 37))
     users, items, ratings = _ratings(n_users=70, n_items=300, n=4000)
     config = TrainConfig(n_factors=7, als_solve="cg", reg_exponent=0.5, implicit_weight=implicit_weight,
                          progress=False).with_prior()
-    losses = {}
+    losses, workers = {}, Workers(2)
     for tracked in (False, True):
         m = _model(70, 300, 7, float(ratings.mean()), dtype=torch.float32)
-        workers = Workers(2)
         solver = als.AlsSolver(m, users, items, ratings, config, workers=workers)
         assert len(solver.by_user.plan) > 2 and len(solver.by_user.plan[0][4]) > 1
         assert len(solver.by_item.plan) > 2 and len(solver.by_item.plan[0][4]) > 1
         if not tracked:
             solver.predictions = None
         losses[tracked] = [solver.epoch() for _ in range(6)]
-        workers.close()
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    with torch.no_grad():
+        m.item_bias.add_(0.3)
+        m.user_choice_factors.mul_(0.5)
+    solver.epoch()
+    workers.close()
     u, i = users.long(), items.long()
     with torch.no_grad():
         error = ratings - (m.global_mean + m.user_bias[u] + m.item_bias[i] + (m.user_factors[u] * m.item_factors[i]).sum(1))

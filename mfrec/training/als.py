@@ -35,6 +35,7 @@ from mfrec.training import csr as csr_module
 from mfrec.training.csr import Csr
 from mfrec.training.heap import release_free_memory
 from mfrec.training.linalg import packed, packed_outer_into, solve_spd, unpack_into
+from mfrec.training.matrices import build_matrices, table_width
 from mfrec.training.parallel import SERIAL, Workers
 from mfrec.training.shards import Shard, all_reduce
 from mfrec.training.model import MatrixFactorization, penalty_scale
@@ -298,10 +299,10 @@ class AlsSolver:
         # reuse the matrices built for the same layout instead of sorting the ratings again.
         store = {} if matrices is None or shard is not None else matrices
         layout = (n_users, n_items, len(ratings), str(ratings.device), config.solve, workers.n,
-                  self._table_width("users"), self._table_width("items"))
+                  table_width(config, "users"), table_width(config, "items"))
         built = store.get(layout)
         if built is None:
-            built = self._build(users, items, ratings, n_users, n_items)
+            built = build_matrices(users, items, ratings, n_users, n_items, config, shard, workers)
             store.clear()
             store[layout] = built
         self.by_user, self.by_item, counts, link = built
@@ -317,49 +318,7 @@ class AlsSolver:
         self.item_reg = row_penalties(counts[1], config.reg, config.reg_exponent, config.n_factors).to(dtype)
         # CG's steps pass each other the predictions they move (this fit's own, filled by its first sweep).
         self.predictions = cg.Predictions(link, dtype, config.implicit_weight > 0) if link is not None else None
-
-    def _build(self, users, items, ratings, n_users: int, n_items: int) -> tuple:
-        """(by-user matrix, by-item matrix, (ratings per user, per item), for CG the by-user
-        place of each rating of the by-item matrix), blocks planned."""
-        shard, workers, linked = self.shard, self.workers, self.config.solve == "cg"
-        by_user = Csr(users, items, ratings, n_users, n_items, workers, origin=linked)
-        by_item = Csr(items, users, ratings, n_items, n_users, workers, origin=linked)
-        counts = []
-        for csr, side in ((by_user, "users"), (by_item, "items")):
-            rows = csr.row_counts()
-            if shard and side == "items":
-                # Ranks cut the items into the same blocks (their block sums are all-reduced
-                # pairwise) and penalise them alike: by the whole matrix's counts.
-                rows = all_reduce(rows)[0]
-            # Tiles pay off where the table a product gathers from outgrows the CPU's cache.
-            tile = Csr.tile_width(self._table_width(side)) if ratings.device.type == "cpu" else None
-            # At least a few blocks per worker (when big enough), so that a worker slowed by other
-            # work on its core leaves the rest to the others; the blocks in flight together hold
-            # as many ratings as one block of a single worker.
-            csr.plan_blocks(rows if shard and side == "items" else None, tile,
-                            min_blocks=4 * workers.n if workers.n > 1 else 1,
-                            max_ratings=(csr_module.CG_BLOCK_RATINGS if self.config.solve == "cg"
-                                         else csr_module.BLOCK_RATINGS) // workers.n, workers=workers)
-            counts.append(rows)
-        link = None
-        if linked:
-            place = torch.empty_like(by_user.origin)  # each input rating's place in the by-user matrix
-            for start in range(0, len(place), csr_module.BUILD_CHUNK):
-                chunk = by_user.origin[start:start + csr_module.BUILD_CHUNK]
-                place.index_copy_(0, chunk.long(), torch.arange(start, start + len(chunk), dtype=place.dtype,
-                                                                 device=place.device))
-            link = place.index_select(0, by_item.origin)
-            by_user.origin = by_item.origin = place = None
-        return by_user, by_item, tuple(counts), link
-
-    def _table_width(self, side: str) -> int:
-        """Columns of the widest table a step of ``side`` multiplies its ratings with."""
-        k, implicit = self.config.n_factors, self.config.implicit_weight > 0
-        if self.config.solve == "cg":
-            return k + 1
-        if side == "users":
-            return (k + 1) * (k + 2) // 2 + (k if implicit else 0)
-        return k * (k + 1) // 2 + (2 * k if implicit else k) + 1
+        self._versions_after = None  # the model's tensors' versions after the last sweep
 
     def divergence_advice(self) -> str:
         return f"the least-squares sweeps diverged: try a larger reg (now {self.config.reg})"
@@ -369,6 +328,8 @@ class AlsSolver:
     def epoch(self) -> float:
         """One sweep; returns the training MSE of the ratings after it."""
         m, cfg, dist = self.model, self.config, self.shard is not None
+        if self.predictions is not None and self._versions() != self._versions_after:
+            self.predictions.ready = False  # the model changed since the last sweep: recompute them
         # Each step writes its solutions straight into the parameters it solves for. With
         # shards of users only the item step's sums travel: a user's ratings are all here.
         items_out = (m.item_factors, m.item_bias, m.item_logit_bias)
@@ -394,4 +355,9 @@ class AlsSolver:
             all_reduce(sq_error)
         if self.n_ratings > csr_module.BLOCK_RATINGS:
             release_free_memory()  # the blocks' temporaries: else the allocator's share grows sweep by sweep
+        self._versions_after = self._versions()
         return float(sq_error) / self.n_ratings
+
+    def _versions(self) -> tuple:
+        """The version counters of the model's parameters and buffers (a write bumps one)."""
+        return tuple(t._version for t in self.model.state_dict(keep_vars=True).values())

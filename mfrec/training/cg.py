@@ -79,9 +79,10 @@ class Predictions:
 
     Each step moves the predictions by its CG step sizes times products it computes anyway,
     so the other side's step starts from these instead of a pass over the ratings per system
-    to recompute them (four of a sweep's twenty). ``link`` is, per rating of the by-item
-    matrix's storage, its place in the by-user one. Empty (``ready`` False) until the first
-    item step has filled them.
+    to recompute them (with two CG steps: 16 passes a sweep instead of 20). ``link`` is, per
+    rating of the by-item matrix's storage, its place in the by-user one. Empty (``ready``
+    False) until a step has filled them; the solver empties them when something else wrote
+    to the model between sweeps.
     """
 
     def __init__(self, link: torch.Tensor, dtype: torch.dtype, choice: bool):
@@ -114,8 +115,9 @@ def conjugate_gradient(systems: list[_Rows], steps: int) -> list[list[torch.Tens
     ``alpha`` times the direction ``apply`` or ``curvature`` was called with, step by step).
 
     The last step needs only each row's ``d . A d``, not ``A d``: no later step reads the
-    residual (left as it was before that step), so it saves a product over the ratings per
-    system, a sixth of a two-step sweep's passes over them."""
+    residual (left as it was before that step), so it saves a product with the other side's
+    table per system (with two steps: 20 passes over the ratings a sweep instead of 24; its
+    per-row sum of squares is a one-column product)."""
     scaled = [s.residual * s.inverse for s in systems]
     directions = [z.clone() for z in scaled]
     norms = [torch.linalg.vecdot(s.residual, z) for s, z in zip(systems, scaled)]
@@ -158,8 +160,9 @@ def solve_users(item_factors, item_bias, item_choice_bias, global_mean, by_user:
     ``c_u``: ``(w1 - w0) sum over rated q q^T + w0 Q^T Q + reg_u I``, right side
     ``sum over rated (w1 - (w1 - w0) d_i) q_i - w0 Q^T d``. ``counts`` are (ratings per user,
     per item) as floats; ``typical_count`` the ratings of a typical user (default: the mean of
-    these users'; a rank of a sharded fit passes every rank's mean). ``predictions`` (ready),
-    when given, are read instead of recomputed and moved to the new factors. Returns the
+    these users'; a rank of a sharded fit passes every rank's mean). ``predictions``, when
+    given, are read instead of recomputed (when ready) and moved to the new factors (filled
+    when not). Returns the
     squared rating error at the new factors.
     """
     q = item_factors
@@ -292,6 +295,16 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
         more = extra[rows] if extra is not None else None
         moves, choice_moves = [], []  # per rating, the predictions' change along each CG direction
 
+        def directions(v):
+            """The rating and choice predictions' change per rating along ``v`` (kept when they
+            are to be moved)."""
+            a = part.dots(v, f_w_t)
+            b = part.dots(v, g_w_t) if implicit else None
+            if predictions is not None:
+                moves.append(a)
+                choice_moves.append(b)
+            return a, b
+
         def sums(rating_values, choice_values):
             """Per item, sum over its ratings of rating_values f + choice_values g (in the basis)."""
             data = part.product(rating_values, f_w)
@@ -300,17 +313,14 @@ def solve_items(user_factors, user_choice, user_bias, global_mean, by_item: Csr,
             return all_reduce(data)[0] if distributed else data
 
         def product(v, part=part, more=more):
-            moves.append(part.dots(v, f_w_t))
-            if implicit:
-                choice_moves.append(part.dots(v, g_w_t))
-            return basis.add_shared(sums(moves[-1], omega * choice_moves[-1] if implicit else None), v, more)
+            a, b = directions(v)
+            return basis.add_shared(sums(a, omega * b if implicit else None), v, more)
 
         def curvature(v, part=part, more=more):
-            moves.append(part.dots(v, f_w_t))
-            squares = moves[-1].square()
+            a, b = directions(v)
+            squares = a.square()
             if implicit:
-                choice_moves.append(part.dots(v, g_w_t))
-                squares.addcmul_(choice_moves[-1], choice_moves[-1], value=omega)
+                squares.addcmul_(b, b, value=omega)
             data = part.row_sums(squares)
             return (all_reduce(data)[0] if distributed else data).add_(basis.shared_form(v, more))
 

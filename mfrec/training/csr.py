@@ -44,8 +44,9 @@ class Csr:
     counted from their tile's first column when tiles are at most that wide; widened per
     block when multiplied); half-star ratings are stored as one-byte codes. ``workers`` (a
     :class:`~mfrec.training.parallel.Workers`, or None: the caller's thread) share the build.
-    With ``origin``, ``self.origin`` holds each stored rating's position in the input (int32),
-    kept through tiling: how two matrices of the same ratings map onto each other.
+    With ``origin``, ``self.origin`` holds each stored rating's position in the input (the
+    row pointers' integer type), kept through tiling: how two matrices of the same ratings
+    map onto each other.
     """
 
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, ratings: torch.Tensor, n_rows: int, n_cols: int,
@@ -69,7 +70,7 @@ class Csr:
         code_dtype = torch.uint8 if self.scale == 0.5 else torch.float32
         self.cols = torch.empty(n, dtype=col_dtype, device=device)
         self.ratings = torch.empty(n, dtype=code_dtype, device=device)
-        self.origin = torch.empty(n, dtype=torch.int32, device=device) if origin else None
+        self.origin = torch.empty(n, dtype=index_dtype, device=device) if origin else None
         _fill(self.cols, self.ratings, self.origin, rows, cols, ratings, crow, self.scale, workers)
         if n > BLOCK_RATINGS:
             release_free_memory()  # the sort's temporaries
@@ -341,7 +342,7 @@ def _fill_part(out_cols, out_codes, out_origin, rows, cols, ratings, scale, in_o
             out_cols[part] = cols[part]
             out_codes[part] = ratings[part] / scale
             if out_origin is not None:
-                torch.arange(part.start, part.stop, dtype=torch.int32, device=rows.device, out=out_origin[part])
+                torch.arange(part.start, part.stop, dtype=out_origin.dtype, device=rows.device, out=out_origin[part])
             continue
         chunk_rows = rows[part].to(torch.long)
         order = torch.argsort(chunk_rows, stable=True)
@@ -351,7 +352,7 @@ def _fill_part(out_cols, out_codes, out_origin, rows, cols, ratings, scale, in_o
         cols_out[dest] = cols[part][order].to(out_cols.dtype).view(cols_out.dtype)
         out_codes[dest] = (ratings[part][order] / scale).to(out_codes.dtype)
         if out_origin is not None:
-            out_origin[dest] = (order + start).to(torch.int32)
+            out_origin[dest] = (order + start).to(out_origin.dtype)
         fill += torch.bincount(chunk_rows, minlength=len(fill))
 
 
