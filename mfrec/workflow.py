@@ -18,7 +18,7 @@ from mfrec.evaluation.validation import Validation
 from mfrec.serving.bundle import Bundle, RankingConfig
 from mfrec.serving.recommender import Recommender
 from mfrec.training.config import TrainConfig
-from mfrec.training.fit import FitResult, continued, fit, loss_drop
+from mfrec.training.fit import FitResult, continued, fit
 from mfrec.training.parallel import threads_for
 from mfrec.training.search import Choice, SearchConfig, choose
 
@@ -137,8 +137,7 @@ def served_model(outcome: TrainOutcome, train: pd.DataFrame, val: pd.DataFrame, 
                            config)
         del data  # 12 bytes a rating the bundle's build need not hold at its peak (0.3 GB at 25M)
         fit_on = {"ratings": int(len(ratings)), "parts": "train+val+test", "refit_all": True,
-                  "sweeps": len(result.history),
-                  "continued": loss_drop(outcome.history, outcome.best_epoch) is not None}
+                  "sweeps": len(result.history), "continued": result.continued}
         bundle = Bundle.build(result.model, users, items, ratings, movies, config, ranking,
                               best_epoch=outcome.best_epoch, fit_on=fit_on)
     return Recommender(bundle), time.perf_counter() - started

@@ -41,6 +41,7 @@ class FitResult:
     best_val_rmse: float = float("nan")
     seconds: float = 0.0
     device: str = "cpu"
+    continued: bool = False  # started from an earlier fit's model (:func:`continued`), not a new one
 
 
 EpochCallback = Callable[[dict], None]
@@ -260,7 +261,9 @@ def continued(earlier: FitResult, data: Interactions, user_rows: np.ndarray, ite
     start = carried_over(earlier.model, user_rows, item_rows, config.init_std, config.seed)
     if shard is not None:
         start = with_user_rows(start, shard.users)
-    return fit(data, config, epochs=earlier.best_epoch, shard=shard, start=start, converged=max(0.0, drop))
+    result = fit(data, config, epochs=earlier.best_epoch, shard=shard, start=start, converged=max(0.0, drop))
+    result.continued = True
+    return result
 
 
 def loss_drop(history: list, epoch: int) -> float | None:
